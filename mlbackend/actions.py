@@ -1,0 +1,74 @@
+"""The backend's jobs: train, predict, evaluate, export, import.
+
+The command line and the server both call these and nothing else, so a
+Moodle site gets the same behaviour whichever way it talks to us. Each
+returns the contract's answer (or raises `BackendError`); formatting it is
+the caller's business.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from mlbackend import dataset, store
+from mlbackend.contract import NO_DATASET, NOT_TRAINED_MESSAGE, BackendError, answer
+
+log = logging.getLogger(__name__)
+
+
+def train(model_dir: str, dataset_path: str, progress: bool = False) -> dict[str, Any]:
+    """Train the model in `model_dir`, continuing from it when it exists."""
+    from mlbackend import model  # TensorFlow
+
+    ds = dataset.read_training(dataset_path)
+    with store.writer_lock(model_dir):
+        previous = store.load(model_dir)
+        options = model.TrainingOptions(progress=progress)
+        trained = model.train(ds.X, ds.y, ds.classes, ds.feature_names, previous=previous,
+                              options=options)
+        store.save(model_dir, trained)
+    log.info("trained %s on %d rows", model_dir, ds.nrows)
+    return answer()
+
+
+def predict(model_dir: str, dataset_path: str) -> dict[str, Any]:
+    """Predictions with NumPy only: no TensorFlow on this path."""
+    trained = store.load(model_dir)
+    if trained is None:
+        raise BackendError(NOT_TRAINED_MESSAGE, status=NO_DATASET)
+    ds = dataset.read_prediction(dataset_path)
+    trained.check_features(ds.nfeatures)
+    proba = trained.predict_proba(ds.X)
+    best = proba.argmax(axis=1)
+    rows = [[sid, str(trained.classes[k]), _prob(p[k])]
+            for sid, k, p in zip(ds.sample_ids, best, proba)]
+    return answer(predictions=rows)
+
+
+def evaluate(model_dir: str, dataset_path: str, min_score: float, max_deviation: float,
+             iterations: int, trained_model_dir: str | None = None,
+             progress: bool = False) -> dict[str, Any]:
+    from mlbackend import evaluation
+
+    if iterations < 1:
+        raise BackendError(f"The number of iterations must be at least 1, not {iterations}.")
+    trained = None
+    if trained_model_dir:
+        trained = store.load(trained_model_dir)
+        if trained is None:
+            raise BackendError(NOT_TRAINED_MESSAGE, status=NO_DATASET)
+    ds = dataset.read_training(dataset_path)
+    return evaluation.evaluate(ds, model_dir, min_score, max_deviation, iterations,
+                               trained=trained, progress=progress)
+
+
+def export(model_dir: str, export_dir: str) -> str:
+    return store.export_model(model_dir, export_dir)
+
+
+def import_(model_dir: str, import_dir: str) -> None:
+    store.import_model(model_dir, import_dir)
+
+
+def _prob(p: float) -> str:
+    return repr(round(float(p), 6))

@@ -1,0 +1,235 @@
+"""The command line: the parser (declared once), Moodle's argv, and the one
+place that turns errors into the contract's JSON and exit codes.
+
+Two spellings reach the same parser and the same `mlbackend.actions`:
+
+- Moodle's: `mlbackend -m moodlemlbackend.MODULE ARG...` with positional
+  arguments, exactly as `mlbackend_python` runs a Python interpreter. It is
+  rewritten into the human form below before parsing.
+- The human form: `mlbackend training DATASET --model-id ID [--model-dir DIR]`.
+  Without `--model-dir` the model lives under the user data directory.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import sys
+import time
+import traceback
+from typing import Any, Iterator
+
+from mlbackend import reported_version, VERSION_OVERRIDE_ENV
+from mlbackend.contract import GENERAL_ERROR, BackendError, to_json_line
+
+log = logging.getLogger("mlbackend")
+
+#: Moodle's positional arguments per module, in order; the human option each maps to.
+MOODLE_ARGS: dict[str, list[str]] = {
+    "training": ["--model-id", "--model-dir", "DATASET"],
+    "prediction": ["--model-id", "--model-dir", "DATASET"],
+    "evaluation": ["--model-id", "--model-dir", "DATASET", "--min-score", "--max-deviation",
+                   "--iterations"],
+    "export": ["--model-id", "--model-dir", "EXPORTDIR"],
+    "import": ["--model-id", "--model-dir", "IMPORTDIR"],
+    "version": [],
+}
+#: Optional trailing Moodle arguments.
+MOODLE_OPTIONAL_ARGS: dict[str, list[str]] = {"evaluation": ["--trained-model-dir"]}
+
+
+class UsageError(BackendError):
+    """A wrong command line; answered like any other error, with status 1."""
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # argparse would exit 2 with no JSON
+        self.print_usage(sys.stderr)
+        raise UsageError(f"Wrong arguments for {self.prog}: {message}.")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(
+        prog="mlbackend",
+        description="Machine-learning backend for Moodle Learning Analytics: trains, "
+                    "evaluates and runs the classifiers behind Moodle's predictions. Moodle "
+                    "runs it as `mlbackend -m moodlemlbackend.MODULE ARG...`; people use the "
+                    "subcommands below.",
+        epilog=f"Set {VERSION_OVERRIDE_ENV} to make `version` report another version "
+               "(for Moodle releases with another version gate).")
+    parser.add_argument("--version", action="version", version=reported_version(),
+                        help="print the version Moodle sees and exit")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="log what happens to stderr (stdout keeps only the answer)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
+                                parser_class=Parser)
+
+    def model_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--model-id", default="default",
+                       help="name of the model (Moodle's unique id); default: %(default)s")
+        p.add_argument("--model-dir", metavar="DIR",
+                       help="directory that holds the model (Moodle's OUTPUTDIR); default: "
+                            "a directory named after the model id under the user data "
+                            "directory")
+
+    p = sub.add_parser("training", help="train a model, or continue training it on new rows",
+                       description="Train the model on a Moodle training CSV. When the model "
+                                   "was trained before, training continues from it.")
+    p.add_argument("dataset", metavar="DATASET", help="Moodle training CSV file")
+    model_options(p)
+
+    p = sub.add_parser("prediction", help="predict the samples of a Moodle prediction CSV",
+                       description="Print [sampleid, class, probability] for every row.")
+    p.add_argument("dataset", metavar="DATASET", help="Moodle prediction CSV file")
+    model_options(p)
+
+    p = sub.add_parser("evaluation", help="measure how well a model would predict",
+                       description="Train on random 80 %% splits and score the other 20 %%, "
+                                   "ITERATIONS times; or, with --trained-model-dir, score that "
+                                   "model on every row. Logs go to DIR/logs/RUNID/.")
+    p.add_argument("dataset", metavar="DATASET", help="Moodle training CSV file")
+    model_options(p)
+    p.add_argument("--min-score", type=float, default=0.7,
+                   help="lowest acceptable mean F1 score; default: %(default)s")
+    p.add_argument("--max-deviation", type=float, default=0.05,
+                   help="highest acceptable deviation of the F1 score; default: %(default)s")
+    p.add_argument("--iterations", type=int, default=10,
+                   help="number of random splits; default: %(default)s")
+    p.add_argument("--trained-model-dir", metavar="DIR",
+                   help="score the model trained in DIR instead of training new ones")
+
+    p = sub.add_parser("export", help="copy a trained model into a directory",
+                       description="Write the model into EXPORTDIR and print that directory.")
+    p.add_argument("export_dir", metavar="EXPORTDIR", help="directory to write the model into")
+    model_options(p)
+
+    p = sub.add_parser("import", help="store a model exported earlier as this model",
+                       description="Read the model exported into IMPORTDIR, check it and "
+                                   "store it as this model; prints Ok.")
+    p.add_argument("import_dir", metavar="IMPORTDIR", help="directory an export wrote")
+    model_options(p)
+
+    sub.add_parser("version", help="print the version Moodle sees",
+                   description="Print the version string alone, as Moodle expects.")
+    return parser
+
+
+def moodle_argv(argv: list[str]) -> list[str]:
+    """Rewrite `-m moodlemlbackend.MODULE ARG...` into the human form."""
+    module = argv[1].split(".", 1)[1] if "." in argv[1] else argv[1]
+    if module not in MOODLE_ARGS:
+        raise UsageError(f"Unknown module {argv[1]!r}; Moodle calls one of "
+                         f"{', '.join('moodlemlbackend.' + m for m in MOODLE_ARGS)}.")
+    names = MOODLE_ARGS[module]
+    values = argv[2:]
+    if len(values) < len(names):
+        raise UsageError(f"Missing arguments, expected {len(names)} "
+                         f"({', '.join(n.strip('-') for n in names)}), got {len(values)}.",
+                         runid=str(int(time.time())))
+    out = [module]
+    for name, value in zip(names + MOODLE_OPTIONAL_ARGS.get(module, []), values):
+        out += [name, value] if name.startswith("--") else [value]
+    return out
+
+
+def is_moodle_argv(argv: list[str]) -> bool:
+    return len(argv) >= 2 and argv[0] == "-m"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; returns the exit status (the answer's status)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    _configure_logging(argv)
+    try:
+        if is_moodle_argv(argv):
+            argv = moodle_argv(argv)
+        try:
+            args = build_parser().parse_args(argv)
+        except SystemExit as exc:  # --help and --version
+            return int(exc.code or 0)
+        with _stdout_to_stderr():
+            text = run(args)
+        _emit(text)
+        return 0
+    except BackendError as exc:
+        _emit(to_json_line(exc.answer()))
+        return exc.status
+    except KeyboardInterrupt:
+        _emit(to_json_line({"status": GENERAL_ERROR, "info": ["Interrupted."]}))
+        return GENERAL_ERROR
+    except Exception as exc:  # noqa: BLE001 - the contract wants an answer, always
+        log.error("unexpected error:\n%s", traceback.format_exc())
+        message = f"Unexpected error ({type(exc).__name__}: {exc}). See the log on stderr."
+        _emit(to_json_line({"status": GENERAL_ERROR, "info": [message]}))
+        return GENERAL_ERROR
+
+
+def run(args: argparse.Namespace) -> str:
+    """Call the action for `args`; returns the text Moodle reads."""
+    from mlbackend import actions, store
+
+    if args.command == "version":
+        return reported_version()
+    model_dir = args.model_dir or store.default_model_dir(args.model_id)
+    progress = sys.stderr.isatty()
+    if args.command == "training":
+        return to_json_line(actions.train(model_dir, args.dataset, progress=progress))
+    if args.command == "prediction":
+        return to_json_line(actions.predict(model_dir, args.dataset))
+    if args.command == "evaluation":
+        return to_json_line(actions.evaluate(
+            model_dir, args.dataset, args.min_score, args.max_deviation, args.iterations,
+            trained_model_dir=args.trained_model_dir, progress=progress))
+    if args.command == "export":
+        return actions.export(model_dir, args.export_dir)
+    if args.command == "import":
+        actions.import_(model_dir, args.import_dir)
+        return "Ok"
+    raise UsageError(f"Unknown command {args.command!r}.")  # pragma: no cover
+
+
+def _emit(text: str) -> None:
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """Point file descriptor 1 at stderr while working, so that nothing a
+    library prints (TensorFlow's C++ code writes to fd 1 directly) comes
+    after Moodle's answer, which is written once this is over."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # captured stdout, e.g. in tests
+        yield
+        return
+    sys.stdout.flush()
+    saved = os.dup(fd)
+    try:
+        os.dup2(sys.stderr.fileno(), fd)
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, fd)
+        os.close(saved)
+
+
+def _configure_logging(argv: list[str]) -> None:
+    verbose = "-v" in argv or "--verbose" in argv
+    logger = logging.getLogger("mlbackend")
+    if not any(getattr(h, "_mlbackend", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("mlbackend: %(levelname)s: %(message)s"))
+        handler._mlbackend = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+    for h in logger.handlers:
+        if getattr(h, "_mlbackend", False):
+            h.setLevel(logging.INFO if verbose else logging.WARNING)
+    # The logger passes INFO on so that evaluation's info.log gets it.
+    logger.setLevel(logging.INFO)
+
+
+def main_exit() -> None:
+    """Console-script entry point."""
+    sys.exit(main())

@@ -1,0 +1,207 @@
+"""Evaluation: is this model worth using on this site?
+
+Moodle asks for NITERATIONS random 80/20 splits (train a fresh model on 80 %,
+score the other 20 %), or, with a trained model directory, for the score of
+that model on every row. The answer's `score` is the mean weighted F1 and
+`score_deviation` its standard deviation; Moodle compares them with its
+`min_score` and `accepted_deviation`.
+
+Each run leaves `OUTPUTDIR/logs/RUNID/` for the admin: `info.log`,
+`metrics.json` (every iteration and its confusion matrix), `roc-curve.png`
+(binary targets) and TensorBoard event files under `tensor/`.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from mlbackend import metrics
+from mlbackend.contract import LOW_SCORE, NOT_ENOUGH_DATA, OK, answer
+from mlbackend.dataset import Dataset
+from mlbackend.inference import Model
+
+log = logging.getLogger(__name__)
+
+LOW_SCORE_MESSAGE = ("The evaluated model prediction accuracy is not very good: score {score:.4f} "
+                     "is below the minimum {min_score}.")
+DEVIATION_MESSAGE = ("The results obtained varied too much between iterations (deviation "
+                     "{dev:.4f}, accepted {accepted}); more samples are needed to check if this "
+                     "model is valid.")
+
+
+@dataclass
+class Iteration:
+    scores: dict[str, float]
+    confusion: np.ndarray
+    auc: float | None
+    roc: tuple[np.ndarray, np.ndarray] | None
+    train_rows: int
+    test_rows: int
+
+
+def new_run_dir(output_dir: str) -> tuple[int, str]:
+    """A fresh `logs/RUNID` directory; two runs started together get distinct ids."""
+    logs = os.path.join(output_dir, "logs")
+    os.makedirs(logs, exist_ok=True)
+    runid = int(time.time() * 1000)
+    while True:
+        path = os.path.join(logs, str(runid))
+        try:
+            os.mkdir(path)
+            return runid, os.path.abspath(path)
+        except FileExistsError:
+            runid += 1
+
+
+def run_log_dir(output_dir: str, runid: str) -> str:
+    return os.path.join(output_dir, "logs", runid)
+
+
+def stratified_split(y_idx: np.ndarray, test_fraction: float, rng: np.random.Generator
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """80/20 per class, keeping at least one row of every class for training."""
+    train, test = [], []
+    for c in np.unique(y_idx):
+        idx = rng.permutation(np.flatnonzero(y_idx == c))
+        k = int(round(len(idx) * test_fraction))
+        k = min(max(k, 1 if len(idx) > 1 else 0), len(idx) - 1)
+        test.append(idx[:k])
+        train.append(idx[k:])
+    return rng.permutation(np.concatenate(train)), rng.permutation(np.concatenate(test))
+
+
+def score(model: Model, X: np.ndarray, y_idx: np.ndarray) -> Iteration:
+    proba = model.predict_proba(X)
+    yhat = proba.argmax(axis=1)
+    nclasses = len(model.classes)
+    auc = roc = None
+    if nclasses == 2:
+        positive = model.classes.index(1) if 1 in model.classes else 1
+        is_pos = y_idx == positive
+        auc = metrics.roc_auc(is_pos, proba[:, positive])
+        if auc is not None:
+            roc = metrics.roc_curve(is_pos, proba[:, positive])
+    return Iteration(scores=metrics.classification_scores(y_idx, yhat, nclasses),
+                     confusion=metrics.confusion_matrix(y_idx, yhat, nclasses), auc=auc, roc=roc,
+                     train_rows=0, test_rows=len(y_idx))
+
+
+def evaluate(ds: Dataset, output_dir: str, min_score: float, accepted_deviation: float,
+             iterations: int, trained: Model | None = None, progress: bool = False
+             ) -> dict[str, Any]:
+    """Run the evaluation and write its log directory; returns Moodle's answer."""
+    from mlbackend import model as training  # TensorFlow: only when we train
+
+    y_idx = training.class_indices(ds.y, ds.classes)
+    if trained is None:
+        training.require_all_classes(y_idx, len(ds.classes))
+    runid, run_dir = new_run_dir(output_dir)
+    handler = logging.FileHandler(os.path.join(run_dir, "info.log"))
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    root = logging.getLogger("mlbackend")
+    handler.setLevel(logging.INFO)
+    root.addHandler(handler)
+    if root.getEffectiveLevel() > logging.INFO:
+        root.setLevel(logging.INFO)  # the stderr handler keeps its own level
+    try:
+        log.info("evaluation %d of %s: %d rows, %d features, classes %s", runid, ds.path,
+                 ds.nrows, ds.nfeatures, ds.classes)
+        results: list[Iteration] = []
+        if trained is not None:
+            trained.check_features(ds.nfeatures)
+            log.info("scoring the trained model on all rows")
+            results.append(score(trained, ds.X, y_idx))
+        else:
+            rng = np.random.default_rng(runid)
+            for i in range(iterations):
+                train_idx, test_idx = stratified_split(y_idx, 0.2, rng)
+                if progress:
+                    import sys
+                    sys.stderr.write(f"iteration {i + 1} of {iterations}\n")
+                options = training.TrainingOptions(
+                    seed=i, progress=progress,
+                    tensorboard_dir=os.path.join(run_dir, "tensor", f"iteration-{i + 1}"))
+                m = training.train(ds.X[train_idx], ds.y[train_idx], ds.classes,
+                                   ds.feature_names, options=options)
+                it = score(m, ds.X[test_idx], y_idx[test_idx])
+                it.train_rows = len(train_idx)
+                results.append(it)
+                log.info("iteration %d: %s auc=%s", i + 1,
+                         json.dumps({k: round(v, 4) for k, v in it.scores.items()}), it.auc)
+        out = _summarise(results, min_score, accepted_deviation, len(ds.classes) == 2)
+        out.update(runid=runid, dir=run_dir)
+        _write_logs(run_dir, runid, ds, results, out, trained is not None)
+        log.info("result: %s", json.dumps(out))
+        return out
+    finally:
+        root.removeHandler(handler)
+        handler.close()
+
+
+def _summarise(results: list[Iteration], min_score: float, accepted_deviation: float,
+               binary: bool) -> dict[str, Any]:
+    keys = ["accuracy", "balanced accuracy", "precision", "recall", "f1_score"]
+    means = {k: float(np.mean([r.scores[k] for r in results])) for k in keys}
+    f1 = np.array([r.scores["f1_score"] for r in results])
+    status, info = OK, []
+    score_value, deviation = float(f1.mean()), float(f1.std())
+    if score_value < min_score:
+        status |= LOW_SCORE
+        info.append(LOW_SCORE_MESSAGE.format(score=score_value, min_score=min_score))
+    if deviation > accepted_deviation:
+        status |= NOT_ENOUGH_DATA
+        info.append(DEVIATION_MESSAGE.format(dev=deviation, accepted=accepted_deviation))
+    out = answer(status, info, **means, score=score_value, score_deviation=deviation,
+                 min_score=min_score, accepted_deviation=accepted_deviation)
+    if binary:
+        aucs = [r.auc for r in results if r.auc is not None]
+        if aucs:
+            out["auc"] = float(np.mean(aucs))
+            out["auc_deviation"] = float(np.std(aucs))
+        else:
+            out["info"].append("AUC is undefined: no test split held both classes.")
+    return out
+
+
+def _write_logs(run_dir: str, runid: int, ds: Dataset, results: list[Iteration],
+                summary: dict[str, Any], trained: bool) -> None:
+    from mlbackend.rocplot import write_roc_png
+
+    doc = {
+        "runid": runid,
+        "dataset": os.path.abspath(ds.path),
+        "rows": ds.nrows,
+        "features": ds.nfeatures,
+        "classes": ds.classes,
+        "mode": "trained model on all rows" if trained else "random 80/20 splits",
+        "iterations": [
+            dict(r.scores, iteration=i + 1, auc=r.auc, train_rows=r.train_rows,
+                 test_rows=r.test_rows, confusion_matrix=r.confusion.tolist())
+            for i, r in enumerate(results)
+        ],
+        "summary": summary,
+    }
+    with open(os.path.join(run_dir, "metrics.json"), "w") as f:
+        json.dump(doc, f, indent=2)
+    curves = [r.roc for r in results if r.roc is not None]
+    if len(ds.classes) == 2:
+        write_roc_png(os.path.join(run_dir, "roc-curve.png"), curves)
+    _write_tensorboard(os.path.join(run_dir, "tensor"), results)
+
+
+def _write_tensorboard(path: str, results: list[Iteration]) -> None:
+    """Per-iteration scores as TensorBoard scalars, beside the training curves."""
+    from mlbackend.tensorboard import ScalarWriter
+
+    with ScalarWriter(os.path.join(path, "evaluation")) as writer:
+        for i, r in enumerate(results):
+            for k, v in r.scores.items():
+                writer.scalar(k.replace(" ", "_"), v, i + 1)
+            if r.auc is not None:
+                writer.scalar("auc", r.auc, i + 1)

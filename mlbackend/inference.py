@@ -1,0 +1,132 @@
+"""The trained classifier as plain data, and prediction with NumPy alone.
+
+A `Model` holds everything prediction needs: which columns to keep, how to
+scale them, and the weights of a ReLU network with a softmax output. Keeping
+it as arrays (not a Keras object) is what lets a prediction call answer
+without importing TensorFlow, and what makes the stored format data only.
+`mlbackend.model` trains it with TensorFlow and hands back one of these.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from mlbackend.contract import BackendError
+
+FORMAT_NAME = "mlbackend-classifier"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Model:
+    """A trained feed-forward classifier.
+
+    `columns` are the indices of the input features the network sees (the
+    ones that varied in the first training); `mean` and `scale` standardise
+    them. `weights` alternate kernels and biases, input to output.
+    """
+
+    classes: list[int]
+    nfeatures: int
+    columns: np.ndarray
+    mean: np.ndarray
+    scale: np.ndarray
+    weights: list[np.ndarray]
+    feature_names: list[str] = field(default_factory=list)
+    history: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def hidden_units(self) -> list[int]:
+        return [int(w.shape[1]) for w in self.weights[0:-2:2]]
+
+    def check_features(self, nfeatures: int) -> None:
+        if nfeatures != self.nfeatures:
+            raise BackendError(
+                f"The dataset has {nfeatures} features but this model was trained with "
+                f"{self.nfeatures}. The features of a model cannot change; train a new model.")
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        """Class probabilities, one row per sample, columns in `classes` order."""
+        self.check_features(X.shape[1])
+        h = (X[:, self.columns].astype(np.float32) - self.mean) / self.scale
+        layers = list(zip(self.weights[0::2], self.weights[1::2]))
+        for kernel, bias in layers[:-1]:
+            h = np.maximum(h @ kernel + bias, 0.0)
+        kernel, bias = layers[-1]
+        logits = (h @ kernel + bias).astype(np.float64)
+        logits -= logits.max(axis=1, keepdims=True)
+        e = np.exp(logits)
+        return e / e.sum(axis=1, keepdims=True)
+
+    # ------------------------------------------------------------------
+    # To and from plain arrays (the storage format, see mlbackend.store)
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        meta = {
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "classes": self.classes,
+            "nfeatures": self.nfeatures,
+            "hidden_units": self.hidden_units,
+            "activation": "relu",
+            "output": "softmax",
+            "feature_names": self.feature_names,
+            "history": self.history,
+        }
+        arrays = {
+            "meta": np.array(json.dumps(meta)),
+            "columns": self.columns.astype(np.int64),
+            "mean": self.mean.astype(np.float32),
+            "scale": self.scale.astype(np.float32),
+        }
+        for i, w in enumerate(self.weights):
+            arrays[f"layer{i // 2}_{'kernel' if i % 2 == 0 else 'bias'}"] = w.astype(np.float32)
+        return arrays
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray], source: str) -> "Model":
+        """Rebuild a model, checking every shape: a damaged file must not load."""
+        def bad(why: str) -> BackendError:
+            return BackendError(f"The stored model {source} is damaged or not an mlbackend "
+                                f"model ({why}). Train the model again or import a good copy.")
+        try:
+            meta = json.loads(str(arrays["meta"]))
+            if meta.get("format") != FORMAT_NAME:
+                raise bad("unknown format")
+            if int(meta.get("format_version", 0)) > FORMAT_VERSION:
+                raise bad(f"format version {meta['format_version']} is newer than this "
+                          f"program understands")
+            classes = [int(c) for c in meta["classes"]]
+            nfeatures = int(meta["nfeatures"])
+            columns = np.asarray(arrays["columns"], dtype=np.int64)
+            mean = np.asarray(arrays["mean"], dtype=np.float32)
+            scale = np.asarray(arrays["scale"], dtype=np.float32)
+            nlayers = len(meta["hidden_units"]) + 1
+            weights = []
+            for i in range(nlayers):
+                weights.append(np.asarray(arrays[f"layer{i}_kernel"], dtype=np.float32))
+                weights.append(np.asarray(arrays[f"layer{i}_bias"], dtype=np.float32))
+        except BackendError:
+            raise
+        except (KeyError, ValueError, TypeError) as exc:
+            raise bad(f"missing or unreadable part: {exc}") from None
+        if columns.ndim != 1 or (columns.size and (columns.min() < 0 or columns.max() >= nfeatures)):
+            raise bad("column indices out of range")
+        if mean.shape != columns.shape or scale.shape != columns.shape or not np.all(scale > 0):
+            raise bad("scaling does not match the columns")
+        width = columns.size
+        for i in range(nlayers):
+            kernel, bias = weights[2 * i], weights[2 * i + 1]
+            if kernel.ndim != 2 or kernel.shape[0] != width or bias.shape != (kernel.shape[1],):
+                raise bad(f"layer {i} has the wrong shape")
+            width = kernel.shape[1]
+        if width != len(classes):
+            raise bad("the output layer does not match the classes")
+        if not all(np.all(np.isfinite(w)) for w in weights):
+            raise bad("weights are not finite numbers")
+        return cls(classes=classes, nfeatures=nfeatures, columns=columns, mean=mean,
+                   scale=scale, weights=weights, feature_names=list(meta.get("feature_names", [])),
+                   history=dict(meta.get("history", {})))
