@@ -1,0 +1,98 @@
+"""Shared fixtures: Moodle-format data made by the tests, and the two ways of
+running the program (in process through `main()`, and as Moodle does, as a
+subprocess with `-m moodlemlbackend.MODULE`)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mlbackend import synthetic
+from mlbackend.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Result:
+    rc: int
+    stdout: str
+    stderr: str
+
+    @property
+    def last(self) -> str:
+        lines = [line for line in self.stdout.split("\n") if line.strip()]
+        return lines[-1].rstrip() if lines else ""
+
+    @property
+    def json(self) -> Any:
+        return json.loads(self.last)
+
+
+def backend_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env.update(extra or {})
+    return env
+
+
+def moodle(module: str, *args: Any, env: dict[str, str] | None = None,
+           timeout: float = 900) -> Result:
+    """Run the program exactly as Moodle's PHP does (stdout, stderr, exit code)."""
+    cmd = [sys.executable, "-m", "mlbackend", "-m", f"moodlemlbackend.{module}",
+           *[str(a) for a in args]]
+    p = subprocess.run(cmd, capture_output=True, text=True, env=backend_env(env),
+                       timeout=timeout, stdin=subprocess.DEVNULL)
+    return Result(p.returncode, p.stdout, p.stderr)
+
+
+@pytest.fixture
+def run_main(capsys: pytest.CaptureFixture[str]):
+    """Call `main(argv)` in process; returns a Result like `moodle()`."""
+    def run(*argv: Any) -> Result:
+        rc = main([str(a) for a in argv])
+        out = capsys.readouterr()
+        return Result(rc, out.out, out.err)
+    return run
+
+
+@pytest.fixture(scope="session")
+def datadir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("data")
+
+
+@pytest.fixture(scope="session")
+def binary_data(datadir: Path) -> dict[str, Any]:
+    """600 training rows and 150 prediction rows of a 15 %-positive binary target."""
+    data = synthetic.generate(750, 20, seed=1)
+    train = synthetic.Synthetic(data.X[:600], data.y[:600], data.classes)
+    rest = synthetic.Synthetic(data.X[600:], data.y[600:], data.classes)
+    return {
+        "train": synthetic.write_training(str(datadir / "binary-train.csv"), train),
+        "predict": str(datadir / "binary-predict.csv"),
+        "answers": synthetic.write_prediction(str(datadir / "binary-predict.csv"), rest),
+    }
+
+
+@pytest.fixture(scope="session")
+def multiclass_data(datadir: Path) -> dict[str, Any]:
+    data = synthetic.generate(400, 12, classes=(0, 1, 2), seed=2)
+    train = synthetic.Synthetic(data.X[:320], data.y[:320], data.classes)
+    rest = synthetic.Synthetic(data.X[320:], data.y[320:], data.classes)
+    return {
+        "train": synthetic.write_training(str(datadir / "multi-train.csv"), train),
+        "predict": str(datadir / "multi-predict.csv"),
+        "answers": synthetic.write_prediction(str(datadir / "multi-predict.csv"), rest,
+                                              id_prefix="123-"),
+    }
+
+
+def write(path: Path, text: str) -> str:
+    path.write_text(text)
+    return str(path)
