@@ -149,9 +149,9 @@ def main(argv: list[str] | None = None) -> int:
         except SystemExit as exc:  # --help and --version
             return int(exc.code or 0)
         with _stdout_to_stderr():
-            text = run(args)
+            text, status = run(args)
         _emit(text)
-        return 0
+        return status
     except BackendError as exc:
         _emit(to_json_line(exc.answer()))
         return exc.status
@@ -165,28 +165,30 @@ def main(argv: list[str] | None = None) -> int:
         return GENERAL_ERROR
 
 
-def run(args: argparse.Namespace) -> str:
-    """Call the action for `args`; returns the text Moodle reads."""
+def run(args: argparse.Namespace) -> tuple[str, int]:
+    """Call the action for `args`; returns the text Moodle reads and the exit status."""
     from mlbackend import actions, store
 
     if args.command == "version":
-        return reported_version()
+        return reported_version(), 0
     model_dir = args.model_dir or store.default_model_dir(args.model_id)
     progress = sys.stderr.isatty()
     if args.command == "training":
-        return to_json_line(actions.train(model_dir, args.dataset, progress=progress))
-    if args.command == "prediction":
-        return to_json_line(actions.predict(model_dir, args.dataset))
-    if args.command == "evaluation":
-        return to_json_line(actions.evaluate(
-            model_dir, args.dataset, args.min_score, args.max_deviation, args.iterations,
-            trained_model_dir=args.trained_model_dir, progress=progress))
-    if args.command == "export":
-        return actions.export(model_dir, args.export_dir)
-    if args.command == "import":
+        result = actions.train(model_dir, args.dataset, progress=progress)
+    elif args.command == "prediction":
+        result = actions.predict(model_dir, args.dataset)
+    elif args.command == "evaluation":
+        result = actions.evaluate(model_dir, args.dataset, args.min_score, args.max_deviation,
+                                  args.iterations, trained_model_dir=args.trained_model_dir,
+                                  progress=progress)
+    elif args.command == "export":
+        return actions.export(model_dir, args.export_dir), 0
+    elif args.command == "import":
         actions.import_(model_dir, args.import_dir)
-        return "Ok"
-    raise UsageError(f"Unknown command {args.command!r}.")  # pragma: no cover
+        return "Ok", 0
+    else:  # pragma: no cover - argparse only accepts the commands above
+        raise UsageError(f"Unknown command {args.command!r}.")
+    return to_json_line(result), int(result["status"])
 
 
 def _emit(text: str) -> None:

@@ -82,13 +82,14 @@ def train(X: np.ndarray, y: np.ndarray, classes: list[int], feature_names: list[
           previous: Model | None = None, options: TrainingOptions | None = None) -> Model:
     """Train a new model, or continue training `previous` on new rows."""
     options = options or TrainingOptions()
-    y_idx = class_indices(y, classes)
-    require_all_classes(y_idx, len(classes))
     if previous is not None:
         previous.check_features(X.shape[1])
         if previous.classes != classes:
             raise BackendError(f"The dataset's targetclasses {classes} differ from the "
                                f"model's {previous.classes}; train a new model.")
+    y_idx = class_indices(y, classes)
+    require_all_classes(y_idx, len(classes))
+    if previous is not None:
         columns, mean, scale = previous.columns, previous.mean, previous.scale
         hidden = previous.hidden_units
     else:
@@ -115,7 +116,7 @@ def train(X: np.ndarray, y: np.ndarray, classes: list[int], feature_names: list[
         train_idx = np.tile(train_idx, reps)
         epochs = SMALL_DATA_EPOCHS
     history = net.fit(Z[train_idx], y_idx[train_idx], epochs=epochs,
-                      batch_size=min(options.batch_size, len(train_idx)),
+                      batch_size=_batch_size(len(train_idx), options.batch_size),
                       class_weight=weights, callbacks=callbacks, verbose=0, shuffle=True,
                       **fit_args)
     if options.progress:
@@ -198,6 +199,12 @@ def _validation_split(y_idx: np.ndarray, options: TrainingOptions
     return rng.permutation(np.concatenate(train)), np.concatenate(val)
 
 
+def _batch_size(rows: int, largest: int) -> int:
+    """About 20 steps an epoch at least: small data needs small batches to learn
+    within the patience of early stopping."""
+    return int(min(largest, max(16, rows // 20)))
+
+
 def _class_weights(y_idx: np.ndarray, nclasses: int) -> dict[int, float]:
     """Balanced weights: every class counts as much in the loss, whatever its size."""
     counts = np.bincount(y_idx, minlength=nclasses).astype(np.float64)
@@ -246,3 +253,18 @@ def _tensorboard_callback(keras: Any, log_dir: str) -> Any:
             self.writer.close()
 
     return TensorBoardScalars()
+
+
+def keras_predict_proba(model: Model, X: np.ndarray) -> np.ndarray:
+    """Keras' own forward pass of a stored model.
+
+    Prediction runs on NumPy (`Model.predict_proba`); this is the reference
+    it is checked against, and must agree to 1e-5.
+    """
+    keras = import_keras()
+    net = _network(keras, len(model.columns), model.hidden_units, len(model.classes),
+                   TrainingOptions())
+    net.set_weights(model.weights)
+    Z = ((X[:, model.columns] - model.mean) / model.scale).astype(np.float32)
+    logits = net.predict(Z, verbose=0, batch_size=4096)
+    return np.asarray(keras.ops.softmax(logits, axis=-1))

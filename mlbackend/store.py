@@ -74,7 +74,7 @@ def load_file(path: str, missing_ok: bool = False) -> Model | None:
         if missing_ok:
             return None
         raise BackendError(f"There is no model file at {path}.") from None
-    except (OSError, ValueError, EOFError) as exc:
+    except Exception as exc:  # noqa: BLE001 - any damage (bad zip, bad zlib, bad header)
         raise BackendError(f"The stored model {path} cannot be read ({exc}). Train the model "
                            "again or import a good copy.") from None
     return Model.from_arrays(arrays, path)

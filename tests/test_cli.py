@@ -1,0 +1,121 @@
+"""The human form of the commands, the parser, and what stays cheap."""
+from __future__ import annotations
+
+import json
+import os
+import pty
+import subprocess
+import sys
+
+import pytest
+
+from mlbackend import cli
+from conftest import backend_env, moodle
+
+
+def test_version_and_help_do_not_import_tensorflow():
+    code = ("import sys\n"
+            "from mlbackend.cli import main\n"
+            "main(['version'])\n"
+            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "main(['training', '--help'])\n"
+            "main(['-m', 'moodlemlbackend.version'])\n"
+            "print('TF' if 'tensorflow' in sys.modules else 'no TF')\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env=backend_env())
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip().splitlines()[-1] == "no TF"
+
+
+def test_prediction_does_not_import_tensorflow(tmp_path, binary_data, run_main):
+    model_dir = tmp_path / "m"
+    assert run_main("training", binary_data["train"], "--model-dir", model_dir).rc == 0
+    code = ("import sys, io, contextlib\n"
+            "from mlbackend.cli import main\n"
+            f"rc = main(['prediction', {binary_data['predict']!r}, '--model-dir', {str(model_dir)!r}])\n"
+            "print('TF' if 'tensorflow' in sys.modules else 'no TF', rc)\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env=backend_env())
+    assert p.stdout.strip().splitlines()[-1] == "no TF 0", p.stderr
+
+
+def test_human_form_defaults_to_the_user_data_directory(tmp_path, binary_data):
+    env = {"HOME": str(tmp_path), "XDG_DATA_HOME": str(tmp_path / "data")}
+    cmd = [sys.executable, "-m", "mlbackend", "training", binary_data["train"],
+           "--model-id", "dropout risk!"]
+    p = subprocess.run(cmd, capture_output=True, text=True, env=backend_env(env))
+    assert p.returncode == 0, p.stderr
+    stored = tmp_path / "data" / "mlbackend" / "models" / "dropoutrisk" / "classifier"
+    assert (stored / "model.npz").is_file()
+    cmd = [sys.executable, "-m", "mlbackend", "prediction", binary_data["predict"],
+           "--model-id", "dropout risk!"]
+    p = subprocess.run(cmd, capture_output=True, text=True, env=backend_env(env))
+    assert p.returncode == 0 and len(json.loads(p.stdout)["predictions"]) == 150
+
+
+def test_in_process_main_matches_the_moodle_form(tmp_path, binary_data, run_main):
+    r = run_main("-m", "moodlemlbackend.training", "x", tmp_path, binary_data["train"])
+    assert r.rc == 0 and r.json == {"status": 0, "info": []}
+    a = run_main("-m", "moodlemlbackend.prediction", "x", tmp_path, binary_data["predict"]).json
+    b = run_main("prediction", binary_data["predict"], "--model-dir", tmp_path).json
+    assert a == b
+
+
+def test_usage_errors_are_json(run_main, tmp_path):
+    r = run_main("training")
+    assert r.rc == 1 and "Wrong arguments" in r.json["info"][0]
+    r = run_main("-m", "moodlemlbackend.nonsense", "a")
+    assert r.rc == 1 and "Unknown module" in r.json["info"][0]
+    r = run_main("evaluation", "d.csv", "--iterations", "0", "--model-dir", tmp_path)
+    assert r.rc == 1 and "at least 1" in r.json["info"][0]
+
+
+def test_unexpected_errors_become_a_json_answer(run_main, monkeypatch, tmp_path):
+    from mlbackend import actions
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(actions, "predict", boom)
+    r = run_main("prediction", "x.csv", "--model-dir", tmp_path)
+    assert r.rc == 1
+    assert r.json["info"] == ["Unexpected error (RuntimeError: disk on fire). See the log on stderr."]
+    assert "Traceback" in r.stderr
+
+
+def test_every_option_has_help():
+    parser = cli.build_parser()
+    subparsers = next(a for a in parser._actions if a.dest == "command")
+    for name, sub in subparsers.choices.items():
+        for action in sub._actions:
+            assert action.help, f"{name} {action.option_strings or action.dest} lacks help"
+
+
+def test_progress_on_a_terminal_only(tmp_path, binary_data):
+    quiet = moodle("training", "q", tmp_path / "q", binary_data["train"])
+    assert quiet.rc == 0 and quiet.stderr == ""
+    master, slave = pty.openpty()
+    cmd = [sys.executable, "-m", "mlbackend", "-m", "moodlemlbackend.training", "t",
+           str(tmp_path / "t"), binary_data["train"]]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=slave, env=backend_env())
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 4096)
+        except OSError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    out, _ = p.communicate()
+    os.close(master)
+    assert p.returncode == 0
+    assert b"epoch" in b"".join(chunks)
+    assert json.loads(out.decode().strip().splitlines()[-1]) == {"status": 0, "info": []}
+
+
+@pytest.mark.parametrize("argv", [["-m"], ["-m", "moodlemlbackend.training"]])
+def test_degenerate_moodle_argv(run_main, argv):
+    r = run_main(*argv)
+    assert r.rc == 1 and r.json["status"] == 1
