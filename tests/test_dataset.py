@@ -13,7 +13,8 @@ from conftest import write
 HEAD = 'nfeatures,targetclasses,targettype\n3,"[0,1]",discrete\n'
 
 
-def test_metadata_in_any_order_missing_cells_and_crlf(tmp_path):
+@pytest.mark.parametrize("tensorflow", [False, True], ids=["numpy", "tensorflow"])
+def test_metadata_in_any_order_missing_cells_and_crlf(tmp_path, tensorflow):
     path = write(tmp_path / "a.csv",
                  'targettype,timesplitting,targetclasses,nfeatures,somethingnew\r\n'
                  'discrete,"\\a\\b","[0,1]",3,x\r\n'
@@ -21,7 +22,7 @@ def test_metadata_in_any_order_missing_cells_and_crlf(tmp_path):
                  '1,,0.5,1\r\n'
                  '\r\n'
                  ',-1,,0\r\n')
-    ds = dataset.read_training(path)
+    ds = dataset.read_training(path, tensorflow=tensorflow)
     assert ds.nfeatures == 3 and ds.classes == [0, 1]
     assert ds.feature_names == ["f1", "f2", "f3"]
     np.testing.assert_array_equal(ds.X, [[1, 0, 0.5], [0, -1, 0]])
@@ -52,12 +53,16 @@ def test_multiclass_labels(tmp_path):
     assert ds.classes == [0, 1, 2] and ds.y.tolist() == [2, 1, 0]
 
 
-def test_large_file_spans_many_blocks(tmp_path, monkeypatch):
+def test_large_file_spans_many_blocks_and_both_decoders_agree(tmp_path, monkeypatch):
     monkeypatch.setattr(dataset, "BLOCK_BYTES", 64)
     rows = "".join(f"{i % 2},{i},,{i % 2}\n" for i in range(500))
-    ds = dataset.read_training(write(tmp_path / "big.csv", HEAD + "f1,f2,f3,t\n" + rows))
+    path = write(tmp_path / "big.csv", HEAD + "f1,f2,f3,t\n" + rows)
+    ds = dataset.read_training(path)
     assert ds.nrows == 500
     assert ds.X[499].tolist() == [1, 499, 0]
+    fast = dataset.read_training(path, tensorflow=True)
+    np.testing.assert_array_equal(fast.X, ds.X)
+    np.testing.assert_array_equal(fast.y, ds.y)
 
 
 @pytest.mark.parametrize("name,text,line,words", [
@@ -83,10 +88,11 @@ def test_large_file_spans_many_blocks(tmp_path, monkeypatch):
     ("metadata values missing", 'nfeatures,targetclasses,targettype\n3,"[0,1]"\nf1,f2,f3,t\n', 2,
      "3 fields"),
 ])
-def test_malformed_training_files(tmp_path, name, text, line, words):
+@pytest.mark.parametrize("tensorflow", [False, True], ids=["numpy", "tensorflow"])
+def test_malformed_training_files(tmp_path, name, text, line, words, tensorflow):
     path = write(tmp_path / "bad.csv", text)
     with pytest.raises(BackendError) as err:
-        dataset.read_training(path)
+        dataset.read_training(path, tensorflow=tensorflow)
     assert err.value.status == 1
     assert words in err.value.message
     if line is not None:
