@@ -20,7 +20,8 @@ def train(model_dir: str, dataset_path: str, progress: bool = False) -> dict[str
     """Train the model in `model_dir`, continuing from it when it exists."""
     from mlbackend import model  # TensorFlow
 
-    ds = dataset.read_training(dataset_path)
+    model.import_tensorflow()
+    ds = dataset.read_training(dataset_path, tensorflow=True)
     with store.writer_lock(model_dir):
         previous = store.load(model_dir)
         options = model.TrainingOptions(progress=progress)
@@ -57,7 +58,7 @@ def evaluate(model_dir: str, dataset_path: str, min_score: float, max_deviation:
         trained = store.load(trained_model_dir)
         if trained is None:
             raise BackendError(NOT_TRAINED_MESSAGE, status=NO_DATASET)
-    ds = dataset.read_training(dataset_path)
+    ds = dataset.read_training(dataset_path, tensorflow=True)
     return evaluation.evaluate(ds, model_dir, min_score, max_deviation, iterations,
                                trained=trained, progress=progress)
 

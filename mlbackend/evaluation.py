@@ -119,21 +119,21 @@ def evaluate(ds: Dataset, output_dir: str, min_score: float, accepted_deviation:
             results.append(score(trained, ds.X, y_idx))
         else:
             rng = np.random.default_rng(runid)
-            for i in range(iterations):
-                train_idx, test_idx = stratified_split(y_idx, 0.2, rng)
-                if progress:
-                    import sys
-                    sys.stderr.write(f"iteration {i + 1} of {iterations}\n")
-                options = training.TrainingOptions(
-                    seed=i, progress=progress,
-                    tensorboard_dir=os.path.join(run_dir, "tensor", f"iteration-{i + 1}"))
-                m = training.train(ds.X[train_idx], ds.y[train_idx], ds.classes,
-                                   ds.feature_names, options=options)
+            splits = [stratified_split(y_idx, 0.2, rng) for _ in range(iterations)]
+            log.info("training %d networks side by side on %d rows each", iterations,
+                     len(splits[0][0]))
+            dirs = [os.path.join(run_dir, "tensor", f"iteration-{i + 1}")
+                    for i in range(iterations)]
+            options = training.TrainingOptions(progress=progress, tensorboard_dirs=dirs)
+            models = training.train_splits(ds.X, ds.y, ds.classes, ds.feature_names,
+                                           [train for train, _ in splits], options)
+            for i, (m, (train_idx, test_idx)) in enumerate(zip(models, splits)):
                 it = score(m, ds.X[test_idx], y_idx[test_idx])
                 it.train_rows = len(train_idx)
                 results.append(it)
-                log.info("iteration %d: %s auc=%s", i + 1,
-                         json.dumps({k: round(v, 4) for k, v in it.scores.items()}), it.auc)
+                log.info("iteration %d: %s auc=%s epochs=%d", i + 1,
+                         json.dumps({k: round(v, 4) for k, v in it.scores.items()}), it.auc,
+                         m.history["last_epochs"])
         out = _summarise(results, min_score, accepted_deviation, len(ds.classes) == 2)
         out.update(runid=runid, dir=run_dir)
         _write_logs(run_dir, runid, ds, results, out, trained is not None)

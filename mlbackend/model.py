@@ -1,19 +1,28 @@
-"""Training the classifier with TensorFlow/Keras.
+"""Training the classifier with TensorFlow.
+
+The network is the old backend's family (a feed-forward ReLU network with a
+softmax output, trained with TensorFlow) with what it lacked: centred inputs,
+class weights so that the minority class (the students at risk) is predicted
+at all, dropout, L2, and early stopping on a validation split instead of a
+fixed epoch formula.
+
+Why not Keras' `fit`: a Moodle call trains one small network and exits, so
+start-up and per-epoch overhead are most of its time. Here each epoch is one
+compiled TensorFlow function (the batch loop runs inside the graph), and
+several networks train side by side as one batched computation: evaluation
+trains its ten 80 % splits at once, for little more than the cost of one.
+Weights carry a leading "model" axis for that; a plain training is K = 1.
 
 TensorFlow is imported inside these functions only: prediction, `version`
-and `--help` never pay for it. The network is the old backend's family (a
-feed-forward ReLU network with a softmax output) with what it lacked:
-standardised inputs, class weights so the minority class (the students at
-risk) is predicted at all, dropout and early stopping on a validation split
-instead of a fixed epoch formula. Training hands back a plain
-`mlbackend.inference.Model`; the Keras object never leaves this module.
+and `--help` never pay for it. Training hands back plain
+`mlbackend.inference.Model`s.
 """
 from __future__ import annotations
 
 import logging
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -35,41 +44,41 @@ class TrainingOptions:
     seed: int = 0
     max_epochs: int = 200
     patience: int = 10
-    batch_size: int = 256
     learning_rate: float = 1e-3
-    dropout: float = 0.2
+    dropout: float = 0.4
     l2: float = 1e-4
     validation_fraction: float = 0.15
+    #: 1 weighs every class equally in the loss (balanced), 0 weighs every row equally.
+    class_weight_power: float = 0.5
     progress: bool = False           # a progress line on stderr (terminals only)
-    tensorboard_dir: str | None = None
+    #: One TensorBoard directory per network trained side by side (evaluation).
+    tensorboard_dirs: list[str] = field(default_factory=list)
 
 
 def quiet_tensorflow() -> None:
     """Silence TensorFlow's C++ and Python chatter before it is imported."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
-    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    # `import tensorflow` eagerly imports Keras 3 (0.15 s, 17 MB) only to
+    # register its optimizers; we train without Keras. Asking for legacy
+    # Keras, which is not installed, makes TensorFlow skip that import.
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
 
 
-def import_keras() -> Any:
+def import_tensorflow() -> Any:
     quiet_tensorflow()
-    import tensorflow as tf  # noqa: F401  (heavy: only here)
-    import keras
+    import tensorflow as tf  # heavy: only here
 
-    try:
-        import absl.logging
-        absl.logging.set_verbosity(absl.logging.ERROR)
-    except ImportError:  # pragma: no cover
-        pass
     tf.get_logger().setLevel(logging.ERROR)
-    return keras
+    return tf
 
 
 def class_indices(y: np.ndarray, classes: list[int]) -> np.ndarray:
     """Class values to 0..k-1 in `classes` order."""
-    lookup = {c: i for i, c in enumerate(classes)}
-    return np.fromiter((lookup[int(v)] for v in y), dtype=np.int64, count=len(y))
+    lookup = np.full(int(max(max(classes), int(y.max(initial=0)))) + 1, -1, dtype=np.int64)
+    lookup[np.asarray(classes, dtype=np.int64)] = np.arange(len(classes))
+    return lookup[np.asarray(y, dtype=np.int64)]
 
 
 def require_all_classes(y_idx: np.ndarray, nclasses: int) -> None:
@@ -93,72 +102,85 @@ def train(X: np.ndarray, y: np.ndarray, classes: list[int], feature_names: list[
         columns, mean, scale = previous.columns, previous.mean, previous.scale
         hidden = previous.hidden_units
     else:
-        columns, mean, scale = _scaling(X)
-        hidden = _hidden_units(X, len(columns))
-    keras = import_keras()
-    keras.utils.set_random_seed(options.seed)
-    Z = ((X[:, columns] - mean) / scale).astype(np.float32)
-    net = _network(keras, len(columns), hidden, len(classes), options)
-    if previous is not None:
-        net.set_weights(previous.weights)
-    train_idx, val_idx = _validation_split(y_idx, options)
-    callbacks = _callbacks(keras, options, with_validation=val_idx is not None)
-    weights = _class_weights(y_idx[train_idx], len(classes))
-    fit_args: dict[str, Any] = {}
-    if val_idx is not None:
-        fit_args["validation_data"] = (Z[val_idx], y_idx[val_idx])
-        epochs = options.max_epochs
-    else:
-        # Too few rows to hold some out: a fixed budget of steps. Tiling the
-        # rows makes the budget a few long epochs instead of hundreds of tiny
-        # ones (Keras spends milliseconds per epoch, whatever its size).
-        reps = -(-SMALL_DATA_ROWS // len(train_idx))
-        train_idx = np.tile(train_idx, reps)
-        epochs = SMALL_DATA_EPOCHS
-    history = net.fit(Z[train_idx], y_idx[train_idx], epochs=epochs,
-                      batch_size=_batch_size(len(train_idx), options.batch_size),
-                      class_weight=weights, callbacks=callbacks, verbose=0, shuffle=True,
-                      **fit_args)
-    if options.progress:
-        sys.stderr.write("\n")
-    epochs_run = len(history.history.get("loss", []))
-    log.info("trained %d rows for %d epochs (hidden layers %s)", len(train_idx), epochs_run,
-             hidden)
+        columns, mean, scale = scaling(X)
+        hidden = hidden_units(X, len(columns))
+    Z = standardise(X, columns, mean, scale)
+    init = [w[None] for w in previous.weights] if previous is not None else None
+    weights, epochs = _fit_side_by_side(Z, y_idx, [np.arange(len(y_idx))], len(classes), hidden,
+                                        options, init)
     past = dict(previous.history) if previous is not None else {}
     record = {
         "trainings": int(past.get("trainings", 0)) + 1,
         "rows_seen": int(past.get("rows_seen", 0)) + int(X.shape[0]),
-        "last_epochs": epochs_run,
+        "last_epochs": epochs[0],
     }
-    return Model(classes=list(classes), nfeatures=int(X.shape[1]), columns=columns,
-                 mean=mean, scale=scale, weights=[np.asarray(w) for w in net.get_weights()],
-                 feature_names=list(feature_names), history=record)
+    log.info("trained %d rows for %d epochs (hidden layers %s)", len(y_idx), epochs[0], hidden)
+    return Model(classes=list(classes), nfeatures=int(X.shape[1]), columns=columns, mean=mean,
+                 scale=scale, weights=weights[0], feature_names=list(feature_names),
+                 history=record)
 
 
-# --------------------------------------------------------------------------
+def train_splits(X: np.ndarray, y: np.ndarray, classes: list[int], feature_names: list[str],
+                 splits: list[np.ndarray], options: TrainingOptions | None = None) -> list[Model]:
+    """Train one fresh model per row subset, side by side (evaluation's iterations).
+
+    The subsets must be of equal size. Every model keeps the columns that vary
+    in the whole file, and centres them on its own rows.
+    """
+    options = options or TrainingOptions()
+    y_idx = class_indices(y, classes)
+    columns, _, _ = scaling(X)
+    hidden = hidden_units(X, len(columns))
+    scalings = [scaling(X[rows], columns) for rows in splits]
+    # One standardisation per split would copy the data K times; the network
+    # sees (x - mean_k) / scale_k, which is the same as shifting its first bias.
+    Z = X[:, columns].astype(np.float32)
+    weights, epochs = _fit_side_by_side(Z, y_idx, splits, len(classes), hidden, options,
+                                        None, [(m, s) for _, m, s in scalings])
+    models = []
+    for k, rows in enumerate(splits):
+        _, mean, scale = scalings[k]
+        models.append(Model(classes=list(classes), nfeatures=int(X.shape[1]), columns=columns,
+                            mean=mean, scale=scale, weights=weights[k],
+                            feature_names=list(feature_names),
+                            history={"trainings": 1, "rows_seen": len(rows),
+                                     "last_epochs": epochs[k]}))
+    return models
 
 
-def _scaling(X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Keep the columns that vary; centre them.
+def scaling(X: np.ndarray, columns: np.ndarray | None = None
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Keep the columns that vary (unless given); centre them.
 
     Constant columns carry no information and the old backend dropped them
     too. When nothing varies (Moodle sends all-zero features in its own
     tests) every column is kept, and the network learns the class prior.
     """
-    std = X.std(axis=0, dtype=np.float64)
-    columns = np.flatnonzero(std > 0)
-    if columns.size == 0:
-        columns = np.arange(X.shape[1])
-    mean = X[:, columns].mean(axis=0, dtype=np.float64).astype(np.float32)
-    scale = std[columns].astype(np.float32)
+    if columns is None:
+        std_all = X.std(axis=0, dtype=np.float64)
+        columns = np.flatnonzero(std_all > 0)
+        if columns.size == 0:
+            columns = np.arange(X.shape[1])
+    sub = X[:, columns]
+    mean = sub.mean(axis=0, dtype=np.float64).astype(np.float32)
+    std = sub.std(axis=0, dtype=np.float64).astype(np.float32)
     # Only shrink columns wider than Moodle's [-1, 1] range: dividing a rare,
     # nearly constant indicator by its tiny deviation makes it explode on new
     # rows (measured on site-a: AUC 0.58 with plain standardisation, 0.92 so).
-    scale = np.maximum(scale, np.float32(1.0))
+    scale = np.maximum(std, np.float32(1.0))
     return columns.astype(np.int64), mean, scale
 
 
-def _hidden_units(X: np.ndarray, width: int) -> list[int]:
+def standardise(X: np.ndarray, columns: np.ndarray, mean: np.ndarray,
+                scale: np.ndarray) -> np.ndarray:
+    Z = X[:, columns] if len(columns) != X.shape[1] else X.copy()
+    Z = Z.astype(np.float32, copy=False)
+    Z -= mean
+    Z /= scale
+    return Z
+
+
+def hidden_units(X: np.ndarray, width: int) -> list[int]:
     """Small data gets a small network, as the old backend did."""
     few_rows = X.shape[0] < 1000 and len(np.unique(X, axis=0)) < 100
     if few_rows:
@@ -167,104 +189,226 @@ def _hidden_units(X: np.ndarray, width: int) -> list[int]:
     return [units, units]
 
 
-def _network(keras: Any, width: int, hidden: list[int], nclasses: int,
-             options: TrainingOptions) -> Any:
-    reg = keras.regularizers.L2(options.l2)
-    layers = [keras.Input(shape=(width,))]
-    for units in hidden:
-        layers.append(keras.layers.Dense(units, activation="relu", kernel_regularizer=reg))
-        if options.dropout:
-            layers.append(keras.layers.Dropout(options.dropout))
-    layers.append(keras.layers.Dense(nclasses))
-    net = keras.Sequential(layers)
-    net.compile(optimizer=keras.optimizers.Adam(options.learning_rate),
-                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    return net
+def batch_size(rows: int) -> int:
+    """About 40 steps an epoch: small data needs small batches to learn within
+    the patience of early stopping; large data needs large ones to be quick."""
+    return int(min(1024, max(16, rows // 40)))
 
 
-def _validation_split(y_idx: np.ndarray, options: TrainingOptions
-                      ) -> tuple[np.ndarray, np.ndarray | None]:
+def validation_split(y_idx: np.ndarray, fraction: float, rng: np.random.Generator
+                     ) -> tuple[np.ndarray, np.ndarray | None]:
     """Stratified hold-out for early stopping; none when the data is too small."""
     n = len(y_idx)
-    rng = np.random.default_rng(options.seed)
     counts = np.bincount(y_idx)
-    if n < 100 or np.min(counts[counts > 0]) * options.validation_fraction < 2:
+    if n < 100 or np.min(counts[counts > 0]) * fraction < 2:
         return rng.permutation(n), None
     train, val = [], []
     for c in np.flatnonzero(counts):
         idx = rng.permutation(np.flatnonzero(y_idx == c))
-        k = max(1, int(round(len(idx) * options.validation_fraction)))
+        k = max(1, int(round(len(idx) * fraction)))
         val.append(idx[:k])
         train.append(idx[k:])
     return rng.permutation(np.concatenate(train)), np.concatenate(val)
 
 
-def _batch_size(rows: int, largest: int) -> int:
-    """About 20 steps an epoch at least: small data needs small batches to learn
-    within the patience of early stopping."""
-    return int(min(largest, max(16, rows // 20)))
-
-
-def _class_weights(y_idx: np.ndarray, nclasses: int) -> dict[int, float]:
-    """Balanced weights: every class counts as much in the loss, whatever its size."""
+def class_weights(y_idx: np.ndarray, nclasses: int, power: float) -> np.ndarray:
+    """Per-class loss weights, (n / (k * n_c)) ** power: 1 is 'balanced'."""
     counts = np.bincount(y_idx, minlength=nclasses).astype(np.float64)
     counts[counts == 0] = 1
-    w = len(y_idx) / (nclasses * counts)
-    return {i: float(w[i]) for i in range(nclasses)}
+    return (len(y_idx) / (nclasses * counts)) ** power
 
 
-def _callbacks(keras: Any, options: TrainingOptions, with_validation: bool) -> list[Any]:
-    callbacks: list[Any] = []
+# --------------------------------------------------------------------------
+# The engine
+
+
+def _initial_weights(rng: np.random.Generator, K: int, sizes: list[int]) -> list[np.ndarray]:
+    """Glorot-uniform kernels and zero biases, as Keras' Dense starts."""
+    weights = []
+    for fan_in, fan_out in zip(sizes, sizes[1:]):
+        limit = np.sqrt(6.0 / (fan_in + fan_out))
+        weights.append(rng.uniform(-limit, limit, (K, fan_in, fan_out)).astype(np.float32))
+        weights.append(np.zeros((K, fan_out), dtype=np.float32))
+    return weights
+
+
+def _fit_side_by_side(Z: np.ndarray, y_idx: np.ndarray, subsets: list[np.ndarray],
+                      nclasses: int, hidden: list[int], options: TrainingOptions,
+                      init: list[np.ndarray] | None,
+                      shifts: list[tuple[np.ndarray, np.ndarray]] | None = None
+                      ) -> tuple[list[list[np.ndarray]], list[int]]:
+    """Train len(subsets) networks on Z[subset] at once; returns their weights.
+
+    `shifts` (mean, scale) per network standardise its inputs inside the graph.
+    """
+    tf = import_tensorflow()
+    tf.random.set_seed(options.seed)
+    rng = np.random.default_rng(options.seed)
+    K = len(subsets)
+    width = Z.shape[1]
+
+    # Each network's own training and validation rows, as index arrays.
+    train_rows, val_rows = [], []
+    for rows in subsets:
+        t, v = validation_split(y_idx[rows], options.validation_fraction, rng)
+        train_rows.append(rows[t])
+        val_rows.append(rows[v] if v is not None else None)
+    with_validation = all(v is not None for v in val_rows)
+    if not with_validation:
+        # Too few rows to hold some out: a fixed budget of steps. Tiling the
+        # rows makes that budget a few long epochs instead of many tiny ones.
+        reps = -(-SMALL_DATA_ROWS // len(train_rows[0]))
+        train_rows = [np.tile(subsets[k], reps) for k in range(K)]
+        max_epochs = SMALL_DATA_EPOCHS
+    else:
+        max_epochs = options.max_epochs
+    n = min(len(r) for r in train_rows)
+    train_rows = [r[:n] for r in train_rows]
+    bs = min(batch_size(n), n)
+
+    cw = np.stack([class_weights(y_idx[r], nclasses, options.class_weight_power)
+                   for r in train_rows])                                    # [K, C]
+    if shifts is None:
+        shifts = [(np.zeros(width, np.float32), np.ones(width, np.float32))] * K
+    mean = tf.constant(np.stack([m for m, _ in shifts])[:, None, :])      # [K, 1, d]
+    inv_scale = tf.constant((1.0 / np.stack([s for _, s in shifts]))[:, None, :])
+
+    data = tf.constant(Z)                                                  # [N, d], shared
+    tr_idx = tf.constant(np.stack(train_rows))                             # [K, n]
+    tr_y = tf.constant(np.stack([y_idx[r] for r in train_rows]).astype(np.int32))
+    tr_w = tf.constant(np.take_along_axis(cw, np.stack([y_idx[r] for r in train_rows]),
+                                          axis=1).astype(np.float32))
     if with_validation:
-        callbacks.append(keras.callbacks.EarlyStopping(
-            monitor="val_loss", patience=options.patience, restore_best_weights=True))
-    if options.tensorboard_dir:
-        callbacks.append(_tensorboard_callback(keras, options.tensorboard_dir))
+        m = min(len(v) for v in val_rows)
+        va_idx = tf.constant(np.stack([v[:m] for v in val_rows]))
+        va_y = tf.constant(np.stack([y_idx[v[:m]] for v in val_rows]).astype(np.int32))
+
+    sizes = [width] + list(hidden) + [nclasses]
+    start = init if init is not None else _initial_weights(rng, K, sizes)
+    params = [tf.Variable(w) for w in start]
+    kernels = params[0::2]
+    slots_m = [tf.Variable(tf.zeros_like(p)) for p in params]
+    slots_v = [tf.Variable(tf.zeros_like(p)) for p in params]
+    step = tf.Variable(0.0)
+    lr, b1, b2, eps = options.learning_rate, 0.9, 0.999, 1e-7
+    l2, dropout = options.l2, options.dropout
+
+    def forward(idx: Any, training: bool) -> Any:
+        h = (tf.gather(data, idx) - mean) * inv_scale                       # [K, b, d]
+        layers = list(zip(params[0::2], params[1::2]))
+        for kernel, bias in layers[:-1]:
+            h = tf.nn.relu(tf.matmul(h, kernel) + bias[:, None, :])
+            if training and dropout:
+                h = tf.nn.dropout(h, rate=dropout)
+        kernel, bias = layers[-1]
+        return tf.matmul(h, kernel) + bias[:, None, :]
+
+    def train_step(b: Any, total: Any, perm: Any) -> tuple[Any, Any, Any]:
+        cols = perm[b * bs:(b + 1) * bs]
+        idx = tf.gather(tr_idx, cols, axis=1)
+        yb = tf.gather(tr_y, cols, axis=1)
+        wb = tf.gather(tr_w, cols, axis=1)
+        with tf.GradientTape() as tape:
+            ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=yb,
+                                                                logits=forward(idx, True))
+            per_model = tf.reduce_mean(ce * wb, axis=1)
+            penalty = tf.add_n([tf.reduce_sum(tf.square(k), axis=[1, 2]) for k in kernels])
+            loss = tf.reduce_sum(per_model + l2 * penalty)
+        grads = tape.gradient(loss, params)
+        t = step.assign_add(1.0)
+        b1_power, b2_power = tf.pow(b1, t), tf.pow(b2, t)
+        # Adam, one fused kernel per variable (few ops per step is what makes
+        # small batches quick: TensorFlow spends microseconds on each op).
+        updates = [tf.raw_ops.ResourceApplyAdam(
+            var=p.handle, m=m_.handle, v=v_.handle, beta1_power=b1_power,
+            beta2_power=b2_power, lr=lr, beta1=b1, beta2=b2, epsilon=eps, grad=g)
+            for p, g, m_, v_ in zip(params, grads, slots_m, slots_v)]
+        with tf.control_dependencies(updates):
+            return b + 1, total + per_model, perm
+
+    # autograph=False: converting Python source to a graph costs 0.7 s a call,
+    # so the batch loop is an explicit while_loop.
+    @tf.function(autograph=False)  # XLA (jit_compile) took 50 s to compile here
+    def epoch() -> Any:
+        perm = tf.random.shuffle(tf.range(n))
+        batches = (n + bs - 1) // bs
+        _, total, _ = tf.while_loop(lambda b, total, perm: b < batches, train_step,
+                                    (tf.constant(0), tf.zeros([K]), perm))
+        return total / float(batches)
+
+    @tf.function(autograph=False)
+    def validation_loss() -> Any:
+        ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=va_y,
+                                                            logits=forward(va_idx, False))
+        return tf.reduce_mean(ce, axis=1)
+
+    writers = _tensorboard_writers(options.tensorboard_dirs)
+    best_loss = np.full(K, np.inf)
+    best = [p.numpy() for p in params]
+    waited = np.zeros(K, dtype=int)
+    stopped_at = np.full(K, max_epochs)
+    for e in range(max_epochs):
+        train_loss = epoch().numpy()
+        logs = {"loss": train_loss}
+        if with_validation:
+            val = validation_loss().numpy()
+            logs["val_loss"] = val
+            better = (val < best_loss) & (waited <= options.patience)
+            if better.any():
+                current = [p.numpy() for p in params]
+                for b_, c_ in zip(best, current):
+                    b_[better] = c_[better]
+                best_loss[better] = val[better]
+            waited = np.where(better, 0, waited + 1)
+            newly = (waited == options.patience + 1)
+            stopped_at[newly] = e + 1
+        _log_epoch(e, max_epochs, logs, writers, options.progress)
+        if with_validation and np.all(waited > options.patience):
+            break
     if options.progress:
-        callbacks.append(_progress_callback(keras, options.max_epochs))
-    return callbacks
+        sys.stderr.write("\n")
+    for w in writers:
+        w.close()
+    final = best if with_validation else [p.numpy() for p in params]
+    if not with_validation:
+        stopped_at[:] = max_epochs
+    else:
+        stopped_at = np.minimum(stopped_at, e + 1)
+    return [[w[k] for w in final] for k in range(K)], [int(s) for s in stopped_at]
 
 
-def _progress_callback(keras: Any, max_epochs: int) -> Any:
-    class Progress(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-            logs = logs or {}
-            extra = f" validation loss {logs['val_loss']:.4f}" if "val_loss" in logs else ""
-            sys.stderr.write(f"\r  epoch {epoch + 1:>3} (at most {max_epochs}): "
-                             f"loss {logs.get('loss', float('nan')):.4f}{extra}   ")
-            sys.stderr.flush()
-
-    return Progress()
-
-
-def _tensorboard_callback(keras: Any, log_dir: str) -> Any:
-    """Every epoch's losses as TensorBoard scalars (see mlbackend.tensorboard)."""
+def _tensorboard_writers(dirs: list[str]) -> list[Any]:
+    if not dirs:
+        return []
     from mlbackend.tensorboard import ScalarWriter
 
-    class TensorBoardScalars(keras.callbacks.Callback):
-        def on_train_begin(self, logs: dict | None = None) -> None:
-            self.writer = ScalarWriter(log_dir)
+    return [ScalarWriter(d) for d in dirs]
 
-        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-            for key, value in (logs or {}).items():
-                self.writer.scalar(f"epoch_{key}", value, epoch)
 
-        def on_train_end(self, logs: dict | None = None) -> None:
-            self.writer.close()
-
-    return TensorBoardScalars()
+def _log_epoch(e: int, max_epochs: int, logs: dict[str, np.ndarray], writers: list[Any],
+               progress: bool) -> None:
+    for k, writer in enumerate(writers):
+        for key, values in logs.items():
+            writer.scalar(f"epoch_{key}", float(values[k]), e)
+    if progress:
+        extra = f", validation loss {logs['val_loss'].mean():.4f}" if "val_loss" in logs else ""
+        sys.stderr.write(f"\r  epoch {e + 1:>3} (at most {max_epochs}): "
+                         f"loss {logs['loss'].mean():.4f}{extra}   ")
+        sys.stderr.flush()
 
 
 def keras_predict_proba(model: Model, X: np.ndarray) -> np.ndarray:
-    """Keras' own forward pass of a stored model.
+    """Keras' forward pass of a stored model: the reference that the NumPy
+    prediction path (`Model.predict_proba`) is checked against in the tests."""
+    quiet_tensorflow()
+    import keras
 
-    Prediction runs on NumPy (`Model.predict_proba`); this is the reference
-    it is checked against, and must agree to 1e-5.
-    """
-    keras = import_keras()
-    net = _network(keras, len(model.columns), model.hidden_units, len(model.classes),
-                   TrainingOptions())
+    layers: list[Any] = [keras.Input(shape=(len(model.columns),))]
+    units = model.hidden_units + [len(model.classes)]
+    for i, u in enumerate(units):
+        layers.append(keras.layers.Dense(u, activation="relu" if i < len(units) - 1 else None))
+    net = keras.Sequential(layers)
     net.set_weights(model.weights)
-    Z = ((X[:, model.columns] - model.mean) / model.scale).astype(np.float32)
+    Z = standardise(X, model.columns, model.mean, model.scale)
     logits = net.predict(Z, verbose=0, batch_size=4096)
     return np.asarray(keras.ops.softmax(logits, axis=-1))

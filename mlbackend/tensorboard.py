@@ -15,10 +15,9 @@ class ScalarWriter:
     """Append scalars to an event file under `log_dir`."""
 
     def __init__(self, log_dir: str) -> None:
-        from mlbackend.model import import_keras
+        from mlbackend.model import import_tensorflow
 
-        import_keras()  # quiet TensorFlow before it loads
-        import tensorflow as tf
+        tf = import_tensorflow()
         from tensorflow.core.framework import summary_pb2
 
         self._tf = tf

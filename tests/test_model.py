@@ -14,7 +14,7 @@ from mlbackend.inference import Model
 
 @pytest.fixture(scope="module")
 def trained(binary_data):
-    ds = dataset.read_training(binary_data["train"])
+    ds = dataset.read_training(binary_data["train"], tensorflow=True)
     return ds, model.train(ds.X, ds.y, ds.classes, ds.feature_names)
 
 
