@@ -1,7 +1,5 @@
 """`python -m mlbackend` runs the command line."""
-import sys
-
-from mlbackend.cli import main
+from mlbackend.cli import main_exit
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    main_exit()
