@@ -91,13 +91,15 @@ def train(X: np.ndarray, y: np.ndarray, classes: list[int], feature_names: list[
                                f"model's {previous.classes}; train a new model.")
         columns, mean, scale = previous.columns, previous.mean, previous.scale
         hidden = previous.hidden_units
+        activation = previous.activation  # tanh for models converted from 2.x
     else:
         columns, mean, scale = _scaling(X)
         hidden = _hidden_units(X, len(columns))
+        activation = "relu"
     keras = import_keras()
     keras.utils.set_random_seed(options.seed)
     Z = ((X[:, columns] - mean) / scale).astype(np.float32)
-    net = _network(keras, len(columns), hidden, len(classes), options)
+    net = _network(keras, len(columns), hidden, len(classes), options, activation)
     if previous is not None:
         net.set_weights(previous.weights)
     train_idx, val_idx = _validation_split(y_idx, options)
@@ -131,7 +133,7 @@ def train(X: np.ndarray, y: np.ndarray, classes: list[int], feature_names: list[
     }
     return Model(classes=list(classes), nfeatures=int(X.shape[1]), columns=columns,
                  mean=mean, scale=scale, weights=[np.asarray(w) for w in net.get_weights()],
-                 feature_names=list(feature_names), history=record)
+                 feature_names=list(feature_names), history=record, activation=activation)
 
 
 # --------------------------------------------------------------------------
@@ -167,11 +169,11 @@ def _hidden_units(X: np.ndarray, width: int) -> list[int]:
 
 
 def _network(keras: Any, width: int, hidden: list[int], nclasses: int,
-             options: TrainingOptions) -> Any:
+             options: TrainingOptions, activation: str = "relu") -> Any:
     reg = keras.regularizers.L2(options.l2)
     layers = [keras.Input(shape=(width,))]
     for units in hidden:
-        layers.append(keras.layers.Dense(units, activation="relu", kernel_regularizer=reg))
+        layers.append(keras.layers.Dense(units, activation=activation, kernel_regularizer=reg))
         if options.dropout:
             layers.append(keras.layers.Dropout(options.dropout))
     layers.append(keras.layers.Dense(nclasses))
