@@ -277,11 +277,22 @@ def _truncated() -> BackendError:
     return BackendError("the file ends too early (truncated?)")
 
 
+#: What the opcodes that call or build may act on (the format needs no more).
+_CONSTRUCTIBLE = (LegacyRecord, JoblibArray)            # NEWOBJ, with no arguments
+_CALLABLE = (_safe_dtype, _safe_reconstruct)            # REDUCE
+_BUILDABLE = (LegacyRecord, JoblibArray, np.ndarray, np.dtype)  # BUILD, instances only
+
+
 class SafeUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
     """Unpickler for the old backend's joblib files that runs nothing.
 
     `find_class` answers from `ALLOWED_GLOBALS` and refuses every other name,
     so no module is imported and no function outside that table is called.
+    The opcodes that call or build are narrowed further to what the format
+    does (`_CONSTRUCTIBLE`, `_CALLABLE`, `_BUILDABLE`; INST, OBJ and
+    NEWOBJ_EX are refused), so an allowed name cannot be misused, e.g. to
+    allocate a huge array or to set attributes of a class.
+
     It is the pure-Python unpickler because joblib's format needs a hook at
     the BUILD opcode (the array bytes follow it in the stream), which the C
     one cannot give; joblib itself reads its files the same way.
@@ -304,17 +315,50 @@ class SafeUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
         raise _refuse("a persistent id")
 
     def _load_build(self) -> None:
+        inst = self.stack[-2]
+        if not isinstance(inst, _BUILDABLE):
+            raise _refuse(f"setting the state of {_describe(inst)}")
         pickle._Unpickler.load_build(self)  # type: ignore[attr-defined]
         top = self.stack[-1]
         if isinstance(top, JoblibArray):
             self.stack[-1] = top.read_array(self.read, self._limit)
 
+    def _load_newobj(self) -> None:
+        cls, args = self.stack[-2], self.stack[-1]
+        if not any(cls is c for c in _CONSTRUCTIBLE) or args != ():
+            raise _refuse(f"constructing {_describe(cls)}")
+        pickle._Unpickler.load_newobj(self)  # type: ignore[attr-defined]
+
+    def _load_reduce(self) -> None:
+        func = self.stack[-2]
+        if not any(func is f for f in _CALLABLE):
+            raise _refuse(f"calling {_describe(func)}")
+        pickle._Unpickler.load_reduce(self)  # type: ignore[attr-defined]
+
+    def _instantiate(self, klass: Any, args: Any) -> None:  # INST and OBJ
+        raise _refuse(f"constructing {_describe(klass)} (INST/OBJ)")
+
+    def _load_newobj_ex(self) -> None:
+        raise _refuse("NEWOBJ_EX")
+
     dispatch[pickle.BUILD[0]] = _load_build
+    dispatch[pickle.NEWOBJ[0]] = _load_newobj
+    dispatch[pickle.REDUCE[0]] = _load_reduce
+    dispatch[pickle.NEWOBJ_EX[0]] = _load_newobj_ex
+
+
+def _describe(obj: Any) -> str:
+    name = getattr(obj, "__qualname__", None)
+    return f"{name}" if isinstance(name, str) else f"a {type(obj).__name__}"
 
 
 def read_pickle(path: str) -> dict[str, Any]:
     """The attributes of the pickled `TF` object in `path`, nothing executed."""
-    data = _read_bytes(path, MAX_PICKLE_BYTES)
+    return read_pickle_bytes(_read_bytes(path, MAX_PICKLE_BYTES), path)
+
+
+def read_pickle_bytes(data: bytes, path: str) -> dict[str, Any]:
+    """`read_pickle` for the file's bytes; `path` names it in messages."""
     if not data.startswith(b"\x80"):
         raise BackendError(f"The old model file {path} is not an uncompressed joblib pickle "
                            "as moodlemlbackend writes it; it is refused.")
@@ -438,7 +482,8 @@ def read_checkpoint(prefix: str, n_layers: int) -> list[np.ndarray]:
         return [np.asarray(reader.get_tensor(k)) for k in wanted]
     except BackendError:
         raise
-    except (tf.errors.OpError, ValueError, TypeError, OSError) as exc:
+    except (tf.errors.OpError, ValueError, TypeError, OSError, IndexError, KeyError,
+            RuntimeError) as exc:  # TensorFlow maps some of its errors onto these
         raise BackendError(f"The old model's weights in {prefix} cannot be read: they are "
                            f"damaged or truncated ({type(exc).__name__}).") from None
 
