@@ -23,7 +23,7 @@ def train(model_dir: str, dataset_path: str, progress: bool = False) -> dict[str
     model.import_tensorflow()
     ds = dataset.read_training(dataset_path, tensorflow=True)
     with store.writer_lock(model_dir):
-        previous = store.load(model_dir)
+        previous = store.load(model_dir, nfeatures=ds.nfeatures)
         options = model.TrainingOptions(progress=progress)
         trained = model.train(ds.X, ds.y, ds.classes, ds.feature_names, previous=previous,
                               options=options)
@@ -33,11 +33,14 @@ def train(model_dir: str, dataset_path: str, progress: bool = False) -> dict[str
 
 
 def predict(model_dir: str, dataset_path: str) -> dict[str, Any]:
-    """Predictions with NumPy only: no TensorFlow on this path."""
-    trained = store.load(model_dir)
-    if trained is None:
+    """Predictions with NumPy only: no TensorFlow on this path (except once,
+    to convert a model the old backend trained: see `store.load`)."""
+    if not store.has_model(model_dir):
         raise BackendError(NOT_TRAINED_MESSAGE, status=NO_DATASET)
     ds = dataset.read_prediction(dataset_path)
+    trained = store.load(model_dir, nfeatures=ds.nfeatures)
+    if trained is None:  # removed meanwhile
+        raise BackendError(NOT_TRAINED_MESSAGE, status=NO_DATASET)
     trained.check_features(ds.nfeatures)
     proba = trained.predict_proba(ds.X)
     best = proba.argmax(axis=1)
@@ -53,12 +56,14 @@ def evaluate(model_dir: str, dataset_path: str, min_score: float, max_deviation:
 
     if iterations < 1:
         raise BackendError(f"The number of iterations must be at least 1, not {iterations}.")
+    if trained_model_dir and not store.has_model(trained_model_dir):
+        raise BackendError(NOT_TRAINED_MESSAGE, status=NO_DATASET)
+    ds = dataset.read_training(dataset_path, tensorflow=True)
     trained = None
     if trained_model_dir:
-        trained = store.load(trained_model_dir)
-        if trained is None:
+        trained = store.load(trained_model_dir, nfeatures=ds.nfeatures)
+        if trained is None:  # removed meanwhile
             raise BackendError(NOT_TRAINED_MESSAGE, status=NO_DATASET)
-    ds = dataset.read_training(dataset_path, tensorflow=True)
     return evaluation.evaluate(ds, model_dir, min_score, max_deviation, iterations,
                                trained=trained, progress=progress)
 

@@ -1,7 +1,9 @@
 """The trained classifier as plain data, and prediction with NumPy alone.
 
 A `Model` holds everything prediction needs: which columns to keep, how to
-scale them, and the weights of a ReLU network with a softmax output. Keeping
+scale them, and the weights of a feed-forward network (ReLU hidden layers,
+or tanh for models converted from moodlemlbackend 2.x) with a softmax
+output. Keeping
 it as arrays (not a Keras object) is what lets a prediction call answer
 without importing TensorFlow, and what makes the stored format data only.
 `mlbackend.model` trains it with TensorFlow and hands back one of these.
@@ -17,7 +19,17 @@ import numpy as np
 from mlbackend.contract import BackendError
 
 FORMAT_NAME = "mlbackend-classifier"
-FORMAT_VERSION = 1
+#: The newest format version this program reads. Version 1 files are ReLU
+#: networks; a model with another hidden activation is written as version 2,
+#: so that a program that only knows version 1 (and would silently use ReLU)
+#: refuses it instead of predicting nonsense.
+FORMAT_VERSION = 2
+
+#: Hidden-layer activations, by the name stored in the model file.
+ACTIVATIONS = {
+    "relu": lambda z: np.maximum(z, 0.0),
+    "tanh": np.tanh,
+}
 
 
 @dataclass
@@ -27,6 +39,7 @@ class Model:
     `columns` are the indices of the input features the network sees (the
     ones that varied in the first training); `mean` and `scale` standardise
     them. `weights` alternate kernels and biases, input to output.
+    `activation` is the hidden layers' (a key of `ACTIVATIONS`).
     """
 
     classes: list[int]
@@ -37,6 +50,7 @@ class Model:
     weights: list[np.ndarray]
     feature_names: list[str] = field(default_factory=list)
     history: dict[str, Any] = field(default_factory=dict)
+    activation: str = "relu"
 
     @property
     def hidden_units(self) -> list[int]:
@@ -53,8 +67,9 @@ class Model:
         self.check_features(X.shape[1])
         h = (X[:, self.columns].astype(np.float32) - self.mean) / self.scale
         layers = list(zip(self.weights[0::2], self.weights[1::2]))
+        activate = ACTIVATIONS[self.activation]
         for kernel, bias in layers[:-1]:
-            h = np.maximum(h @ kernel + bias, 0.0)
+            h = activate(h @ kernel + bias)
         kernel, bias = layers[-1]
         logits = (h @ kernel + bias).astype(np.float64)
         logits -= logits.max(axis=1, keepdims=True)
@@ -67,11 +82,11 @@ class Model:
     def to_arrays(self) -> dict[str, np.ndarray]:
         meta = {
             "format": FORMAT_NAME,
-            "format_version": FORMAT_VERSION,
+            "format_version": 1 if self.activation == "relu" else 2,
             "classes": self.classes,
             "nfeatures": self.nfeatures,
             "hidden_units": self.hidden_units,
-            "activation": "relu",
+            "activation": self.activation,
             "output": "softmax",
             "feature_names": self.feature_names,
             "history": self.history,
@@ -99,6 +114,11 @@ class Model:
             if int(meta.get("format_version", 0)) > FORMAT_VERSION:
                 raise bad(f"format version {meta['format_version']} is newer than this "
                           f"program understands")
+            activation = str(meta.get("activation", "relu"))
+            if activation not in ACTIVATIONS:
+                raise bad(f"unknown activation {activation!r}")
+            if meta.get("output", "softmax") != "softmax":
+                raise bad(f"unknown output {meta['output']!r}")
             classes = [int(c) for c in meta["classes"]]
             nfeatures = int(meta["nfeatures"])
             columns = np.asarray(arrays["columns"], dtype=np.int64)
@@ -129,4 +149,4 @@ class Model:
             raise bad("weights are not finite numbers")
         return cls(classes=classes, nfeatures=nfeatures, columns=columns, mean=mean,
                    scale=scale, weights=weights, feature_names=list(meta.get("feature_names", [])),
-                   history=dict(meta.get("history", {})))
+                   history=dict(meta.get("history", {})), activation=activation)

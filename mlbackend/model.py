@@ -101,13 +101,15 @@ def train(X: np.ndarray, y: np.ndarray, classes: list[int], feature_names: list[
     if previous is not None:
         columns, mean, scale = previous.columns, previous.mean, previous.scale
         hidden = previous.hidden_units
+        activation = previous.activation  # tanh for models converted from 2.x
     else:
         columns, mean, scale = scaling(X)
         hidden = hidden_units(X, len(columns))
+        activation = "relu"
     Z = standardise(X, columns, mean, scale)
     init = [w[None] for w in previous.weights] if previous is not None else None
     weights, epochs = _fit_side_by_side(Z, y_idx, [np.arange(len(y_idx))], len(classes), hidden,
-                                        options, init)
+                                        options, init, activation=activation)
     past = dict(previous.history) if previous is not None else {}
     record = {
         "trainings": int(past.get("trainings", 0)) + 1,
@@ -117,7 +119,7 @@ def train(X: np.ndarray, y: np.ndarray, classes: list[int], feature_names: list[
     log.info("trained %d rows for %d epochs (hidden layers %s)", len(y_idx), epochs[0], hidden)
     return Model(classes=list(classes), nfeatures=int(X.shape[1]), columns=columns, mean=mean,
                  scale=scale, weights=weights[0], feature_names=list(feature_names),
-                 history=record)
+                 history=record, activation=activation)
 
 
 def train_splits(X: np.ndarray, y: np.ndarray, classes: list[int], feature_names: list[str],
@@ -235,8 +237,8 @@ def _initial_weights(rng: np.random.Generator, K: int, sizes: list[int]) -> list
 def _fit_side_by_side(Z: np.ndarray, y_idx: np.ndarray, subsets: list[np.ndarray],
                       nclasses: int, hidden: list[int], options: TrainingOptions,
                       init: list[np.ndarray] | None,
-                      shifts: list[tuple[np.ndarray, np.ndarray]] | None = None
-                      ) -> tuple[list[list[np.ndarray]], list[int]]:
+                      shifts: list[tuple[np.ndarray, np.ndarray]] | None = None,
+                      activation: str = "relu") -> tuple[list[list[np.ndarray]], list[int]]:
     """Train len(subsets) networks on Z[subset] at once; returns their weights.
 
     `shifts` (mean, scale) per network standardise its inputs inside the graph.
@@ -292,12 +294,13 @@ def _fit_side_by_side(Z: np.ndarray, y_idx: np.ndarray, subsets: list[np.ndarray
     step = tf.Variable(0.0)
     lr, b1, b2, eps = options.learning_rate, 0.9, 0.999, 1e-7
     l2, dropout = options.l2, options.dropout
+    activate = {"relu": tf.nn.relu, "tanh": tf.tanh}[activation]
 
     def forward(idx: Any, training: bool) -> Any:
         h = (tf.gather(data, idx) - mean) * inv_scale                       # [K, b, d]
         layers = list(zip(params[0::2], params[1::2]))
         for kernel, bias in layers[:-1]:
-            h = tf.nn.relu(tf.matmul(h, kernel) + bias[:, None, :])
+            h = activate(tf.matmul(h, kernel) + bias[:, None, :])
             if training and dropout:
                 h = tf.nn.dropout(h, rate=dropout)
         kernel, bias = layers[-1]
@@ -406,7 +409,8 @@ def keras_predict_proba(model: Model, X: np.ndarray) -> np.ndarray:
     layers: list[Any] = [keras.Input(shape=(len(model.columns),))]
     units = model.hidden_units + [len(model.classes)]
     for i, u in enumerate(units):
-        layers.append(keras.layers.Dense(u, activation="relu" if i < len(units) - 1 else None))
+        hidden = i < len(units) - 1
+        layers.append(keras.layers.Dense(u, activation=model.activation if hidden else None))
     net = keras.Sequential(layers)
     net.set_weights(model.weights)
     Z = standardise(X, model.columns, model.mean, model.scale)

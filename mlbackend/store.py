@@ -10,22 +10,32 @@ This is the only module that touches model files. Its promises:
 - Writers hold an exclusive OS lock on `OUTPUTDIR/classifier/.lock`, so two
   trainings of one model run one after the other (each continuing from the
   other's result) instead of racing.
+- A `classifier/` written by the old backend, moodlemlbackend, is converted
+  (see `mlbackend.legacy`, which reads it without running anything in it) the
+  first time it is used with a dataset: the new `model.npz` is saved as
+  above, under the lock, and only then are the old files moved into
+  `classifier/legacy-moodlemlbackend/`, kept for a rollback, never deleted.
 """
 from __future__ import annotations
 
 import contextlib
 import errno
 import fcntl
+import logging
 import os
 import re
 import shutil
 import tempfile
+import threading
 from typing import Iterator
 
 import numpy as np
 
+from mlbackend import legacy
 from mlbackend.contract import BackendError
 from mlbackend.inference import Model
+
+log = logging.getLogger(__name__)
 
 CLASSIFIER_DIR = "classifier"
 MODEL_FILE = "model.npz"
@@ -58,12 +68,49 @@ def safe_name(value: str) -> str:
 
 
 def has_model(model_dir: str) -> bool:
-    return os.path.isfile(model_path(model_dir))
+    """Whether this directory holds a trained model, ours or the old backend's."""
+    return (os.path.isfile(model_path(model_dir))
+            or legacy.detect(classifier_dir(model_dir)) is not None)
 
 
-def load(model_dir: str) -> Model | None:
-    """The stored model, or None when this directory was never trained."""
-    return load_file(model_path(model_dir), missing_ok=True)
+def load(model_dir: str, nfeatures: int | None = None) -> Model | None:
+    """The stored model, or None when this directory was never trained.
+
+    `nfeatures` is the feature count of the dataset the caller is about to
+    use. An old-format model is converted with it (moodlemlbackend 3.x did
+    not record the count) and saved in our format, so this happens once.
+    """
+    model = load_file(model_path(model_dir), missing_ok=True)
+    if model is not None or legacy.detect(classifier_dir(model_dir)) is None:
+        return model
+    return _convert_legacy(model_dir, nfeatures)
+
+
+def _convert_legacy(model_dir: str, nfeatures: int | None) -> Model | None:
+    """Convert the old backend's model in `model_dir` to ours, once."""
+    target_dir = classifier_dir(model_dir)
+    if not os.access(target_dir, os.W_OK):
+        log.warning("%s is read-only: its moodlemlbackend model is converted in memory, "
+                    "on every use", target_dir)
+        return legacy.convert(target_dir, nfeatures)
+    with writer_lock(model_dir):
+        # Another process may have converted it while we waited for the lock.
+        model = load_file(model_path(model_dir), missing_ok=True)
+        if model is not None or legacy.detect(target_dir) is None:
+            return model
+        network = legacy.read(target_dir)
+        model = network.to_model(nfeatures)
+        save(model_dir, model)
+        try:
+            aside = legacy.move_aside(target_dir)
+        except OSError as exc:
+            # The new model is saved and is what load() reads from now on.
+            log.warning("converted %s, but its old files could not be moved aside (%s)",
+                        target_dir, exc.strerror)
+        else:
+            log.warning("converted the %s model in %s to mlbackend's format; the old files "
+                        "are kept in %s", network.fmt, target_dir, aside)
+    return model
 
 
 def load_file(path: str, missing_ok: bool = False) -> Model | None:
@@ -104,32 +151,50 @@ def save(model_dir: str, model: Model) -> None:
         raise
 
 
+_held = threading.local()
+
+
 @contextlib.contextmanager
 def writer_lock(model_dir: str) -> Iterator[None]:
     """Exclusive lock for anything that writes this model directory.
 
-    Stray temporary files from a killed writer are removed once the lock is
-    held: no other writer can be using them then.
+    Stray temporary files (and directories) from a killed writer are removed
+    once the lock is held: no other writer can be using them then. The lock
+    is re-entrant within a thread, because training holds it while it loads
+    the model, and loading an old-format model takes it to convert it
+    (flock would deadlock on a second open of the lock file).
     """
     target_dir = classifier_dir(model_dir)
     _makedirs(target_dir)
+    key = os.path.realpath(target_dir)
+    held: set[str] = _held.__dict__.setdefault("dirs", set())
+    if key in held:
+        yield
+        return
     with open(os.path.join(target_dir, LOCK_FILE), "a+b") as lock:
         fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        held.add(key)
         try:
             for name in os.listdir(target_dir):
                 if name.startswith(TEMP_PREFIX):
                     _remove_quietly(os.path.join(target_dir, name))
             yield
         finally:
+            held.discard(key)
             fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
 
 
 def export_model(model_dir: str, export_dir: str) -> str:
-    """Copy the model into `export_dir`; returns the directory Moodle should zip."""
+    """Copy the model into `export_dir`; returns the directory Moodle should zip.
+
+    An old-format model not converted yet (that needs a dataset) is exported
+    as its old files, which `import_model` reads back.
+    """
     if not has_model(model_dir):
         raise BackendError("There is no trained model to export.")
-    model = load(model_dir)
-    assert model is not None
+    model = load_file(model_path(model_dir), missing_ok=True)
+    if model is None:
+        return _export_legacy(model_dir, export_dir)
     _makedirs(export_dir)
     target = os.path.join(export_dir, MODEL_FILE)
     fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=".npz", dir=export_dir)
@@ -139,19 +204,93 @@ def export_model(model_dir: str, export_dir: str) -> str:
     return os.path.abspath(export_dir)
 
 
-def import_model(model_dir: str, import_dir: str) -> Model:
-    """Validate the model found in `import_dir` and store it as this model."""
+def _export_legacy(model_dir: str, export_dir: str) -> str:
+    source = classifier_dir(model_dir)
+    legacy.read(source)  # export only what import will take back
+    _makedirs(export_dir)
+    staging = tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=export_dir)
+    try:
+        legacy.copy_files(source, staging)
+        for name in os.listdir(staging):
+            target = os.path.join(export_dir, name)
+            if os.path.isdir(target) and not os.path.islink(target):
+                shutil.rmtree(target)
+            os.replace(os.path.join(staging, name), target)
+    except OSError as exc:
+        raise BackendError(f"The model could not be exported to {export_dir} "
+                           f"({exc.strerror}).") from None
+    finally:
+        remove_tree(staging)
+    return os.path.abspath(export_dir)
+
+
+def import_model(model_dir: str, import_dir: str) -> Model | None:
+    """Validate the model found in `import_dir` and store it as this model.
+
+    Accepted: our export (`model.npz`), a moodlemlbackend 2.x export
+    (`model.json`, converted now) and a moodlemlbackend 3.x model
+    (`classifier.pkl` with `model.ckpt/`, checked now and stored as it is,
+    to be converted when first used with a dataset, since it does not record
+    the dataset's feature count; returns None then).
+    """
     if not os.path.isdir(import_dir):
         raise BackendError(f"The import directory {import_dir} does not exist.")
     candidates = [os.path.join(import_dir, MODEL_FILE), model_path(import_dir)]
     found = next((p for p in candidates if os.path.isfile(p)), None)
-    if found is None:
-        raise BackendError(f"No exported model found in {import_dir} (expected {MODEL_FILE}).")
-    model = load_file(found)
-    assert model is not None
+    if found is not None:
+        model = load_file(found)
+        assert model is not None
+        with writer_lock(model_dir):
+            save(model_dir, model)
+            _move_legacy_aside(classifier_dir(model_dir))
+        return model
+    source = next((d for d in (import_dir, classifier_dir(import_dir))
+                   if legacy.detect(d) is not None), None)
+    if source is None:
+        raise BackendError(f"No exported model found in {import_dir} (expected {MODEL_FILE}, "
+                           f"or moodlemlbackend's {legacy.EXPORT_JSON}, or its "
+                           f"{legacy.PICKLE_FILE} with {legacy.SAVEDMODEL_DIR}/).")
+    network = legacy.read(source)  # refuses anything hostile before a byte is copied
+    if network.nfeatures is not None:
+        model = network.to_model()
+        with writer_lock(model_dir):
+            save(model_dir, model)
+            _move_legacy_aside(classifier_dir(model_dir))
+        return model
     with writer_lock(model_dir):
-        save(model_dir, model)
-    return model
+        _store_legacy(model_dir, source)
+    return None
+
+
+def _store_legacy(model_dir: str, source: str) -> None:
+    """Put a checked 3.x model's files in place of this model. Caller holds the lock.
+
+    The files are copied into a temporary directory first and renamed into
+    place; our `model.npz` goes last, so a crash leaves the previous model.
+    """
+    target_dir = classifier_dir(model_dir)
+    staging = tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=target_dir)
+    try:
+        legacy.copy_files(source, staging)
+        _move_legacy_aside(target_dir)
+        for name in os.listdir(staging):
+            os.replace(os.path.join(staging, name), os.path.join(target_dir, name))
+        _remove_quietly(model_path(model_dir))
+        _fsync_dir(target_dir)
+    except OSError as exc:
+        raise BackendError(f"The model could not be stored in {target_dir} "
+                           f"({exc.strerror}).") from None
+    finally:
+        remove_tree(staging)
+
+
+def _move_legacy_aside(target_dir: str) -> None:
+    """Old-format files left in `classifier/` would be stale beside a newly
+    imported model; they are moved aside like a converted model's, not deleted."""
+    aside = legacy.move_aside(target_dir)
+    if aside:
+        log.warning("the moodlemlbackend files that were in %s are kept in %s", target_dir,
+                    aside)
 
 
 def remove_tree(path: str) -> None:
@@ -174,5 +313,8 @@ def _fsync_dir(path: str) -> None:
 
 
 def _remove_quietly(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+        return
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)

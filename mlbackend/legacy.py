@@ -1,0 +1,592 @@
+"""Models written by the old backend, moodlemlbackend, read as data.
+
+A site that switches Moodle from `moodlemlbackend` to us already has trained
+models on disk in the old formats, and its admins keep models exported by it:
+
+- 3.x (`classifier/` of a trained model): `classifier.pkl`, a joblib pickle
+  of a `moodlemlbackend.model.tensor.TF` object (`n_features`, `n_classes`,
+  `n_hidden`, `n_hidden_layers`, `n_epoch`, `batch_size` and a NumPy
+  `variable_columns` array), beside `model.ckpt/`, a Keras SavedModel whose
+  network is `n_hidden_layers` ReLU layers and a softmax output. It saw only
+  the `variable_columns` of the dataset (the ones that varied at the first
+  training) and did not scale them.
+- 2.x exports (Moodle's "export model with weights"): `model.json` with
+  `n_features`, `n_classes`, optionally `n_hidden`, and the weights of one
+  tanh hidden layer under `initialise-vars/...`. No columns were dropped.
+
+A pickle is a program, not data: loading one as is lets whoever wrote the
+file run code as the web server. So the pickle is read by `SafeUnpickler`,
+which knows the few names the format uses and refuses any other before
+anything runs; the weights come from the SavedModel's variables checkpoint
+(read as tensors with `tf.train.load_checkpoint`), never from its graph,
+which is code too. The result is a plain `mlbackend.inference.Model`.
+
+The old backend named its predictions by class *index* (0, 1, ...), so a
+converted model's classes are `0..n_classes-1`: it answers what it answered.
+"""
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+import os
+import pickle
+import re
+import shutil
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from mlbackend.contract import BackendError
+from mlbackend.inference import Model
+
+log = logging.getLogger(__name__)
+
+PICKLE_FILE = "classifier.pkl"
+SAVEDMODEL_DIR = "model.ckpt"
+CHECKPOINT_PREFIX = os.path.join("variables", "variables")
+KERAS_METADATA = "keras_metadata.pb"
+EXPORT_JSON = "model.json"
+#: Where a converted model's old files are kept, inside `classifier/`.
+ASIDE_DIR = "legacy-moodlemlbackend"
+
+FORMAT_3X = "moodlemlbackend 3.x"
+FORMAT_2X_EXPORT = "moodlemlbackend 2.x export"
+
+#: Real files are a few kilobytes (the pickle) and megabytes (model.json);
+#: the limits keep a hostile file from making us read gigabytes.
+MAX_PICKLE_BYTES = 4 << 20
+MAX_JSON_BYTES = 256 << 20
+#: Largest weight matrix accepted, in numbers (about 450 features squared is
+#: the most a real Moodle model needs).
+MAX_WEIGHTS = 50_000_000
+
+_CKPT_KEY = "layer_with_weights-{i}/{part}/.ATTRIBUTES/VARIABLE_VALUE"
+_JSON_KEYS = ("initialise-vars/input-to-hidden-weights", "initialise-vars/hidden-bias",
+              "initialise-vars/hidden-to-output-weights", "initialise-vars/output-bias")
+
+
+# --------------------------------------------------------------------------
+# Finding old models
+
+
+def detect(directory: str) -> str | None:
+    """Which old format `directory` holds (`FORMAT_3X`, `FORMAT_2X_EXPORT`), or None.
+
+    A 3.x model is recognised by either of its two parts, so that one whose
+    other part is missing is reported as damaged rather than as untrained.
+    """
+    if (os.path.isfile(os.path.join(directory, PICKLE_FILE))
+            or os.path.isdir(os.path.join(directory, SAVEDMODEL_DIR))):
+        return FORMAT_3X
+    if os.path.isfile(os.path.join(directory, EXPORT_JSON)):
+        return FORMAT_2X_EXPORT
+    return None
+
+
+def legacy_files(directory: str) -> list[str]:
+    """Names of the old backend's files present in `directory`."""
+    return [name for name in (PICKLE_FILE, SAVEDMODEL_DIR, EXPORT_JSON)
+            if os.path.lexists(os.path.join(directory, name))]
+
+
+# --------------------------------------------------------------------------
+# The network read from an old model, before it becomes a Model
+
+
+@dataclass
+class LegacyNetwork:
+    """What an old model holds, checked; `nfeatures` is None when the old
+    format does not say how many features the dataset had (3.x kept only the
+    indices of the columns it used)."""
+
+    source: str
+    fmt: str
+    columns: np.ndarray | None      # dataset columns the network sees; None: all
+    weights: list[np.ndarray]
+    n_classes: int
+    activation: str
+    nfeatures: int | None
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def width(self) -> int:
+        return int(self.weights[0].shape[0])
+
+    def to_model(self, nfeatures: int | None = None) -> Model:
+        """A `Model` for datasets of `nfeatures` features.
+
+        3.x models need it from the dataset they are first used with; the
+        dataset must have at least the columns the old model used.
+        """
+        if self.nfeatures is not None:
+            if nfeatures is not None and nfeatures != self.nfeatures:
+                raise BackendError(
+                    f"The dataset has {nfeatures} features but the {self.fmt} model in "
+                    f"{self.source} was trained with {self.nfeatures}. The features of a "
+                    "model cannot change; train a new model.")
+            nfeatures = self.nfeatures
+        if nfeatures is None:
+            raise BackendError(
+                f"The {self.fmt} model in {self.source} does not record how many features "
+                "its datasets have; it is converted the first time it is used with a "
+                "dataset (prediction, training or evaluation).")
+        columns = (np.arange(self.width, dtype=np.int64) if self.columns is None
+                   else self.columns.astype(np.int64))
+        if columns.size and int(columns.max()) >= nfeatures:
+            raise BackendError(
+                f"The dataset has {nfeatures} features but the {self.fmt} model in "
+                f"{self.source} uses feature number {int(columns.max()) + 1}. The features "
+                "of a model cannot change; train a new model.")
+        width = columns.size
+        return Model(
+            classes=list(range(self.n_classes)), nfeatures=int(nfeatures), columns=columns,
+            # The old backends fed the raw features to the network.
+            mean=np.zeros(width, dtype=np.float32), scale=np.ones(width, dtype=np.float32),
+            weights=[w.astype(np.float32) for w in self.weights], feature_names=[],
+            history={"converted_from": self.fmt, "legacy_settings": self.settings},
+            activation=self.activation)
+
+
+def read(directory: str) -> LegacyNetwork:
+    """Read and check the old model in `directory`, whatever its format."""
+    fmt = detect(directory)
+    if fmt == FORMAT_3X:
+        return read_3x(directory)
+    if fmt == FORMAT_2X_EXPORT:
+        return read_2x_export(os.path.join(directory, EXPORT_JSON))
+    raise BackendError(f"No moodlemlbackend model found in {directory} (expected "
+                       f"{PICKLE_FILE} with {SAVEDMODEL_DIR}/, or {EXPORT_JSON}).")
+
+
+def convert(directory: str, nfeatures: int | None = None) -> Model:
+    return read(directory).to_model(nfeatures)
+
+
+# --------------------------------------------------------------------------
+# 3.x: the pickle
+
+
+class LegacyRecord:
+    """Stands in for `moodlemlbackend.model.tensor.TF`: its attributes as a
+    dict, and no behaviour (the real class rebuilt a TensorFlow graph)."""
+
+    def __init__(self) -> None:
+        self.state: dict[str, Any] = {}
+
+    def __setstate__(self, state: Any) -> None:
+        if not isinstance(state, dict):
+            raise _refuse(f"the classifier's state is a {type(state).__name__}, not a dict")
+        self.state = dict(state)
+
+
+class JoblibArray:
+    """Stands in for joblib's `NumpyArrayWrapper`: joblib writes the array's
+    bytes right after this object's BUILD opcode, outside the pickle stream."""
+
+    def __init__(self) -> None:
+        self.state: dict[str, Any] = {}
+
+    def __setstate__(self, state: Any) -> None:
+        if not isinstance(state, dict):
+            raise _refuse("a joblib array header is not a dict")
+        self.state = dict(state)
+
+    def read_array(self, read: Callable[[int], bytes], limit: int) -> np.ndarray:
+        st = self.state
+        if st.get("subclass") is not np.ndarray:
+            raise _refuse(f"a joblib array of type {st.get('subclass')!r}, not a plain array")
+        dtype, shape, order = st.get("dtype"), st.get("shape"), st.get("order", "C")
+        if not isinstance(dtype, np.dtype) or dtype.kind not in _NUMERIC_KINDS:
+            raise _refuse(f"a joblib array of dtype {dtype!r}")
+        if (not isinstance(shape, tuple) or len(shape) > 8
+                or not all(isinstance(n, int) and n >= 0 for n in shape)):
+            raise _refuse(f"a joblib array of shape {shape!r}")
+        if order not in ("C", "F"):
+            raise _refuse(f"a joblib array of order {order!r}")
+        if st.get("numpy_array_alignment_bytes") is not None:  # joblib >= 1.2
+            pad = read(1)
+            if len(pad) != 1:
+                raise _truncated()
+            if len(read(pad[0])) != pad[0]:
+                raise _truncated()
+        count = math.prod(shape)
+        nbytes = count * dtype.itemsize
+        if nbytes > limit:
+            raise _truncated()
+        data = read(nbytes)
+        if len(data) != nbytes:
+            raise _truncated()
+        flat = np.frombuffer(data, dtype=dtype, count=count).copy()
+        if order == "F":
+            return flat.reshape(shape[::-1]).transpose()
+        return flat.reshape(shape)
+
+
+_NUMERIC_KINDS = "biuf"
+
+
+def _safe_dtype(obj: Any, align: Any = False, copy: Any = False) -> np.dtype:
+    """`numpy.dtype` for plain numbers only: an object dtype would let the
+    pickle put arbitrary objects into an array."""
+    if not isinstance(obj, str):
+        raise _refuse(f"a NumPy dtype built from {type(obj).__name__}")
+    try:
+        dtype = np.dtype(obj)
+    except TypeError:
+        raise _refuse(f"the NumPy dtype {obj!r}") from None
+    if dtype.kind not in _NUMERIC_KINDS or dtype.fields is not None:
+        raise _refuse(f"the NumPy dtype {obj!r}")
+    return np.dtype(obj, align=bool(align), copy=bool(copy))
+
+
+def _safe_reconstruct(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
+    """`numpy.core.multiarray._reconstruct`, for plain arrays: it makes an
+    empty array that the BUILD opcode then fills from bytes."""
+    if subtype is not np.ndarray:
+        raise _refuse(f"an array of type {subtype!r}, not a plain array")
+    if not isinstance(shape, tuple) or shape != (0,):
+        raise _refuse(f"an array placeholder of shape {shape!r}")
+    return np.empty(0, dtype=np.uint8)
+
+
+#: Every global a legacy pickle may name, and what it becomes here. Nothing
+#: is imported by name: a name not listed is refused.
+ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
+    ("moodlemlbackend.model.tensor", "TF"): LegacyRecord,
+    ("joblib.numpy_pickle", "NumpyArrayWrapper"): JoblibArray,
+    ("sklearn.externals.joblib.numpy_pickle", "NumpyArrayWrapper"): JoblibArray,
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): _safe_dtype,
+    ("numpy.core.multiarray", "_reconstruct"): _safe_reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _safe_reconstruct,
+}
+
+
+class _Refused(BackendError):
+    pass
+
+
+def _refuse(what: str) -> _Refused:
+    return _Refused(f"refused {what}")
+
+
+def _truncated() -> BackendError:
+    return BackendError("the file ends too early (truncated?)")
+
+
+#: What the opcodes that call or build may act on (the format needs no more).
+_CONSTRUCTIBLE = (LegacyRecord, JoblibArray)            # NEWOBJ, with no arguments
+_CALLABLE = (_safe_dtype, _safe_reconstruct)            # REDUCE
+_BUILDABLE = (LegacyRecord, JoblibArray, np.ndarray, np.dtype)  # BUILD, instances only
+
+
+class SafeUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
+    """Unpickler for the old backend's joblib files that runs nothing.
+
+    `find_class` answers from `ALLOWED_GLOBALS` and refuses every other name,
+    so no module is imported and no function outside that table is called.
+    The opcodes that call or build are narrowed further to what the format
+    does (`_CONSTRUCTIBLE`, `_CALLABLE`, `_BUILDABLE`; INST, OBJ and
+    NEWOBJ_EX are refused), so an allowed name cannot be misused, e.g. to
+    allocate a huge array or to set attributes of a class.
+
+    It is the pure-Python unpickler because joblib's format needs a hook at
+    the BUILD opcode (the array bytes follow it in the stream), which the C
+    one cannot give; joblib itself reads its files the same way.
+    """
+
+    dispatch = dict(pickle._Unpickler.dispatch)  # type: ignore[attr-defined]
+
+    def __init__(self, file: io.BytesIO, limit: int) -> None:
+        super().__init__(file)
+        self._limit = limit
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return ALLOWED_GLOBALS[(module, name)]
+        except KeyError:
+            raise _refuse(f"the global {module}.{name} (a moodlemlbackend model names "
+                          "only its classifier class and NumPy arrays)") from None
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise _refuse("a persistent id")
+
+    def _load_build(self) -> None:
+        inst = self.stack[-2]
+        if not isinstance(inst, _BUILDABLE):
+            raise _refuse(f"setting the state of {_describe(inst)}")
+        pickle._Unpickler.load_build(self)  # type: ignore[attr-defined]
+        top = self.stack[-1]
+        if isinstance(top, JoblibArray):
+            self.stack[-1] = top.read_array(self.read, self._limit)
+
+    def _load_newobj(self) -> None:
+        cls, args = self.stack[-2], self.stack[-1]
+        if not any(cls is c for c in _CONSTRUCTIBLE) or args != ():
+            raise _refuse(f"constructing {_describe(cls)}")
+        pickle._Unpickler.load_newobj(self)  # type: ignore[attr-defined]
+
+    def _load_reduce(self) -> None:
+        func = self.stack[-2]
+        if not any(func is f for f in _CALLABLE):
+            raise _refuse(f"calling {_describe(func)}")
+        pickle._Unpickler.load_reduce(self)  # type: ignore[attr-defined]
+
+    def _instantiate(self, klass: Any, args: Any) -> None:  # INST and OBJ
+        raise _refuse(f"constructing {_describe(klass)} (INST/OBJ)")
+
+    def _load_newobj_ex(self) -> None:
+        raise _refuse("NEWOBJ_EX")
+
+    dispatch[pickle.BUILD[0]] = _load_build
+    dispatch[pickle.NEWOBJ[0]] = _load_newobj
+    dispatch[pickle.REDUCE[0]] = _load_reduce
+    dispatch[pickle.NEWOBJ_EX[0]] = _load_newobj_ex
+
+
+def _describe(obj: Any) -> str:
+    name = getattr(obj, "__qualname__", None)
+    return f"{name}" if isinstance(name, str) else f"a {type(obj).__name__}"
+
+
+def read_pickle(path: str) -> dict[str, Any]:
+    """The attributes of the pickled `TF` object in `path`, nothing executed."""
+    return read_pickle_bytes(_read_bytes(path, MAX_PICKLE_BYTES), path)
+
+
+def read_pickle_bytes(data: bytes, path: str) -> dict[str, Any]:
+    """`read_pickle` for the file's bytes; `path` names it in messages."""
+    if not data.startswith(b"\x80"):
+        raise BackendError(f"The old model file {path} is not an uncompressed joblib pickle "
+                           "as moodlemlbackend writes it; it is refused.")
+    try:
+        obj = SafeUnpickler(io.BytesIO(data), limit=len(data)).load()
+    except _Refused as exc:
+        raise BackendError(f"The old model file {path} was refused, nothing in it was run: "
+                           f"{exc.message}. It is not a model moodlemlbackend wrote, or it "
+                           "was tampered with.") from None
+    except BackendError as exc:
+        raise BackendError(f"The old model file {path} cannot be read: {exc.message}.") from None
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError,
+            AttributeError, UnicodeDecodeError, OverflowError, MemoryError,
+            RecursionError) as exc:
+        raise BackendError(f"The old model file {path} cannot be read: it is damaged or "
+                           f"truncated ({type(exc).__name__}: {exc}).") from None
+    if not isinstance(obj, LegacyRecord):
+        raise BackendError(f"The old model file {path} does not hold a moodlemlbackend "
+                           f"classifier (found {type(obj).__name__}).")
+    return obj.state
+
+
+def _int_setting(state: dict[str, Any], key: str, path: str, minimum: int,
+                 default: int | None = None) -> int:
+    value = state.get(key, default)
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) \
+            or value < minimum:
+        raise BackendError(f"The old model file {path} has an invalid {key}: {value!r}.")
+    return int(value)
+
+
+# --------------------------------------------------------------------------
+# 3.x: the SavedModel's variables
+
+
+def read_3x(directory: str) -> LegacyNetwork:
+    """A 3.x `classifier/` (or a copy of one): the pickle and the SavedModel."""
+    pkl = os.path.join(directory, PICKLE_FILE)
+    saved = os.path.join(directory, SAVEDMODEL_DIR)
+    if not os.path.isfile(pkl):
+        raise BackendError(f"The old model in {directory} is incomplete: {PICKLE_FILE} is "
+                           f"missing beside {SAVEDMODEL_DIR}/.")
+    if not os.path.isdir(saved):
+        raise BackendError(f"The old model in {directory} is incomplete: {SAVEDMODEL_DIR}/ "
+                           f"is missing beside {PICKLE_FILE}.")
+    state = read_pickle(pkl)
+    n_classes = _int_setting(state, "n_classes", pkl, 2)
+    n_layers = _int_setting(state, "n_hidden_layers", pkl, 0, default=2) + 1
+    n_inputs = _int_setting(state, "n_features", pkl, 1)
+    columns = state.get("variable_columns")
+    if columns is not None:
+        if (not isinstance(columns, np.ndarray) or columns.ndim != 1
+                or columns.dtype.kind not in "iu"):
+            raise BackendError(f"The old model file {pkl} has invalid variable_columns.")
+        columns = columns.astype(np.int64)
+        if columns.size != n_inputs:
+            raise BackendError(f"The old model file {pkl} is inconsistent: {columns.size} "
+                               f"variable columns for a network of {n_inputs} inputs.")
+        if columns.size and (columns.min() < 0 or np.any(np.diff(columns) <= 0)):
+            raise BackendError(f"The old model file {pkl} has invalid variable_columns "
+                               "(not increasing column numbers).")
+    _check_activations(saved)
+    weights = read_checkpoint(os.path.join(saved, CHECKPOINT_PREFIX), n_layers)
+    _check_chain(weights, n_inputs, n_classes, saved)
+    settings = {k: v for k, v in state.items()
+                if isinstance(v, (int, float, str, bool)) or v is None}
+    return LegacyNetwork(source=directory, fmt=FORMAT_3X, columns=columns, weights=weights,
+                         n_classes=n_classes, activation="relu",
+                         nfeatures=None if columns is not None else n_inputs,
+                         settings=settings)
+
+
+def _check_activations(saved: str) -> None:
+    """The 3.x network is ReLU layers and a softmax output; the Keras
+    metadata beside the variables says so in JSON text. Read as bytes (it is
+    data), and refuse a network that says otherwise."""
+    path = os.path.join(saved, KERAS_METADATA)
+    try:
+        with open(path, "rb") as f:
+            text = f.read(MAX_PICKLE_BYTES)
+    except FileNotFoundError:
+        return  # older Keras wrote none; the 3.x code always used ReLU + softmax
+    except OSError as exc:
+        raise BackendError(f"The old model file {path} cannot be read ({exc.strerror}).") \
+            from None
+    found = set(re.findall(rb'"activation": "([A-Za-z_]+)"', text))
+    unknown = found - {b"relu", b"softmax"}
+    if unknown:
+        names = ", ".join(sorted(n.decode() for n in unknown))
+        raise BackendError(f"The old model in {saved} uses activations this program does "
+                           f"not convert ({names}); moodlemlbackend 3.x used ReLU and softmax.")
+
+
+def read_checkpoint(prefix: str, n_layers: int) -> list[np.ndarray]:
+    """Kernels and biases of `n_layers` Dense layers from a TensorFlow
+    checkpoint: tensors only, the SavedModel's graph is never loaded."""
+    if not os.path.isfile(prefix + ".index"):
+        raise BackendError(f"The old model's weights are missing: no {prefix}.index.")
+    from mlbackend.model import quiet_tensorflow
+
+    quiet_tensorflow()
+    import tensorflow as tf
+
+    try:
+        reader = tf.train.load_checkpoint(prefix)
+        shapes = reader.get_variable_to_shape_map()
+        wanted = [_CKPT_KEY.format(i=i, part=part)
+                  for i in range(n_layers) for part in ("kernel", "bias")]
+        missing = [k for k in wanted if k not in shapes]
+        if missing:
+            raise BackendError(f"The old model's weights in {prefix} do not match its "
+                               f"settings ({n_layers} layers): {missing[0]} is missing.")
+        extra = _CKPT_KEY.format(i=n_layers, part="kernel")
+        if extra in shapes:
+            raise BackendError(f"The old model's weights in {prefix} have more layers than "
+                               f"its settings say ({n_layers}).")
+        for key in wanted:
+            if math.prod(shapes[key]) > MAX_WEIGHTS:
+                raise BackendError(f"The old model's weights in {prefix} are too large "
+                                   f"({key}: {shapes[key]}).")
+        return [np.asarray(reader.get_tensor(k)) for k in wanted]
+    except BackendError:
+        raise
+    except (tf.errors.OpError, ValueError, TypeError, OSError, IndexError, KeyError,
+            RuntimeError) as exc:  # TensorFlow maps some of its errors onto these
+        raise BackendError(f"The old model's weights in {prefix} cannot be read: they are "
+                           f"damaged or truncated ({type(exc).__name__}).") from None
+
+
+def _check_chain(weights: list[np.ndarray], n_inputs: int, n_classes: int,
+                 source: str) -> None:
+    """Shapes must chain input -> hidden ... -> classes, numbers be finite."""
+    width = n_inputs
+    for i in range(0, len(weights), 2):
+        kernel, bias = weights[i], weights[i + 1]
+        if (kernel.ndim != 2 or kernel.shape[0] != width or bias.ndim != 1
+                or bias.shape[0] != kernel.shape[1] or kernel.shape[1] < 1):
+            raise BackendError(f"The old model in {source} has weights of the wrong shape "
+                               f"(layer {i // 2 + 1}: {kernel.shape} and {bias.shape} after "
+                               f"{width} inputs).")
+        if kernel.dtype.kind != "f" or bias.dtype.kind != "f":
+            raise BackendError(f"The old model in {source} has weights that are not "
+                               "floating-point numbers.")
+        width = kernel.shape[1]
+    if width != n_classes:
+        raise BackendError(f"The old model in {source} has {width} outputs for "
+                           f"{n_classes} classes.")
+    if not all(np.all(np.isfinite(w)) for w in weights):
+        raise BackendError(f"The old model in {source} has weights that are not finite.")
+
+
+# --------------------------------------------------------------------------
+# 2.x exports
+
+
+def read_2x_export(path: str) -> LegacyNetwork:
+    """A 2.x `model.json`: one tanh hidden layer and a softmax output, on
+    every feature, unscaled (moodlemlbackend 2.x `TF.build_graph`)."""
+    raw = _read_bytes(path, MAX_JSON_BYTES)
+    try:
+        doc = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise BackendError(f"The exported model {path} is not valid JSON ({exc}); it is "
+                           "damaged or truncated.") from None
+    if not isinstance(doc, dict):
+        raise BackendError(f"The exported model {path} is not a moodlemlbackend export.")
+    missing = [k for k in ("n_features",) + _JSON_KEYS if k not in doc]
+    if missing:
+        raise BackendError(f"The exported model {path} is not a moodlemlbackend export: "
+                           f"{missing[0]} is missing.")
+    n_features = _int_setting(doc, "n_features", path, 1)
+    n_classes = _int_setting(doc, "n_classes", path, 2, default=2)  # as 2.x import did
+    weights = []
+    for key in _JSON_KEYS:
+        try:
+            arr = np.asarray(doc[key], dtype=np.float64)
+        except (ValueError, TypeError):
+            raise BackendError(f"The exported model {path} has invalid weights under "
+                               f"{key}.") from None
+        weights.append(arr)
+    _check_chain(weights, n_features, n_classes, path)
+    if "n_hidden" in doc and _int_setting(doc, "n_hidden", path, 1) != weights[0].shape[1]:
+        raise BackendError(f"The exported model {path} is inconsistent: n_hidden is "
+                           f"{doc['n_hidden']} but the weights have {weights[0].shape[1]}.")
+    return LegacyNetwork(source=path, fmt=FORMAT_2X_EXPORT, columns=None, weights=weights,
+                         n_classes=n_classes, activation="tanh", nfeatures=n_features,
+                         settings={"n_hidden": int(weights[0].shape[1])})
+
+
+# --------------------------------------------------------------------------
+# Files
+
+
+def _read_bytes(path: str, limit: int) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            data = f.read(limit + 1)
+    except OSError as exc:
+        raise BackendError(f"The old model file {path} cannot be read ({exc.strerror}).") \
+            from None
+    if len(data) > limit:
+        raise BackendError(f"The old model file {path} is larger than any model "
+                           f"moodlemlbackend writes ({limit} bytes at most); it is refused.")
+    return data
+
+
+def move_aside(directory: str) -> str | None:
+    """Move the old backend's files in `directory` into a subdirectory, so
+    that a rollback to moodlemlbackend can put them back; returns it."""
+    names = legacy_files(directory)
+    if not names:
+        return None
+    aside = os.path.join(directory, ASIDE_DIR)
+    n = 1
+    while os.path.lexists(aside):
+        n += 1
+        aside = os.path.join(directory, f"{ASIDE_DIR}.{n}")
+    os.mkdir(aside)
+    for name in names:
+        os.rename(os.path.join(directory, name), os.path.join(aside, name))
+    return aside
+
+
+def copy_files(source: str, target: str) -> None:
+    """Copy the old backend's files from `source` into `target` (a new directory)."""
+    for name in legacy_files(source):
+        src = os.path.join(source, name)
+        if os.path.isdir(src):
+            shutil.copytree(src, os.path.join(target, name), symlinks=False)
+        else:
+            shutil.copyfile(src, os.path.join(target, name))

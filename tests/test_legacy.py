@@ -1,0 +1,541 @@
+"""Models of the old backend, moodlemlbackend: conversion, import, prediction
+and refusal, through Moodle's argv.
+
+The fixtures are built here, laid out as moodlemlbackend 3.0.5 lays them out
+(checked against a real one by hand): a joblib pickle of a
+`moodlemlbackend.model.tensor.TF` object with the same opcodes and globals
+(written by a pure-Python pickler that appends the array bytes after the
+wrapper's BUILD, as joblib does, with stand-in classes registered under the
+old module names only while writing), beside a SavedModel whose variables
+carry the tf.keras names `layer_with_weights-N/{kernel,bias}`. The expected
+answers come from a Keras network with the same weights, not from our code.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import pickle
+import shutil
+import sys
+import types
+from pathlib import Path
+from typing import Any, Iterator
+from unittest import mock
+
+import numpy as np
+import pytest
+
+from conftest import moodle
+from mlbackend import dataset, legacy, store
+from mlbackend.contract import BackendError
+from mlbackend.inference import Model
+
+#: Columns the fixture's old model kept (of 20): the 3.x backend dropped
+#: columns without variance; 19 is dropped too, so max(columns) + 1 != 20.
+VARIABLE_COLUMNS = [c for c in range(20) if c not in (3, 7, 19)]
+HIDDEN = 8
+
+
+# --------------------------------------------------------------------------
+# Writing old-format files
+
+
+@contextlib.contextmanager
+def old_module_names() -> Iterator[dict[str, type]]:
+    """Stand-in classes under moodlemlbackend's and joblib's module names,
+    registered in sys.modules only while a fixture pickle is written."""
+    tf_cls = type("TF", (), {"__module__": "moodlemlbackend.model.tensor"})
+    wrapper = type("NumpyArrayWrapper", (), {"__module__": "joblib.numpy_pickle"})
+    modules = {name: types.ModuleType(name) for name in (
+        "moodlemlbackend", "moodlemlbackend.model", "moodlemlbackend.model.tensor",
+        "joblib", "joblib.numpy_pickle")}
+    modules["moodlemlbackend.model.tensor"].TF = tf_cls
+    modules["joblib.numpy_pickle"].NumpyArrayWrapper = wrapper
+    with mock.patch.dict(sys.modules, modules):
+        yield {"TF": tf_cls, "NumpyArrayWrapper": wrapper}
+
+
+class JoblibLikePickler(pickle._Pickler):  # type: ignore[name-defined]
+    """Writes arrays the way joblib.dump does: a NumpyArrayWrapper object,
+    then (outside the pickle frames) the raw array bytes."""
+
+    def __init__(self, file: io.BytesIO, wrapper: type) -> None:
+        super().__init__(file, protocol=4)
+        self.wrapper = wrapper
+
+    def save(self, obj: Any, save_persistent_id: bool = True) -> None:
+        if isinstance(obj, np.ndarray):
+            w = self.wrapper()
+            w.__dict__.update(subclass=np.ndarray, shape=obj.shape, order="C",
+                              dtype=obj.dtype, allow_mmap=True)
+            super().save(w)
+            self.framer.commit_frame(force=True)
+            self.framer.file_write(obj.tobytes("C"))
+            return
+        super().save(obj, save_persistent_id)
+
+
+def legacy_pickle(state: dict[str, Any]) -> bytes:
+    with old_module_names() as cls:
+        obj = cls["TF"]()
+        obj.__dict__.update(state)
+        buf = io.BytesIO()
+        JoblibLikePickler(buf, cls["NumpyArrayWrapper"]).dump(obj)
+    return buf.getvalue()
+
+
+def tf_state(n_inputs: int, columns: list[int] | None = None, **changes: Any) -> dict[str, Any]:
+    state: dict[str, Any] = {"n_epoch": 110, "batch_size": 1414, "n_features": n_inputs,
+                             "n_hidden": HIDDEN, "n_hidden_layers": 2, "n_classes": 2}
+    if columns is not None:
+        state["variable_columns"] = np.array(columns, dtype=np.int64)
+    state.update(changes)
+    return state
+
+
+def write_savedmodel(path: Path, weights: list[np.ndarray], activations: list[str]) -> None:
+    """A SavedModel whose checkpoint has tf.keras's variable names, plus a
+    keras_metadata.pb naming the activations (as tf.keras 2 wrote them)."""
+    import tensorflow as tf
+
+    root = tf.Module()
+    for i in range(len(weights) // 2):
+        layer = tf.Module()
+        layer.kernel = tf.Variable(weights[2 * i])
+        layer.bias = tf.Variable(weights[2 * i + 1])
+        setattr(root, f"layer_with_weights-{i}", layer)
+    optimizer = tf.Module()
+    optimizer.iter = tf.Variable(np.int64(42))  # the real one has optimizer state too
+    root.optimizer = optimizer
+    tf.saved_model.save(root, str(path))
+    layers = [{"class_name": "Dense", "config": {"units": int(weights[2 * i].shape[1]),
+                                                 "activation": act}}
+              for i, act in enumerate(activations)]
+    (path / "keras_metadata.pb").write_bytes(
+        b"\n\x04root\x12\x11_tf_keras_network" + json.dumps({"layers": layers}).encode())
+
+
+def random_weights(sizes: list[int], seed: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for a, b in zip(sizes, sizes[1:]):
+        out.append((rng.normal(size=(a, b)) * 1.2 / np.sqrt(a)).astype(np.float32))
+        out.append((rng.normal(size=b) * 0.3).astype(np.float32))
+    return out
+
+
+def keras_reference(X: np.ndarray, weights: list[np.ndarray], activation: str) -> np.ndarray:
+    """Class probabilities from a Keras network with these weights."""
+    from mlbackend.model import quiet_tensorflow
+
+    quiet_tensorflow()
+    import keras
+    layers: list[Any] = [keras.Input(shape=(weights[0].shape[0],))]
+    for i in range(len(weights) // 2 - 1):
+        layers.append(keras.layers.Dense(weights[2 * i].shape[1], activation=activation))
+    layers.append(keras.layers.Dense(weights[-1].shape[0], activation="softmax"))
+    net = keras.Sequential(layers)
+    net.set_weights(weights)
+    return np.asarray(net.predict(X, verbose=0), dtype=np.float64)
+
+
+# --------------------------------------------------------------------------
+# Fixtures
+
+
+@pytest.fixture(scope="session")
+def legacy3(tmp_path_factory: pytest.TempPathFactory, binary_data: dict[str, Any]
+            ) -> dict[str, Any]:
+    """A moodlemlbackend 3.x classifier/ and the answers it must give."""
+    d = tmp_path_factory.mktemp("legacy3") / "classifier"
+    d.mkdir()
+    weights = random_weights([len(VARIABLE_COLUMNS), HIDDEN, HIDDEN, 2], seed=3)
+    (d / "classifier.pkl").write_bytes(legacy_pickle(tf_state(len(VARIABLE_COLUMNS),
+                                                              VARIABLE_COLUMNS)))
+    write_savedmodel(d / "model.ckpt", weights, ["relu", "relu", "softmax"])
+    ds = dataset.read_prediction(binary_data["predict"])
+    proba = keras_reference(ds.X[:, VARIABLE_COLUMNS], weights, "relu")
+    return {"dir": d, "weights": weights, "proba": proba, "ids": ds.sample_ids}
+
+
+@pytest.fixture(scope="session")
+def export2(tmp_path_factory: pytest.TempPathFactory, binary_data: dict[str, Any]
+            ) -> dict[str, Any]:
+    """A moodlemlbackend 2.x export: model.json, one tanh layer of 10."""
+    d = tmp_path_factory.mktemp("export2")
+    weights = random_weights([20, 10, 2], seed=4)
+    doc = {"n_features": 20, "n_classes": 2, "n_hidden": 10}
+    for key, w in zip(legacy._JSON_KEYS, weights):
+        doc[key] = w.astype(np.float64).tolist()
+    (d / "model.json").write_text(json.dumps(doc))
+    ds = dataset.read_prediction(binary_data["predict"])
+    return {"dir": d, "doc": doc, "weights": weights,
+            "proba": keras_reference(ds.X, weights, "tanh"), "ids": ds.sample_ids}
+
+
+def outputdir_with(tmp_path: Path, source: Path) -> Path:
+    """An OUTPUTDIR whose classifier/ is a copy of `source`."""
+    out = tmp_path / "model"
+    shutil.copytree(source, out / "classifier")
+    return out
+
+
+def check_predictions(answer: dict[str, Any], expected: np.ndarray, ids: list[str]) -> None:
+    rows = answer["predictions"]
+    assert [r[0] for r in rows] == ids
+    assert all(isinstance(v, str) for r in rows for v in r)
+    labels = np.array([int(r[1]) for r in rows])
+    probs = np.array([float(r[2]) for r in rows])
+    assert np.array_equal(labels, expected.argmax(axis=1))
+    np.testing.assert_allclose(probs, expected.max(axis=1), atol=1e-5)
+    assert len(set(labels)) == 2  # the fixture's network really decides
+
+
+# --------------------------------------------------------------------------
+# The fixture is what moodlemlbackend writes
+
+
+#: moodlemlbackend 3.0.5's classifier.pkl for a site-b model (in the shared
+#: example, not in this repository): its SHA-256 and the values it holds.
+REAL_PICKLE_SHA256 = "f306fcc4c2286d6e67e1a6d4b088fce9c73bc300281e502f5a436f725efd54b8"
+REAL_PICKLE_STATE = {"n_epoch": 110, "batch_size": 1414, "n_features": 176, "n_hidden": 58,
+                     "n_hidden_layers": 2, "n_classes": 2}
+REAL_VARIABLE_COLUMNS = (
+    "1 3 7 8 10 18 19 23 31 32 33 35 36 41 45 46 49 52 59 61 62 63 64 65 66 67 71 72 73 75 76 "
+    "79 80 81 82 83 85 87 88 91 95 96 98 103 108 109 117 119 122 124 131 135 136 137 140 141 "
+    "142 143 150 153 160 164 165 169 172 175 178 179 180 186 188 191 193 195 200 203 204 205 "
+    "206 208 212 214 216 218 219 223 225 227 230 233 234 235 236 238 242 246 248 249 251 252 "
+    "253 254 257 258 260 261 262 263 267 268 269 270 271 274 275 277 278 279 280 281 282 283 "
+    "285 286 287 291 292 294 295 296 298 299 303 305 307 308 310 313 316 320 321 325 327 329 "
+    "334 341 342 343 344 346 347 349 353 354 356 361 362 363 365 369 372 379 384 386 397 399 "
+    "400 406 407 408 409 412 416 418 419 420")
+
+
+def test_the_fixture_writer_reproduces_a_real_moodlemlbackend_pickle() -> None:
+    """Given the real file's values, the fixture writer produces that file
+    byte for byte: the same opcodes, globals, memo and joblib array layout."""
+    import hashlib
+
+    columns = np.array([int(c) for c in REAL_VARIABLE_COLUMNS.split()], dtype=np.int64)
+    data = legacy_pickle(dict(REAL_PICKLE_STATE, variable_columns=columns))
+    assert hashlib.sha256(data).hexdigest() == REAL_PICKLE_SHA256
+    state = legacy.read_pickle_bytes(data, "real")
+    assert {k: state[k] for k in REAL_PICKLE_STATE} == REAL_PICKLE_STATE
+    assert np.array_equal(state["variable_columns"], columns)
+
+
+def test_reads_the_fixture_without_moodlemlbackend_or_joblib(legacy3: dict[str, Any]) -> None:
+    state = legacy.read_pickle(str(legacy3["dir"] / "classifier.pkl"))
+    assert state["n_hidden_layers"] == 2 and state["n_features"] == len(VARIABLE_COLUMNS)
+    assert state["variable_columns"].tolist() == VARIABLE_COLUMNS
+    assert "moodlemlbackend" not in sys.modules and "joblib" not in sys.modules
+
+
+# --------------------------------------------------------------------------
+# Conversion on first use, through Moodle's argv
+
+
+def test_prediction_converts_a_3x_model_once_and_keeps_the_old_files(
+        tmp_path: Path, legacy3: dict[str, Any], binary_data: dict[str, Any]) -> None:
+    out = outputdir_with(tmp_path, legacy3["dir"])
+    r = moodle("prediction", "m1", out, binary_data["predict"])
+    assert r.rc == 0, r.stderr
+    check_predictions(r.json, legacy3["proba"], legacy3["ids"])
+    assert "converted" in r.stderr
+    cls = out / "classifier"
+    assert (cls / "model.npz").is_file()
+    aside = cls / legacy.ASIDE_DIR
+    original = (legacy3["dir"] / "classifier.pkl").read_bytes()
+    assert (aside / "classifier.pkl").read_bytes() == original
+    assert (aside / "model.ckpt" / "variables" / "variables.index").is_file()
+    assert not (cls / "classifier.pkl").exists() and not (cls / "model.ckpt").exists()
+    model = store.load(str(out))
+    assert model is not None and model.nfeatures == 20 and model.classes == [0, 1]
+    assert model.columns.tolist() == VARIABLE_COLUMNS and model.activation == "relu"
+
+    again = moodle("prediction", "m1", out, binary_data["predict"])
+    assert again.rc == 0 and again.json == r.json
+    assert "converted" not in again.stderr
+
+
+def test_training_continues_from_a_3x_model(tmp_path: Path, legacy3: dict[str, Any],
+                                            binary_data: dict[str, Any]) -> None:
+    out = outputdir_with(tmp_path, legacy3["dir"])
+    r = moodle("training", "m1", out, binary_data["train"])
+    assert r.rc == 0 and r.json == {"status": 0, "info": []}, r.stderr
+    model = store.load(str(out))
+    assert model is not None and model.history["trainings"] == 1
+    # Same network shape and columns as the old model: training went on from it.
+    assert model.hidden_units == [HIDDEN, HIDDEN]
+    assert model.columns.tolist() == VARIABLE_COLUMNS
+    assert (out / "classifier" / legacy.ASIDE_DIR / "classifier.pkl").is_file()
+    p = moodle("prediction", "m1", out, binary_data["predict"])
+    assert p.rc == 0 and len(p.json["predictions"]) == len(legacy3["ids"])
+
+
+def test_evaluation_of_a_trained_3x_model(tmp_path: Path, legacy3: dict[str, Any],
+                                          binary_data: dict[str, Any]) -> None:
+    trained = outputdir_with(tmp_path, legacy3["dir"])
+    r = moodle("evaluation", "m1", tmp_path / "eval", binary_data["train"], 0.7, 0.05, 10,
+               trained)
+    assert r.rc in (0, 4), r.stderr
+    answer = r.json
+    assert 0.0 <= answer["accuracy"] <= 1.0 and "auc" in answer
+    assert (trained / "classifier" / "model.npz").is_file()
+
+
+def test_a_3x_model_needs_the_columns_it_used(tmp_path: Path, legacy3: dict[str, Any]) -> None:
+    from mlbackend import synthetic
+
+    small = synthetic.generate(30, 10, seed=5)
+    path = str(tmp_path / "ten.csv")
+    synthetic.write_prediction(path, small)
+    out = outputdir_with(tmp_path, legacy3["dir"])
+    r = moodle("prediction", "m1", out, path)
+    assert r.rc == 1 and r.json["status"] == 1
+    assert "uses feature number 19" in r.json["info"][0]
+    assert (out / "classifier" / "classifier.pkl").is_file()  # not converted
+
+
+# --------------------------------------------------------------------------
+# Import and export
+
+
+def test_import_of_a_2x_export_converts_it(tmp_path: Path, export2: dict[str, Any],
+                                           binary_data: dict[str, Any]) -> None:
+    out = tmp_path / "model"
+    r = moodle("import", "m2", out, export2["dir"])
+    assert r.rc == 0 and r.last == "Ok", r.stderr
+    model = store.load(str(out))
+    assert model is not None and model.activation == "tanh" and model.nfeatures == 20
+    p = moodle("prediction", "m2", out, binary_data["predict"])
+    assert p.rc == 0, p.stderr
+    check_predictions(p.json, export2["proba"], export2["ids"])
+
+
+def test_import_of_a_3x_model_then_export_and_import_again(
+        tmp_path: Path, legacy3: dict[str, Any], binary_data: dict[str, Any]) -> None:
+    out = tmp_path / "model"
+    r = moodle("import", "m3", out, legacy3["dir"])
+    assert r.rc == 0 and r.last == "Ok", r.stderr
+    # Checked, stored as it is: converted with the first dataset.
+    assert (out / "classifier" / "classifier.pkl").is_file()
+    exported = moodle("export", "m3", out, tmp_path / "export")
+    assert exported.rc == 0 and exported.last == str(tmp_path / "export")
+    again = tmp_path / "again"
+    r = moodle("import", "m3", again, tmp_path / "export")
+    assert r.rc == 0 and r.last == "Ok", r.stderr
+    p = moodle("prediction", "m3", again, binary_data["predict"])
+    assert p.rc == 0, p.stderr
+    check_predictions(p.json, legacy3["proba"], legacy3["ids"])
+
+
+def test_import_over_a_model_moves_old_files_aside(tmp_path: Path, legacy3: dict[str, Any],
+                                                   export2: dict[str, Any]) -> None:
+    out = outputdir_with(tmp_path, legacy3["dir"])
+    store.import_model(str(out), str(export2["dir"]))
+    cls = out / "classifier"
+    assert (cls / "model.npz").is_file() and not (cls / "classifier.pkl").exists()
+    assert (cls / legacy.ASIDE_DIR / "classifier.pkl").is_file()
+    assert store.load(str(out)).activation == "tanh"  # type: ignore[union-attr]
+
+
+def test_a_tanh_model_is_format_version_2() -> None:
+    m = Model(classes=[0, 1], nfeatures=2, columns=np.arange(2), mean=np.zeros(2, np.float32),
+              scale=np.ones(2, np.float32),
+              weights=random_weights([2, 3, 2], seed=1), activation="tanh")
+    arrays = m.to_arrays()
+    assert json.loads(str(arrays["meta"]))["format_version"] == 2
+    back = Model.from_arrays(arrays, "test")
+    assert back.activation == "tanh"
+    X = np.array([[0.5, -1.0]], dtype=np.float32)
+    np.testing.assert_allclose(back.predict_proba(X), m.predict_proba(X))
+    relu = Model(**{**m.__dict__, "activation": "relu"})
+    assert json.loads(str(relu.to_arrays()["meta"]))["format_version"] == 1
+
+
+# --------------------------------------------------------------------------
+# Refusal: nothing in a hostile file runs
+
+
+class RunsCommand:
+    def __init__(self, command: str) -> None:
+        self.command = command
+
+    def __reduce__(self) -> Any:
+        return (os.system, (self.command,))
+
+
+class RunsPython:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> Any:
+        return (exec, (f"open({str(self.path)!r}, 'w').close()",))
+
+
+def hostile(kind: str, marker: Path) -> bytes:
+    if kind == "os.system":
+        return pickle.dumps(RunsCommand(f"touch {marker}"), protocol=4)
+    if kind == "exec":
+        return pickle.dumps(RunsPython(marker), protocol=4)
+    # Inside a genuine-looking classifier: the refusal comes mid-stream.
+    # (No array in it, so that plain pickle can run it for the control.)
+    return legacy_pickle(tf_state(len(VARIABLE_COLUMNS),
+                                  n_epoch=RunsCommand(f"touch {marker}")))
+
+
+@pytest.mark.parametrize("kind", ["os.system", "exec", "inside the classifier"])
+def test_a_pickle_that_would_run_code_is_refused_and_nothing_runs(
+        tmp_path: Path, legacy3: dict[str, Any], binary_data: dict[str, Any],
+        kind: str) -> None:
+    # The payload is live: a plain pickle.loads creates its file.
+    control = tmp_path / "control"
+    with old_module_names():
+        pickle.loads(hostile(kind, control))
+    assert control.exists()
+
+    marker = tmp_path / "pwned"
+    out = outputdir_with(tmp_path, legacy3["dir"])
+    (out / "classifier" / "classifier.pkl").write_bytes(hostile(kind, marker))
+    for module, args in (("prediction", [binary_data["predict"]]),
+                         ("training", [binary_data["train"]])):
+        r = moodle(module, "evil", out, *args)
+        assert r.rc == 1 and r.json["status"] == 1
+        assert "refused" in r.json["info"][0] and "nothing in it was run" in r.json["info"][0]
+    r = moodle("import", "evil", tmp_path / "other", out / "classifier")
+    assert r.rc == 1 and "refused" in r.json["info"][0]
+    assert not marker.exists()
+    assert not (out / "classifier" / "model.npz").exists()
+    assert (out / "classifier" / "classifier.pkl").is_file()  # left as it was
+    assert not (tmp_path / "other" / "classifier" / "classifier.pkl").exists()
+
+
+@pytest.mark.parametrize("module,name", [("builtins", "eval"), ("numpy", "load"),
+                                         ("moodlemlbackend.model.tensor", "build_graph"),
+                                         ("copyreg", "_reconstructor")])
+def test_the_unpickler_refuses_any_other_global(tmp_path: Path, module: str, name: str) -> None:
+    data = b"\x80\x04c" + module.encode() + b"\n" + name.encode() + b"\n)R."
+    path = tmp_path / "classifier.pkl"
+    path.write_bytes(data)
+    with pytest.raises(BackendError, match=f"refused the global {module}.{name}"):
+        legacy.read_pickle(str(path))
+
+
+@pytest.mark.parametrize("stream,message", [
+    # numpy.ndarray((10**9,)): an allowed name, called to allocate 8 GB
+    (b"cnumpy\nndarray\n(J\x00\xca\x9a;tR.", "calling ndarray"),
+    (b"cnumpy\nndarray\n)\x81.", "constructing ndarray"),
+    # an allowed function given attributes (BUILD with slot state calls setattr)
+    (b"cnumpy\ndtype\nN}(X\x04\x00\x00\x00hack\x88u\x86b.",
+     "setting the state of _safe_dtype"),
+    (b"(cmoodlemlbackend.model.tensor\nTF\no.", "INST/OBJ"),
+])
+def test_allowed_names_cannot_be_misused(tmp_path: Path, stream: bytes, message: str) -> None:
+    path = tmp_path / "classifier.pkl"
+    path.write_bytes(b"\x80\x04" + stream)
+    with pytest.raises(BackendError, match=message):
+        legacy.read_pickle(str(path))
+    assert not hasattr(legacy._safe_dtype, "hack")
+
+
+def test_object_arrays_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "classifier.pkl"
+    with old_module_names() as cls:
+        obj = cls["TF"]()
+        obj.variable_columns = np.array([1, "x"], dtype=object)
+        path.write_bytes(pickle.dumps(obj, protocol=4))
+    with pytest.raises(BackendError, match="refused"):
+        legacy.read_pickle(str(path))
+
+
+def damaged(d: Path, how: str) -> None:
+    pkl = d / "classifier.pkl"
+    if how == "truncated pickle":
+        pkl.write_bytes(pkl.read_bytes()[:-40])
+    elif how == "pickle cut in its header":
+        pkl.write_bytes(pkl.read_bytes()[:60])
+    elif how == "not a pickle":
+        pkl.write_bytes(b"\x1f\x8b compressed or anything else")
+    elif how == "columns do not match the network":
+        pkl.write_bytes(legacy_pickle(tf_state(len(VARIABLE_COLUMNS) + 1,
+                                               VARIABLE_COLUMNS + [19])))
+    elif how == "pickle contradicts itself":
+        pkl.write_bytes(legacy_pickle(tf_state(len(VARIABLE_COLUMNS) + 1, VARIABLE_COLUMNS)))
+    elif how == "wrong layer count":
+        pkl.write_bytes(legacy_pickle(tf_state(len(VARIABLE_COLUMNS), VARIABLE_COLUMNS,
+                                               n_hidden_layers=1)))
+    elif how == "more classes than outputs":
+        pkl.write_bytes(legacy_pickle(tf_state(len(VARIABLE_COLUMNS), VARIABLE_COLUMNS,
+                                               n_classes=3)))
+    elif how == "truncated weights":
+        data = d / "model.ckpt" / "variables" / "variables.data-00000-of-00001"
+        data.write_bytes(data.read_bytes()[:100])
+    elif how == "no weights":
+        shutil.rmtree(d / "model.ckpt" / "variables")
+    elif how == "no pickle":
+        pkl.unlink()
+    elif how == "other activation":
+        meta = d / "model.ckpt" / "keras_metadata.pb"
+        meta.write_bytes(meta.read_bytes().replace(b'"relu"', b'"sigmoid"'))
+    else:  # pragma: no cover
+        raise AssertionError(how)
+
+
+@pytest.mark.parametrize("how,message", [
+    ("truncated pickle", "truncated"),
+    ("pickle cut in its header", "damaged or truncated"),
+    ("not a pickle", "not an uncompressed joblib pickle"),
+    ("columns do not match the network", r"wrong shape \(layer 1: \(17, 8\)"),
+    ("pickle contradicts itself", "inconsistent: 17 variable columns"),
+    ("wrong layer count", "more layers than its settings"),
+    ("more classes than outputs", "2 outputs for 3 classes"),
+    ("truncated weights", "damaged or truncated"),
+    ("no weights", "weights are missing"),
+    ("no pickle", "classifier.pkl is missing"),
+    ("other activation", "sigmoid"),
+])
+def test_a_damaged_3x_model_is_refused_with_a_clear_message(
+        tmp_path: Path, legacy3: dict[str, Any], how: str, message: str) -> None:
+    out = outputdir_with(tmp_path, legacy3["dir"])
+    damaged(out / "classifier", how)
+    with pytest.raises(BackendError, match=message) as err:
+        store.load(str(out), nfeatures=20)
+    assert err.value.status == 1
+    assert not (out / "classifier" / "model.npz").exists()
+
+
+def test_a_damaged_model_answers_status_1_through_moodle(
+        tmp_path: Path, legacy3: dict[str, Any], binary_data: dict[str, Any]) -> None:
+    out = outputdir_with(tmp_path, legacy3["dir"])
+    damaged(out / "classifier", "truncated weights")
+    r = moodle("prediction", "m1", out, binary_data["predict"])
+    assert r.rc == 1 and r.json["status"] == 1
+    assert "damaged or truncated" in r.json["info"][0]
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda d: d.update({"initialise-vars/output-bias": [0.1]}), "wrong shape"),
+    (lambda d: d.update({"n_hidden": 7}), "n_hidden is 7"),
+    (lambda d: d.pop("initialise-vars/hidden-bias"), "hidden-bias is missing"),
+    (lambda d: d.update({"n_features": "20"}), "invalid n_features"),
+    (lambda d: d["initialise-vars/hidden-bias"].__setitem__(0, "x"), "invalid weights"),
+])
+def test_a_bad_2x_export_is_refused(tmp_path: Path, export2: dict[str, Any], change: Any,
+                                    message: str) -> None:
+    doc = json.loads(json.dumps(export2["doc"]))
+    change(doc)
+    (tmp_path / "model.json").write_text(json.dumps(doc))
+    with pytest.raises(BackendError, match=message):
+        store.import_model(str(tmp_path / "model"), str(tmp_path))
+    assert not (tmp_path / "model" / "classifier" / "model.npz").exists()
+
+
+def test_a_truncated_2x_export_is_refused_through_moodle(tmp_path: Path,
+                                                         export2: dict[str, Any]) -> None:
+    text = (export2["dir"] / "model.json").read_text()
+    (tmp_path / "model.json").write_text(text[: len(text) // 2])
+    r = moodle("import", "m2", tmp_path / "model", tmp_path)
+    assert r.rc == 1 and "not valid JSON" in r.json["info"][0]
