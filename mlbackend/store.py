@@ -10,6 +10,10 @@ This is the only module that touches model files. Its promises:
 - Writers hold an exclusive OS lock on `OUTPUTDIR/classifier/.lock`, so two
   trainings of one model run one after the other (each continuing from the
   other's result) instead of racing.
+- A loaded model stays in memory while its file is unchanged (same path,
+  inode, modification time and size), so a server answering prediction
+  after prediction reads and checks the file once. Models are never
+  modified in place, so sharing one between threads is safe.
 """
 from __future__ import annotations
 
@@ -20,7 +24,9 @@ import os
 import re
 import shutil
 import tempfile
-from typing import Iterator
+import threading
+from collections import OrderedDict
+from typing import BinaryIO, Iterator
 
 import numpy as np
 
@@ -31,6 +37,8 @@ CLASSIFIER_DIR = "classifier"
 MODEL_FILE = "model.npz"
 LOCK_FILE = ".lock"
 TEMP_PREFIX = ".tmp-"
+#: Loaded models kept in memory (one per model file); a few hundred KB each.
+CACHE_SIZE = 64
 
 
 def classifier_dir(model_dir: str) -> str:
@@ -62,22 +70,80 @@ def has_model(model_dir: str) -> bool:
 
 
 def load(model_dir: str) -> Model | None:
-    """The stored model, or None when this directory was never trained."""
-    return load_file(model_path(model_dir), missing_ok=True)
+    """The stored model, or None when this directory was never trained.
+
+    Served from memory while the file is the one read before.
+    """
+    path = model_path(model_dir)
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise BackendError(f"The stored model {path} cannot be read ({exc.strerror}).") from None
+    with f:
+        st = os.fstat(f.fileno())  # of the file we read, even if replaced meanwhile
+        stamp = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+        key = os.path.abspath(path)
+        model = _cache.get(key, stamp)
+        if model is None:
+            model = _read(f, path)
+            _cache.put(key, stamp, model)
+    return model
 
 
 def load_file(path: str, missing_ok: bool = False) -> Model | None:
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
+        f = open(path, "rb")
     except FileNotFoundError:
         if missing_ok:
             return None
         raise BackendError(f"There is no model file at {path}.") from None
+    except OSError as exc:
+        raise BackendError(f"The stored model {path} cannot be read ({exc.strerror}).") from None
+    with f:
+        return _read(f, path)
+
+
+def _read(f: BinaryIO, path: str) -> Model:
+    try:
+        with np.load(f, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
     except (OSError, ValueError, EOFError) as exc:
         raise BackendError(f"The stored model {path} cannot be read ({exc}). Train the model "
                            "again or import a good copy.") from None
     return Model.from_arrays(arrays, path)
+
+
+class _ModelCache:
+    """Path -> (file stamp, Model), least recently used dropped first; thread-safe."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._entries: OrderedDict[str, tuple[tuple[int, ...], Model]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: str, stamp: tuple[int, ...]) -> Model | None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None or entry[0] != stamp:
+                return None
+            self._entries.move_to_end(key)
+            return entry[1]
+
+    def put(self, key: str, stamp: tuple[int, ...], model: Model) -> None:
+        with self._lock:
+            self._entries[key] = (stamp, model)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
+_cache = _ModelCache(CACHE_SIZE)
 
 
 def save(model_dir: str, model: Model) -> None:
