@@ -112,6 +112,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("version", help="print the version Moodle sees",
                    description="Print the version string alone, as Moodle expects.")
+
+    p = sub.add_parser(
+        "passwd", help="print MOODLE_MLBACKEND_PYTHON_USERS entries for users",
+        description="Print one line for MOODLE_MLBACKEND_PYTHON_USERS: a "
+                    "user:pbkdf2_sha256:ITERATIONS:SALT:HASH entry per user, comma-separated. "
+                    "Asks for each password (twice) unless --generate or --stdin is given. "
+                    "The server also accepts plain-text and old sha256:SALT:HEX entries.")
+    p.add_argument("users", nargs="+", metavar="USER", help="user name (no ',' or ':')")
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--generate", action="store_true",
+                     help="make up random passwords and print them on stderr")
+    how.add_argument("--stdin", action="store_true",
+                     help="read the passwords from standard input, one line per user")
+    p.add_argument("--iterations", type=int, default=600_000,
+                   help="PBKDF2 iterations; default: %(default)s")
     return parser
 
 
@@ -171,6 +186,8 @@ def run(args: argparse.Namespace) -> str:
 
     if args.command == "version":
         return reported_version()
+    if args.command == "passwd":
+        return passwd(args)
     model_dir = args.model_dir or store.default_model_dir(args.model_id)
     progress = sys.stderr.isatty()
     if args.command == "training":
@@ -187,6 +204,35 @@ def run(args: argparse.Namespace) -> str:
         actions.import_(model_dir, args.import_dir)
         return "Ok"
     raise UsageError(f"Unknown command {args.command!r}.")  # pragma: no cover
+
+
+def passwd(args: argparse.Namespace) -> str:
+    """`mlbackend passwd`: entries for MOODLE_MLBACKEND_PYTHON_USERS, one line."""
+    import getpass
+
+    from mlbackend.server import auth
+
+    for user in args.users:
+        auth.check_user_name(user)
+    lines = sys.stdin.read().splitlines() if args.stdin else []
+    if args.stdin and len(lines) < len(args.users):
+        raise UsageError(f"--stdin gave {len(lines)} password line(s) for "
+                         f"{len(args.users)} user(s).")
+    entries = []
+    for i, user in enumerate(args.users):
+        if args.generate:
+            password = auth.new_password()
+            sys.stderr.write(f"password for {user}: {password}\n")
+        elif args.stdin:
+            password = lines[i]
+        else:
+            password = getpass.getpass(f"password for {user}: ")
+            if getpass.getpass(f"password for {user} again: ") != password:
+                raise UsageError(f"The two passwords for {user} differ.")
+        if not password:
+            raise UsageError(f"The password for {user} is empty.")
+        entries.append(auth.make_entry(user, password, args.iterations))
+    return ",".join(entries)
 
 
 def _emit(text: str) -> None:
