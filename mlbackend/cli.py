@@ -114,6 +114,40 @@ def build_parser() -> argparse.ArgumentParser:
                    description="Print the version string alone, as Moodle expects.")
 
     p = sub.add_parser(
+        "serve", help="serve Moodle's server mode over HTTP",
+        description="Answer Moodle's mlbackend_python in server mode (HTTP with Basic auth). "
+                    "Users come from MOODLE_MLBACKEND_PYTHON_USERS (create entries with "
+                    "`mlbackend passwd`); models are kept in MOODLE_MLBACKEND_PYTHON_DIR, or "
+                    "in the S3 bucket MOODLE_MLBACKEND_PYTHON_S3_BUCKET_NAME; temporary files "
+                    "go to MOODLE_MLBACKEND_TEMPDIR. It speaks plain HTTP: put it behind a "
+                    "TLS reverse proxy such as nginx.")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (0.0.0.0: every interface); "
+                        "default: %(default)s")
+    p.add_argument("--port", type=int, default=5000,
+                   help="TCP port to listen on (0 picks a free one); default: %(default)s")
+    p.add_argument("--workers", type=int, default=8, metavar="N",
+                   help="requests handled at once (threads); a queued training holds one, "
+                        "so keep it well above --max-trainings; default: %(default)s")
+    p.add_argument("--max-trainings", type=int, default=1, metavar="N",
+                   help="trainings and evaluations run at once, the rest wait their turn "
+                        "(each uses every core); default: %(default)s")
+    p.add_argument("--max-upload-mb", type=int, default=512, metavar="MB",
+                   help="largest request body accepted, in MiB; a larger upload gets HTTP "
+                        "413; default: %(default)s")
+    p.add_argument("--max-unzipped-mb", type=int, default=256, metavar="MB",
+                   help="largest total size an imported zip may expand to, in MiB; "
+                        "default: %(default)s")
+    p.add_argument("--s3-endpoint-url", metavar="URL",
+                   help="endpoint of an S3-compatible store (MinIO, Ceph...) when "
+                        "MOODLE_MLBACKEND_PYTHON_S3_BUCKET_NAME is set; default: AWS, or "
+                        "AWS_ENDPOINT_URL")
+    p.add_argument("--trusted-proxy", metavar="ADDR",
+                   help="address of the reverse proxy whose X-Forwarded-For and "
+                        "X-Forwarded-Proto headers are believed (the access log then shows "
+                        "the real client); default: none")
+
+    p = sub.add_parser(
         "passwd", help="print MOODLE_MLBACKEND_PYTHON_USERS entries for users",
         description="Print one line for MOODLE_MLBACKEND_PYTHON_USERS: a "
                     "user:pbkdf2_sha256:ITERATIONS:SALT:HASH entry per user, comma-separated. "
@@ -165,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
             return int(exc.code or 0)
         with _stdout_to_stderr():
             text = run(args)
-        _emit(text)
+        if text is not None:
+            _emit(text)
         return 0
     except BackendError as exc:
         _emit(to_json_line(exc.answer()))
@@ -180,12 +215,14 @@ def main(argv: list[str] | None = None) -> int:
         return GENERAL_ERROR
 
 
-def run(args: argparse.Namespace) -> str:
-    """Call the action for `args`; returns the text Moodle reads."""
+def run(args: argparse.Namespace) -> str | None:
+    """Call the action for `args`; returns the text Moodle reads (None: nothing)."""
     from mlbackend import actions, store
 
     if args.command == "version":
         return reported_version()
+    if args.command == "serve":
+        return serve(args)
     if args.command == "passwd":
         return passwd(args)
     model_dir = args.model_dir or store.default_model_dir(args.model_id)
@@ -204,6 +241,14 @@ def run(args: argparse.Namespace) -> str:
         actions.import_(model_dir, args.import_dir)
         return "Ok"
     raise UsageError(f"Unknown command {args.command!r}.")  # pragma: no cover
+
+
+def serve(args: argparse.Namespace) -> None:
+    """`mlbackend serve`: build the server and run it until stopped."""
+    from mlbackend.server.config import ServerConfig
+    from mlbackend.server.wsgi import serve as run_server  # the HTTP stack: only here
+
+    run_server(ServerConfig.from_args(args))
 
 
 def passwd(args: argparse.Namespace) -> str:

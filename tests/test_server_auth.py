@@ -104,3 +104,16 @@ def test_passwd_refuses_bad_user_names():
     p = run_passwd("a:b", "--generate")
     assert p.returncode == 1
     assert "cannot be used" in p.stdout
+
+
+def test_basic_credentials_in_utf8_and_latin1():
+    import base64
+
+    def header(raw: bytes) -> str:
+        return "Basic " + base64.b64encode(raw).decode()
+
+    assert auth.basic_credentials(header("zoë:pä:ss".encode())) == ("zoë", "pä:ss")
+    assert auth.basic_credentials(header("zoë:päss".encode("latin-1"))) == ("zoë", "päss")
+    assert auth.basic_credentials(header(b"user:")) == ("user", "")
+    for bad in (None, "", "Bearer abc", "Basic !!!", header(b"nocolon")):
+        assert auth.basic_credentials(bad) is None

@@ -23,6 +23,8 @@ start-up; a wrong password is never remembered and always pays in full.
 """
 from __future__ import annotations
 
+import base64
+import binascii
 import collections
 import hashlib
 import hmac
@@ -182,6 +184,30 @@ class Users:
                 while len(self._verified) > VERIFIED_CACHE_SIZE:
                     self._verified.popitem(last=False)
         return good and known
+
+
+def basic_credentials(header: str | None) -> tuple[str, str] | None:
+    """(user, password) of an `Authorization: Basic ...` header, else None.
+
+    Moodle (PHP) sends UTF-8; some clients (Python's requests) send
+    Latin-1. UTF-8 is tried first: a Latin-1 text with accents is almost
+    never valid UTF-8, so both kinds of client can log in with any password.
+    """
+    if not header:
+        return None
+    scheme, _, data = header.strip().partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        raw = base64.b64decode(data.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        text = raw.decode("latin-1")
+    user, sep, password = text.partition(":")
+    return (user, password) if sep else None
 
 
 def make_entry(user: str, password: str, iterations: int = PBKDF2_ITERATIONS) -> str:
