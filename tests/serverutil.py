@@ -32,12 +32,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for_port(port: int, proc: subprocess.Popen[bytes], log: Path | None = None) -> None:
+def wait_for_port(port: int, proc: subprocess.Popen[bytes], *logs: Path) -> None:
     """Poll until the port accepts connections; bounded in time, fails if the process died."""
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            detail = log.read_text() if log is not None and log.exists() else ""
+            detail = "\n".join(log.read_text() for log in logs if log.exists())
             raise RuntimeError(f"server exited with {proc.returncode} before listening:\n{detail}")
         try:
             with socket.create_connection((HOST, port), timeout=1):
@@ -109,7 +109,7 @@ def start_server(tmp: Path, env: dict[str, str], *args: str, name: str = "server
         proc = subprocess.Popen([sys.executable, "-m", "mlbackend", "serve", "--host", HOST,
                                  "--port", str(port), *args],
                                 stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=full_env)
-    wait_for_port(port, proc, stderr)
+    wait_for_port(port, proc, stdout, stderr)
     storage = env.get("MOODLE_MLBACKEND_PYTHON_DIR")
     return Server(url=f"http://{HOST}:{port}", proc=proc, stdout=stdout, stderr=stderr,
                   tempdir=tempdir, storage=Path(storage) if storage else None)
