@@ -25,6 +25,7 @@ import re
 import shutil
 import tempfile
 import threading
+import zipfile
 from collections import OrderedDict
 from typing import BinaryIO, Iterator
 
@@ -109,7 +110,7 @@ def _read(f: BinaryIO, path: str) -> Model:
     try:
         with np.load(f, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
-    except (OSError, ValueError, EOFError) as exc:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise BackendError(f"The stored model {path} cannot be read ({exc}). Train the model "
                            "again or import a good copy.") from None
     return Model.from_arrays(arrays, path)

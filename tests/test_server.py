@@ -321,6 +321,11 @@ def test_import_of_something_else_is_400(server):
     r = server.post("import", ids("junk"), {"importzip": ("import.zip", archive)})
     assert r.status_code == 400
     assert "model" in r.json()["info"][0]
+    for garbage in (b"garbage", b"PK\x03\x04truncated"):
+        archive = make_zip([("model.npz", garbage)])
+        r = server.post("import", ids("junk"), {"importzip": ("import.zip", archive)})
+        assert r.status_code == 400
+        assert "cannot be read" in r.json()["info"][0]
 
 
 def test_form_values_are_reduced_to_safe_names(server, binary_data):
