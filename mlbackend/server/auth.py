@@ -29,6 +29,7 @@ import collections
 import hashlib
 import hmac
 import logging
+import os
 import re
 import secrets
 import threading
@@ -110,7 +111,8 @@ def parse_credential(user: str, text: str) -> Credential:
         return Credential(PBKDF2_SCHEME, parts[3].lower(), salt=parts[2], iterations=iterations)
     if scheme in hashlib.algorithms_guaranteed and not scheme.startswith("shake"):
         salt, _, digest = text[len(scheme) + 1:].partition(":")
-        if not digest or not _HEX.match(digest) or len(digest) != 2 * hashlib.new(scheme).digest_size:
+        size = hashlib.new(scheme).digest_size
+        if not digest or not _HEX.match(digest) or len(digest) != 2 * size:
             raise UsersError(f"The password entry of user {user!r} in {USERS_ENV} is not "
                              f"{scheme}:SALT:HEXDIGEST. {HOW_TO_CREATE}")
         return Credential(scheme, digest.lower(), salt=salt)
@@ -154,8 +156,6 @@ class Users:
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> "Users":
-        import os
-
         env = os.environ if environ is None else environ
         return cls(parse_users(env.get(USERS_ENV)))
 
