@@ -112,6 +112,55 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("version", help="print the version Moodle sees",
                    description="Print the version string alone, as Moodle expects.")
+
+    p = sub.add_parser(
+        "serve", help="serve Moodle's server mode over HTTP",
+        description="Answer Moodle's mlbackend_python in server mode (HTTP with Basic auth). "
+                    "Users come from MOODLE_MLBACKEND_PYTHON_USERS (create entries with "
+                    "`mlbackend passwd`); models are kept in MOODLE_MLBACKEND_PYTHON_DIR, or "
+                    "in the S3 bucket MOODLE_MLBACKEND_PYTHON_S3_BUCKET_NAME; temporary files "
+                    "go to MOODLE_MLBACKEND_TEMPDIR. It speaks plain HTTP: put it behind a "
+                    "TLS reverse proxy such as nginx.")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (0.0.0.0: every interface); "
+                        "default: %(default)s")
+    p.add_argument("--port", type=int, default=5000,
+                   help="TCP port to listen on (0 picks a free one); default: %(default)s")
+    p.add_argument("--workers", type=int, default=8, metavar="N",
+                   help="requests handled at once (threads); a queued training holds one, "
+                        "so keep it well above --max-trainings; default: %(default)s")
+    p.add_argument("--max-trainings", type=int, default=1, metavar="N",
+                   help="trainings and evaluations run at once, the rest wait their turn "
+                        "(each uses every core); default: %(default)s")
+    p.add_argument("--max-upload-mb", type=int, default=512, metavar="MB",
+                   help="largest request body accepted, in MiB; a larger upload gets HTTP "
+                        "413; default: %(default)s")
+    p.add_argument("--max-unzipped-mb", type=int, default=256, metavar="MB",
+                   help="largest total size an imported zip may expand to, in MiB; "
+                        "default: %(default)s")
+    p.add_argument("--s3-endpoint-url", metavar="URL",
+                   help="endpoint of an S3-compatible store (MinIO, Ceph...) when "
+                        "MOODLE_MLBACKEND_PYTHON_S3_BUCKET_NAME is set; default: AWS, or "
+                        "AWS_ENDPOINT_URL")
+    p.add_argument("--trusted-proxy", metavar="ADDR",
+                   help="address of the reverse proxy whose X-Forwarded-For and "
+                        "X-Forwarded-Proto headers are believed (the access log then shows "
+                        "the real client); default: none")
+
+    p = sub.add_parser(
+        "passwd", help="print MOODLE_MLBACKEND_PYTHON_USERS entries for users",
+        description="Print one line for MOODLE_MLBACKEND_PYTHON_USERS: a "
+                    "user:pbkdf2_sha256:ITERATIONS:SALT:HASH entry per user, comma-separated. "
+                    "Asks for each password (twice) unless --generate or --stdin is given. "
+                    "The server also accepts plain-text and old sha256:SALT:HEX entries.")
+    p.add_argument("users", nargs="+", metavar="USER", help="user name (no ',' or ':')")
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--generate", action="store_true",
+                     help="make up random passwords and print them on stderr")
+    how.add_argument("--stdin", action="store_true",
+                     help="read the passwords from standard input, one line per user")
+    p.add_argument("--iterations", type=int, default=600_000,
+                   help="PBKDF2 iterations; default: %(default)s")
     return parser
 
 
@@ -150,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
             return int(exc.code or 0)
         with _stdout_to_stderr():
             text, status = run(args)
-        _emit(text)
+        if text is not None:
+            _emit(text)
         return status
     except BackendError as exc:
         _emit(to_json_line(exc.answer()))
@@ -165,12 +215,18 @@ def main(argv: list[str] | None = None) -> int:
         return GENERAL_ERROR
 
 
-def run(args: argparse.Namespace) -> tuple[str, int]:
-    """Call the action for `args`; returns the text Moodle reads and the exit status."""
+def run(args: argparse.Namespace) -> tuple[str | None, int]:
+    """Call the action for `args`; returns the text Moodle reads (None: nothing)
+    and the exit status."""
     from mlbackend import actions, store
 
     if args.command == "version":
         return reported_version(), 0
+    if args.command == "serve":
+        serve(args)
+        return None, 0
+    if args.command == "passwd":
+        return passwd(args), 0
     model_dir = args.model_dir or store.default_model_dir(args.model_id)
     progress = sys.stderr.isatty()
     if args.command == "training":
@@ -189,6 +245,43 @@ def run(args: argparse.Namespace) -> tuple[str, int]:
     else:  # pragma: no cover - argparse only accepts the commands above
         raise UsageError(f"Unknown command {args.command!r}.")
     return to_json_line(result), int(result["status"])
+
+
+def serve(args: argparse.Namespace) -> None:
+    """`mlbackend serve`: build the server and run it until stopped."""
+    from mlbackend.server.config import ServerConfig
+    from mlbackend.server.wsgi import serve as run_server  # the HTTP stack: only here
+
+    run_server(ServerConfig.from_args(args))
+
+
+def passwd(args: argparse.Namespace) -> str:
+    """`mlbackend passwd`: entries for MOODLE_MLBACKEND_PYTHON_USERS, one line."""
+    import getpass
+
+    from mlbackend.server import auth
+
+    for user in args.users:
+        auth.check_user_name(user)
+    lines = sys.stdin.read().splitlines() if args.stdin else []
+    if args.stdin and len(lines) < len(args.users):
+        raise UsageError(f"--stdin gave {len(lines)} password line(s) for "
+                         f"{len(args.users)} user(s).")
+    entries = []
+    for i, user in enumerate(args.users):
+        if args.generate:
+            password = auth.new_password()
+            sys.stderr.write(f"password for {user}: {password}\n")
+        elif args.stdin:
+            password = lines[i]
+        else:
+            password = getpass.getpass(f"password for {user}: ")
+            if getpass.getpass(f"password for {user} again: ") != password:
+                raise UsageError(f"The two passwords for {user} differ.")
+        if not password:
+            raise UsageError(f"The password for {user} is empty.")
+        entries.append(auth.make_entry(user, password, args.iterations))
+    return ",".join(entries)
 
 
 def _emit(text: str) -> None:

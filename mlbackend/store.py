@@ -15,6 +15,10 @@ This is the only module that touches model files. Its promises:
   first time it is used with a dataset: the new `model.npz` is saved as
   above, under the lock, and only then are the old files moved into
   `classifier/legacy-moodlemlbackend/`, kept for a rollback, never deleted.
+- A loaded model stays in memory while its file is unchanged (same path,
+  inode, modification time and size), so a server answering prediction
+  after prediction reads and checks the file once. Models are never
+  modified in place, so sharing one between threads is safe.
 """
 from __future__ import annotations
 
@@ -27,7 +31,8 @@ import re
 import shutil
 import tempfile
 import threading
-from typing import Iterator
+from collections import OrderedDict
+from typing import BinaryIO, Iterator
 
 import numpy as np
 
@@ -41,6 +46,8 @@ CLASSIFIER_DIR = "classifier"
 MODEL_FILE = "model.npz"
 LOCK_FILE = ".lock"
 TEMP_PREFIX = ".tmp-"
+#: Loaded models kept in memory (one per model file); a few hundred KB each.
+CACHE_SIZE = 64
 
 
 def classifier_dir(model_dir: str) -> str:
@@ -80,7 +87,7 @@ def load(model_dir: str, nfeatures: int | None = None) -> Model | None:
     use. An old-format model is converted with it (moodlemlbackend 3.x did
     not record the count) and saved in our format, so this happens once.
     """
-    model = load_file(model_path(model_dir), missing_ok=True)
+    model = _load_cached(model_path(model_dir))
     if model is not None or legacy.detect(classifier_dir(model_dir)) is None:
         return model
     return _convert_legacy(model_dir, nfeatures)
@@ -113,18 +120,77 @@ def _convert_legacy(model_dir: str, nfeatures: int | None) -> Model | None:
     return model
 
 
+def _load_cached(path: str) -> Model | None:
+    """Our model file at `path` (None if absent), from memory while unchanged."""
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise BackendError(f"The stored model {path} cannot be read ({exc.strerror}).") from None
+    with f:
+        st = os.fstat(f.fileno())  # of the file we read, even if replaced meanwhile
+        stamp = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+        key = os.path.abspath(path)
+        model = _cache.get(key, stamp)
+        if model is None:
+            model = _read(f, path)
+            _cache.put(key, stamp, model)
+    return model
+
+
 def load_file(path: str, missing_ok: bool = False) -> Model | None:
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
+        f = open(path, "rb")
     except FileNotFoundError:
         if missing_ok:
             return None
         raise BackendError(f"There is no model file at {path}.") from None
+    except OSError as exc:
+        raise BackendError(f"The stored model {path} cannot be read ({exc.strerror}).") from None
+    with f:
+        return _read(f, path)
+
+
+def _read(f: BinaryIO, path: str) -> Model:
+    try:
+        with np.load(f, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
     except Exception as exc:  # noqa: BLE001 - any damage (bad zip, bad zlib, bad header)
         raise BackendError(f"The stored model {path} cannot be read ({exc}). Train the model "
                            "again or import a good copy.") from None
     return Model.from_arrays(arrays, path)
+
+
+class _ModelCache:
+    """Path -> (file stamp, Model), least recently used dropped first; thread-safe."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._entries: OrderedDict[str, tuple[tuple[int, ...], Model]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: str, stamp: tuple[int, ...]) -> Model | None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None or entry[0] != stamp:
+                return None
+            self._entries.move_to_end(key)
+            return entry[1]
+
+    def put(self, key: str, stamp: tuple[int, ...], model: Model) -> None:
+        with self._lock:
+            self._entries[key] = (stamp, model)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
+_cache = _ModelCache(CACHE_SIZE)
 
 
 def save(model_dir: str, model: Model) -> None:

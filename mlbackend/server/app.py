@@ -1,0 +1,286 @@
+"""The eight endpoints of Moodle's server mode, as a WSGI application.
+
+Each route is thin: check the form, put the upload in a file, get a model
+directory from the storage, call the same `mlbackend.actions` function the
+command line calls, and format its answer. Built on Werkzeug (routing,
+multipart parsing with size limits, Basic auth parsing) without Flask:
+nothing here needs templates, sessions or Flask's globals, and every
+dependency less is one less to freeze into the binary.
+
+HTTP codes follow what Moodle's `mlbackend_python` does with them: it
+throws on anything but 200, and reads the JSON `status` of a 200 answer.
+
+- 401 for a missing or wrong user/password, before anything else runs
+  (the body is not even parsed); 405 for a wrong method; 413 for an upload
+  over the limit.
+- Training, prediction, evaluation: 200 with the contract's JSON whenever
+  the backend has an answer, errors included (a bad dataset is status 1,
+  an untrained model status 2), so that Moodle shows the admin the message.
+- 400 when the request itself is malformed (a field or file missing, a zip
+  we refuse), 503 for an export of a model that does not exist, 500 when
+  the server failed; each with a JSON body that says why.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import tempfile
+import threading
+import traceback
+from typing import Any, Callable, Iterable
+
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
+from werkzeug.routing import Map, Rule
+from werkzeug.wrappers import Request, Response
+
+from mlbackend import actions, reported_version, store
+from mlbackend.contract import GENERAL_ERROR, BackendError, to_json_line
+from mlbackend.server import uploads
+from mlbackend.server.auth import Users, basic_credentials
+from mlbackend.server.config import ServerConfig
+from mlbackend.server.storage import Storage, StorageError
+
+log = logging.getLogger(__name__)
+
+#: The WSGI environ key where the authenticated user is left for the access log.
+USER_KEY = "mlbackend.user"
+NOTHING_TO_EXPORT = "There is nothing to export."
+#: Endpoints whose answer is the contract's JSON, errors included.
+JSON_ENDPOINTS = frozenset({"training", "prediction", "evaluation"})
+
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+class RequestError(BackendError):
+    """The request is malformed: answered 400 (or `http_status`), never 200."""
+
+    def __init__(self, message: str, http_status: int = 400) -> None:
+        super().__init__(message)
+        self.http_status = http_status
+
+
+class MoodleApp:
+    """The server's WSGI application; one instance serves every thread."""
+
+    def __init__(self, config: ServerConfig, storage: Storage, users: Users) -> None:
+        self.config = config
+        self.storage = storage
+        self.users = users
+        self.trainings = threading.BoundedSemaphore(config.max_trainings)
+
+        class LimitedRequest(Request):
+            max_content_length = config.max_upload_bytes
+            max_form_memory_size = 1 << 20   # the text fields, not the files
+            max_form_parts = 100
+
+        self.request_class = LimitedRequest
+        self.url_map = Map([
+            Rule("/version", endpoint="version", methods=["GET"]),
+            Rule("/training", endpoint="training", methods=["POST"]),
+            Rule("/prediction", endpoint="prediction", methods=["POST"]),
+            Rule("/evaluation", endpoint="evaluation", methods=["POST"]),
+            Rule("/evaluationlog", endpoint="evaluationlog", methods=["GET"]),
+            Rule("/export", endpoint="export", methods=["GET"]),
+            Rule("/import", endpoint="import_", methods=["POST"]),
+            Rule("/deletemodel", endpoint="deletemodel", methods=["POST"]),
+        ], strict_slashes=False)
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]
+                 ) -> Iterable[bytes]:
+        request = self.request_class(environ)
+        response = self.dispatch(request)
+        return response(environ, start_response)
+
+    # ------------------------------------------------------------------
+
+    def dispatch(self, request: Request) -> Response:
+        if request.path.rstrip("/") != "/version":
+            user, password = basic_credentials(request.headers.get("Authorization")) or (None, None)
+            if not self.users.check(user, password):
+                return _text("Incorrect user and/or password.\n", 401,
+                             {"WWW-Authenticate": 'Basic realm="mlbackend"'})
+            request.environ[USER_KEY] = user
+        try:
+            endpoint, _ = self.url_map.bind_to_environ(request.environ).match()
+        except MethodNotAllowed as exc:
+            return _text(f"Method {request.method} is not allowed here.\n", 405,
+                         {"Allow": ", ".join(exc.valid_methods or [])})
+        except NotFound:
+            return _text("No such endpoint.\n", 404)
+        handler = getattr(self, "on_" + endpoint)
+        try:
+            return handler(request)
+        except RequestEntityTooLarge:
+            return _json({"status": GENERAL_ERROR, "info": [
+                f"The upload is larger than the server accepts "
+                f"({self.config.max_upload_bytes // (1 << 20)} MiB, mlbackend serve "
+                f"--max-upload-mb)."]}, 413)
+        except RequestError as exc:
+            return _json(exc.answer(), exc.http_status)
+        except StorageError as exc:
+            log.error("%s %s: %s", request.method, request.path, exc.message)
+            return _json(exc.answer(), 500)
+        except BackendError as exc:
+            # The backend's own answer: Moodle reads it from a 200 on the JSON
+            # endpoints; elsewhere (a model that does not import) it is a 400.
+            return _json(exc.answer(), 200 if endpoint in JSON_ENDPOINTS else 400)
+        except HTTPException as exc:  # e.g. a malformed multipart body
+            return _json({"status": GENERAL_ERROR, "info": [exc.description or exc.name]},
+                         exc.code or 400)
+        except Exception as exc:  # noqa: BLE001 - every request gets an answer
+            log.error("%s %s failed:\n%s", request.method, request.path, traceback.format_exc())
+            return _json({"status": GENERAL_ERROR, "info": [
+                f"Unexpected server error ({type(exc).__name__}). See the server log."]}, 500)
+
+    # ------------------------------------------------------------------
+    # The endpoints
+
+    def on_version(self, request: Request) -> Response:
+        return _text(reported_version())
+
+    def on_training(self, request: Request) -> Response:
+        uniqueid, dirhash = _ids(request)
+        with _request_dir() as tmp:
+            dataset = _upload(request, "dataset", tmp)
+            with self._training_slot(), \
+                    self.storage.model(uniqueid, dirhash, fetch=True, push=True) as model_dir:
+                return _json(actions.train(model_dir, dataset))
+
+    def on_prediction(self, request: Request) -> Response:
+        uniqueid, dirhash = _ids(request)
+        with _request_dir() as tmp:
+            dataset = _upload(request, "dataset", tmp)
+            with self.storage.model(uniqueid, dirhash, fetch=True) as model_dir:
+                return _json(actions.predict(model_dir, dataset))
+
+    def on_evaluation(self, request: Request) -> Response:
+        uniqueid, dirhash = _ids(request)
+        min_score = _number(request, "minscore", float)
+        max_deviation = _number(request, "maxdeviation", float)
+        iterations = _number(request, "niterations", int)
+        trained_hash = store.safe_name(request.values.get("trainedmodeldirhash", ""))
+        with _request_dir() as tmp:
+            dataset = _upload(request, "dataset", tmp)
+            with self.storage.model(uniqueid, dirhash, fetch=False) as model_dir:
+                if trained_hash:
+                    with self.storage.model(uniqueid, trained_hash, fetch=True) as trained:
+                        result = actions.evaluate(model_dir, dataset, min_score, max_deviation,
+                                                  iterations, trained_model_dir=trained)
+                else:
+                    with self._training_slot():
+                        result = actions.evaluate(model_dir, dataset, min_score, max_deviation,
+                                                  iterations)
+                self.storage.keep_run_logs(uniqueid, dirhash, model_dir, result["runid"])
+            return _json(result)
+
+    def on_evaluationlog(self, request: Request) -> Response:
+        uniqueid, dirhash = _ids(request)
+        runid = "".join(c for c in request.values.get("runid", "") if c.isascii() and c.isdigit())
+        if not runid:
+            raise RequestError("The field runid is missing or has no digits.")
+        return _zip(self.storage.run_logs_zip(uniqueid, dirhash, runid), f"{runid}.zip")
+
+    def on_export(self, request: Request) -> Response:
+        uniqueid, dirhash = _ids(request)
+        with _request_dir() as tmp, \
+                self.storage.model(uniqueid, dirhash, fetch=True) as model_dir:
+            if not store.has_model(model_dir):
+                return _text(NOTHING_TO_EXPORT + "\n", 503)
+            try:
+                exported = actions.export(model_dir, os.path.join(tmp, "export"))
+            except BackendError as exc:
+                raise RequestError(exc.message, 500) from None
+            return _zip(uploads.zip_directory(exported), "export.zip")
+
+    def on_import_(self, request: Request) -> Response:
+        uniqueid, dirhash = _ids(request)
+        with _request_dir() as tmp:
+            archive = _upload(request, "importzip", tmp)
+            unpacked = os.path.join(tmp, "import")
+            uploads.safe_extract(archive, unpacked, self.config.max_unzipped_bytes)
+            with self.storage.model(uniqueid, dirhash, fetch=False, push=True) as model_dir:
+                actions.import_(model_dir, unpacked)
+        return _text("Ok")
+
+    def on_deletemodel(self, request: Request) -> Response:
+        uniqueid = _id(request, "uniqueid")
+        self.storage.delete(uniqueid)
+        return _text("Ok")
+
+    # ------------------------------------------------------------------
+
+    def _training_slot(self) -> "_Slot":
+        return _Slot(self.trainings)
+
+
+class _Slot:
+    """A place among the trainings allowed at once; waits (queues) when all are taken."""
+
+    def __init__(self, semaphore: threading.BoundedSemaphore) -> None:
+        self.semaphore = semaphore
+
+    def __enter__(self) -> None:
+        if not self.semaphore.acquire(blocking=False):
+            log.info("all training slots busy; this request waits its turn")
+            self.semaphore.acquire()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.semaphore.release()
+
+
+def _request_dir() -> tempfile.TemporaryDirectory[str]:
+    """A directory for this request's files, removed when the request ends."""
+    return tempfile.TemporaryDirectory(prefix="mlbackend-req-", ignore_cleanup_errors=True)
+
+
+def _id(request: Request, field: str) -> str:
+    raw = request.values.get(field)
+    if raw is None:
+        raise RequestError(f"The field {field} is missing.")
+    value = store.safe_name(raw)
+    if not value:
+        raise RequestError(f"The field {field} has no usable characters "
+                           "(letters, digits, '_' and '-').")
+    return value
+
+
+def _ids(request: Request) -> tuple[str, str]:
+    return _id(request, "uniqueid"), _id(request, "dirhash")
+
+
+def _number(request: Request, field: str, kind: type) -> Any:
+    raw = request.values.get(field)
+    if raw is None:
+        raise RequestError(f"The field {field} is missing.")
+    try:
+        value = kind(raw.strip())
+    except ValueError:
+        raise RequestError(f"The field {field} is not a number: {raw[:40]!r}.") from None
+    if isinstance(value, float) and not math.isfinite(value):
+        raise RequestError(f"The field {field} is not a finite number.")
+    return value
+
+
+def _upload(request: Request, field: str, directory: str) -> str:
+    """Save the uploaded file `field` in `directory`; returns its path."""
+    upload = request.files.get(field)
+    if upload is None:
+        raise RequestError(f"The file {field} is missing from the request.")
+    path = os.path.join(directory, field)
+    upload.save(path)
+    upload.close()
+    return path
+
+
+def _json(obj: dict[str, Any], status: int = 200) -> Response:
+    return Response(to_json_line(obj) + "\n", status=status, mimetype="application/json")
+
+
+def _text(text: str, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(text, status=status, mimetype="text/plain", headers=headers)
+
+
+def _zip(data: bytes, name: str) -> Response:
+    return Response(data, mimetype="application/zip",
+                    headers={"Content-Disposition": f'attachment; filename="{name}"'})

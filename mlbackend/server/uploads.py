@@ -1,0 +1,114 @@
+"""Files in and out of the server: zips checked before extraction, zips made.
+
+An uploaded zip (Moodle's `/import`) and a zip read back from S3 are
+untrusted: a crafted one could write outside its directory (absolute paths,
+`..`), plant a symbolic link that a later write follows, or expand to fill
+the disk. `safe_extract` reads the whole table of contents first and
+refuses the archive, writing nothing, if any entry is suspect or the total
+is too big; then it writes each file itself, counting bytes, instead of
+trusting `ZipFile.extractall`.
+"""
+from __future__ import annotations
+
+import io
+import os
+import posixpath
+import stat
+import zipfile
+
+from mlbackend.contract import BackendError
+
+#: Entries a model or log archive could need; far more is an attack or a mistake.
+MAX_ENTRIES = 10_000
+_CHUNK = 1 << 16
+
+
+class UnsafeZip(BackendError):
+    """The archive is not one we extract; nothing was written."""
+
+
+def check_zip(archive: zipfile.ZipFile, max_total_bytes: int) -> list[tuple[zipfile.ZipInfo, str]]:
+    """The (entry, relative path) pairs to extract; raises `UnsafeZip` on any bad entry."""
+    infos = archive.infolist()
+    if len(infos) > MAX_ENTRIES:
+        raise UnsafeZip(f"The zip file has {len(infos)} entries; at most {MAX_ENTRIES} are "
+                        "accepted.")
+    total = 0
+    out = []
+    for info in infos:
+        name = info.filename
+        mode = (info.external_attr >> 16) & 0xFFFF
+        if "\\" in name or "\0" in name:
+            raise UnsafeZip(f"The zip entry {name!r} has a backslash or NUL in its name.")
+        if name.startswith("/") or (len(name) > 1 and name[1] == ":"):
+            raise UnsafeZip(f"The zip entry {name!r} has an absolute path.")
+        parts = [p for p in name.split("/") if p not in ("", ".")]
+        if ".." in parts:
+            raise UnsafeZip(f"The zip entry {name!r} points outside the archive ('..').")
+        # Unix zips keep the file type in the high bits (many tools leave it 0):
+        # anything but a plain file or a directory (a link, a device) is refused.
+        if info.create_system == 3 and stat.S_IFMT(mode) not in (0, stat.S_IFREG, stat.S_IFDIR):
+            raise UnsafeZip(f"The zip entry {name!r} is a link or a special file.")
+        if info.flag_bits & 0x1:
+            raise UnsafeZip(f"The zip entry {name!r} is encrypted.")
+        total += info.file_size
+        if total > max_total_bytes:
+            raise UnsafeZip(f"The zip file expands to more than {max_total_bytes} bytes.")
+        if info.is_dir() or not parts:
+            continue
+        out.append((info, posixpath.join(*parts)))
+    return out
+
+
+def safe_extract(zip_path: str, dest_dir: str, max_total_bytes: int) -> list[str]:
+    """Extract a checked archive into `dest_dir`; returns the relative paths written."""
+    try:
+        archive = zipfile.ZipFile(zip_path)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise UnsafeZip(f"The file is not a readable zip archive ({exc}).") from None
+    with archive:
+        entries = check_zip(archive, max_total_bytes)
+        os.makedirs(dest_dir, exist_ok=True)
+        root = os.path.realpath(dest_dir)
+        written = []
+        budget = max_total_bytes
+        for info, rel in entries:
+            target = os.path.realpath(os.path.join(root, rel))
+            if os.path.commonpath([root, target]) != root:  # belt and braces
+                raise UnsafeZip(f"The zip entry {info.filename!r} points outside the archive.")
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            try:
+                with archive.open(info) as src, open(target, "xb") as dst:
+                    while chunk := src.read(_CHUNK):
+                        budget -= len(chunk)
+                        if budget < 0:
+                            raise UnsafeZip(f"The zip file expands to more than "
+                                            f"{max_total_bytes} bytes.")
+                        dst.write(chunk)
+            except FileExistsError:
+                raise UnsafeZip(f"The zip entry {info.filename!r} appears twice.") from None
+            except (zipfile.BadZipFile, EOFError, zipfile.LargeZipFile) as exc:
+                raise UnsafeZip(f"The zip entry {info.filename!r} is damaged ({exc}).") from None
+            written.append(rel)
+    return written
+
+
+def zip_directory(src_dir: str, skip: tuple[str, ...] = ()) -> bytes:
+    """The files under `src_dir` (paths relative to it) as zip bytes.
+
+    Only regular files are taken, never links; names starting with one of
+    `skip` are left out (lock files, half-written temporary files).
+    An absent directory gives an empty archive, which Moodle unpacks to
+    nothing.
+    """
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as archive:
+        if os.path.isdir(src_dir):
+            for root, dirs, files in os.walk(src_dir):
+                dirs.sort()
+                for name in sorted(files):
+                    path = os.path.join(root, name)
+                    if name.startswith(skip) or not stat.S_ISREG(os.lstat(path).st_mode):
+                        continue
+                    archive.write(path, os.path.relpath(path, src_dir).replace(os.sep, "/"))
+    return buf.getvalue()

@@ -1,0 +1,134 @@
+"""Running the application: the access log and the WSGI server.
+
+Waitress serves it: a production WSGI server in pure Python (so it freezes
+with PyInstaller like the rest), threaded, and it reads each request body
+completely (spooling large ones to anonymous temporary files) before the
+application sees it, so a slow client never holds a training slot.
+"""
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import tempfile
+import time
+from typing import Any, Callable, Iterable
+
+from mlbackend import reported_version
+from mlbackend.contract import BackendError
+from mlbackend.server.app import USER_KEY, MoodleApp, WSGIApp
+from mlbackend.server.auth import Users
+from mlbackend.server.config import ServerConfig
+from mlbackend.server.storage import open_storage
+
+log = logging.getLogger("mlbackend.server")
+access_log = logging.getLogger("mlbackend.access")
+
+#: Room for the multipart framing around an upload of the maximum size.
+BODY_SLACK = 1 << 20
+
+
+class AccessLog:
+    """One line per request on stderr, written when the answer has been sent.
+
+    `127.0.0.1 moodle "POST /prediction" 200 5234 0.012s`: client, user (or
+    `-`), request line without the query, status, bytes sent, seconds.
+    Passwords and form values never appear.
+    """
+
+    def __init__(self, app: WSGIApp) -> None:
+        self.app = app
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]
+                 ) -> Iterable[bytes]:
+        started = time.perf_counter()
+        state: dict[str, Any] = {"status": "-", "bytes": 0}
+
+        def record_start(status: str, headers: list[tuple[str, str]], *rest: Any) -> Any:
+            state["status"] = status.split(" ", 1)[0]
+            return start_response(status, headers, *rest)
+
+        try:
+            body = self.app(environ, record_start)
+            try:
+                for chunk in body:
+                    state["bytes"] += len(chunk)
+                    yield chunk
+            finally:
+                close = getattr(body, "close", None)
+                if close is not None:
+                    close()
+        finally:
+            access_log.info('%s %s "%s %s" %s %d %.3fs', environ.get("REMOTE_ADDR", "-"),
+                            environ.get(USER_KEY) or "-", environ.get("REQUEST_METHOD", "-"),
+                            environ.get("PATH_INFO", "-"), state["status"], state["bytes"],
+                            time.perf_counter() - started)
+
+
+def build_app(config: ServerConfig) -> WSGIApp:
+    """The whole application for this configuration; checks users and storage first."""
+    users = Users.from_env()
+    storage = open_storage(config.storage_dir, config.s3_bucket, config.s3_endpoint_url)
+    storage.check()
+    log.info("%d user(s); models in %s; at most %d training(s) at once", len(users),
+             storage.describe(), config.max_trainings)
+    return AccessLog(MoodleApp(config, storage, users))
+
+
+def serve(config: ServerConfig) -> None:
+    """Build the application and hand it to waitress until SIGTERM or Ctrl-C."""
+    import waitress.server
+
+    _configure_logging()
+    if config.temp_dir:
+        tempfile.tempdir = config.temp_dir   # uploads, waitress' spooled bodies, S3 copies
+    app = build_app(config)
+    options: dict[str, Any] = dict(
+        host=config.host, port=config.port, threads=config.workers, ident="mlbackend",
+        max_request_body_size=config.max_upload_bytes + BODY_SLACK)
+    if config.trusted_proxy:
+        options.update(trusted_proxy=config.trusted_proxy,
+                       trusted_proxy_headers={"x-forwarded-for", "x-forwarded-proto"},
+                       clear_untrusted_proxy_headers=True)
+    try:
+        server = waitress.server.create_server(app, **options)
+    except OSError as exc:
+        raise BackendError(f"Cannot listen on {config.host}:{config.port} "
+                           f"({exc.strerror or exc}).") from None
+    signal.signal(signal.SIGTERM, _stop)
+    log.info("mlbackend %s serving Moodle on http://%s:%s/ (%d threads)",
+                reported_version(), config.host, server.effective_port, config.workers)
+    try:
+        server.run()
+    finally:
+        server.close()
+        log.info("stopped")
+
+
+def _stop(signum: int, frame: Any) -> None:
+    raise SystemExit(0)  # waitress closes its sockets on SystemExit
+
+
+def _configure_logging() -> None:
+    """A server logs what it does (INFO) with times; TensorFlow must not chatter."""
+    from mlbackend.model import quiet_tensorflow
+
+    quiet_tensorflow()  # before any training imports TensorFlow
+    formatter = logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s")
+    mlbackend_logger = logging.getLogger("mlbackend")
+    for handler in mlbackend_logger.handlers:
+        if getattr(handler, "_mlbackend", False):  # cli's stderr handler
+            handler.setLevel(logging.INFO)
+            handler.setFormatter(formatter)
+    # The access log has its own handler and does not propagate, so that an
+    # evaluation's info.log (a handler on "mlbackend") never collects it.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s access: %(message)s"))
+    access_log.addHandler(handler)
+    access_log.setLevel(logging.INFO)
+    access_log.propagate = False
+    waitress_log = logging.getLogger("waitress")
+    waitress_log.addHandler(logging.StreamHandler(sys.stderr))
+    waitress_log.handlers[-1].setFormatter(formatter)
+    waitress_log.setLevel(logging.WARNING)
+    waitress_log.propagate = False

@@ -1,0 +1,119 @@
+"""Users and passwords of server mode (no server needed): every accepted
+entry format, constant-time checks, and `mlbackend passwd`."""
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+
+import pytest
+
+from mlbackend.server import auth
+from conftest import backend_env
+
+FAST = 10_000  # PBKDF2 iterations for tests: the minimum accepted
+
+
+def sha256_entry(user: str, password: str, salt: str = "da243a51bce11bf9083d78da99a2544b") -> str:
+    return f"{user}:sha256:{salt}:{hashlib.sha256((salt + password).encode()).hexdigest()}"
+
+
+def test_plain_old_sha256_and_pbkdf2_entries_are_accepted():
+    value = ",".join(["alice:pa$$word", sha256_entry("bob", "hunter2"),
+                      auth.make_entry("carol", "s3cret", iterations=FAST)])
+    users = auth.Users(auth.parse_users(value))
+    assert len(users) == 3
+    assert users.check("alice", "pa$$word")
+    assert users.check("bob", "hunter2")
+    assert users.check("carol", "s3cret")
+    assert users.check("carol", "s3cret")  # second time from the verified cache
+    for user, wrong in (("alice", "pa$$wor"), ("bob", "hunter3"), ("carol", "s3creT"),
+                        ("dave", "pa$$word"), ("alice", ""), (None, "x"), ("alice", None)):
+        assert not users.check(user, wrong)
+
+
+def test_a_wrong_password_is_never_remembered():
+    users = auth.Users(auth.parse_users(auth.make_entry("carol", "s3cret", iterations=FAST)))
+    assert not users.check("carol", "nope")
+    assert not users._verified
+    assert users.check("carol", "s3cret")
+    assert len(users._verified) == 1
+    assert not users.check("carol", "nope")
+
+
+def test_unicode_passwords():
+    users = auth.Users(auth.parse_users(
+        "zoë:pässwörd," + auth.make_entry("ümit", "ñandú", iterations=FAST)))
+    assert users.check("zoë", "pässwörd")
+    assert users.check("ümit", "ñandú")
+
+
+@pytest.mark.parametrize("value, words", [
+    (None, "no users"),
+    ("", "no users"),
+    (" , ", "no users"),
+    ("nopassword", "not user:password"),
+    (":pw", "not user:password"),
+    ("u:sha256:salt:nothex", "sha256:SALT:HEXDIGEST"),
+    ("u:pbkdf2_sha256:100:salt:" + "ab" * 32, "iterations"),
+    ("u:pbkdf2_sha256:x:salt:ab", "ITERATIONS"),
+    ("u:pass:word", "not a known hash"),
+])
+def test_bad_values_say_how_to_create_users(value, words):
+    with pytest.raises(auth.UsersError) as err:
+        auth.parse_users(value)
+    assert words in err.value.message
+    assert "mlbackend passwd" in err.value.message
+
+
+def test_entry_format():
+    entry = auth.make_entry("moodle", "pw", iterations=FAST)
+    user, scheme, iterations, salt, digest = entry.split(":")
+    assert (user, scheme, iterations) == ("moodle", "pbkdf2_sha256", str(FAST))
+    assert digest == hashlib.pbkdf2_hmac("sha256", b"pw", salt.encode(), FAST).hex()
+    assert auth.make_entry("moodle", "pw", iterations=FAST) != entry  # fresh salt
+    for bad in ("", "a:b", "a,b", "a\nb"):
+        with pytest.raises(auth.BackendError):
+            auth.make_entry(bad, "pw")
+
+
+def run_passwd(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "mlbackend", "passwd", *args], input=stdin,
+                          capture_output=True, text=True, env=backend_env(), timeout=120)
+
+
+def test_passwd_prints_one_line_the_server_accepts():
+    p = run_passwd("moodle", "backup", "--stdin", "--iterations", str(FAST),
+                   stdin="first pw\nsecond:pw\n")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.count("\n") == 1
+    users = auth.Users(auth.parse_users(p.stdout.strip()))
+    assert users.check("moodle", "first pw")
+    assert users.check("backup", "second:pw")
+
+
+def test_passwd_generate_shows_passwords_on_stderr_only():
+    p = run_passwd("moodle", "--generate", "--iterations", str(FAST))
+    assert p.returncode == 0, p.stderr
+    password = p.stderr.split("password for moodle: ", 1)[1].split()[0]
+    assert password not in p.stdout
+    assert auth.Users(auth.parse_users(p.stdout.strip())).check("moodle", password)
+
+
+def test_passwd_refuses_bad_user_names():
+    p = run_passwd("a:b", "--generate")
+    assert p.returncode == 1
+    assert "cannot be used" in p.stdout
+
+
+def test_basic_credentials_in_utf8_and_latin1():
+    import base64
+
+    def header(raw: bytes) -> str:
+        return "Basic " + base64.b64encode(raw).decode()
+
+    assert auth.basic_credentials(header("zoë:pä:ss".encode())) == ("zoë", "pä:ss")
+    assert auth.basic_credentials(header("zoë:päss".encode("latin-1"))) == ("zoë", "päss")
+    assert auth.basic_credentials(header(b"user:")) == ("user", "")
+    for bad in (None, "", "Bearer abc", "Basic !!!", header(b"nocolon")):
+        assert auth.basic_credentials(bad) is None
