@@ -35,6 +35,14 @@ log = logging.getLogger(__name__)
 #: Without a validation split, train on the rows tiled to this many, this many epochs.
 SMALL_DATA_ROWS = 2048
 SMALL_DATA_EPOCHS = 40
+#: Rows per block when computing column statistics.
+STATS_BLOCK_ROWS = 65536
+#: Values (rows x features x networks) handed to TensorFlow at once. Training
+#: data is fed in chunks of this size, so memory holds the dataset once (as
+#: NumPy float32) however large it is, and TensorFlow never copies all of it.
+CHUNK_VALUES = 8 * 1024 * 1024
+#: Below this size, the used columns are copied out once rather than per chunk.
+PRESELECT_BYTES = 256 * 1024 * 1024
 
 
 @dataclass
@@ -43,7 +51,7 @@ class TrainingOptions:
 
     seed: int = 0
     max_epochs: int = 200
-    patience: int = 10
+    patience: int = 8
     learning_rate: float = 1e-3
     dropout: float = 0.4
     l2: float = 1e-4
@@ -106,10 +114,10 @@ def train(X: np.ndarray, y: np.ndarray, classes: list[int], feature_names: list[
         columns, mean, scale = scaling(X)
         hidden = hidden_units(X, len(columns))
         activation = "relu"
-    Z = standardise(X, columns, mean, scale)
     init = [w[None] for w in previous.weights] if previous is not None else None
-    weights, epochs = _fit_side_by_side(Z, y_idx, [np.arange(len(y_idx))], len(classes), hidden,
-                                        options, init, activation=activation)
+    weights, epochs = _fit_side_by_side(X, columns, [(mean, scale)], y_idx,
+                                        [np.arange(len(y_idx))], len(classes), hidden, options,
+                                        init, activation=activation)
     past = dict(previous.history) if previous is not None else {}
     record = {
         "trainings": int(past.get("trainings", 0)) + 1,
@@ -133,12 +141,9 @@ def train_splits(X: np.ndarray, y: np.ndarray, classes: list[int], feature_names
     y_idx = class_indices(y, classes)
     columns, _, _ = scaling(X)
     hidden = hidden_units(X, len(columns))
-    scalings = [scaling(X[rows], columns) for rows in splits]
-    # One standardisation per split would copy the data K times; the network
-    # sees (x - mean_k) / scale_k, which is the same as shifting its first bias.
-    Z = X[:, columns].astype(np.float32)
-    weights, epochs = _fit_side_by_side(Z, y_idx, splits, len(classes), hidden, options,
-                                        None, [(m, s) for _, m, s in scalings])
+    scalings = [scaling(X, columns, rows) for rows in splits]
+    weights, epochs = _fit_side_by_side(X, columns, [(m, s) for _, m, s in scalings], y_idx,
+                                        splits, len(classes), hidden, options, None)
     models = []
     for k, rows in enumerate(splits):
         _, mean, scale = scalings[k]
@@ -150,27 +155,43 @@ def train_splits(X: np.ndarray, y: np.ndarray, classes: list[int], feature_names
     return models
 
 
-def scaling(X: np.ndarray, columns: np.ndarray | None = None
+def scaling(X: np.ndarray, columns: np.ndarray | None = None, rows: np.ndarray | None = None
             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Keep the columns that vary (unless given); centre them.
 
     Constant columns carry no information and the old backend dropped them
     too. When nothing varies (Moodle sends all-zero features in its own
     tests) every column is kept, and the network learns the class prior.
+    Statistics are taken over `rows` (all by default).
     """
+    mean, std = _column_stats(X, rows)
     if columns is None:
-        std_all = X.std(axis=0, dtype=np.float64)
-        columns = np.flatnonzero(std_all > 0)
+        columns = np.flatnonzero(std > 0)
         if columns.size == 0:
             columns = np.arange(X.shape[1])
-    sub = X[:, columns]
-    mean = sub.mean(axis=0, dtype=np.float64).astype(np.float32)
-    std = sub.std(axis=0, dtype=np.float64).astype(np.float32)
     # Only shrink columns wider than Moodle's [-1, 1] range: dividing a rare,
     # nearly constant indicator by its tiny deviation makes it explode on new
     # rows (measured on site-a: AUC 0.58 with plain standardisation, 0.92 so).
-    scale = np.maximum(std, np.float32(1.0))
-    return columns.astype(np.int64), mean, scale
+    scale = np.maximum(std[columns], 1.0).astype(np.float32)
+    return columns.astype(np.int64), mean[columns].astype(np.float32), scale
+
+
+def _column_stats(X: np.ndarray, rows: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard deviation per column, a block of rows at a time: NumPy's
+    own std would make a float64 copy of the whole matrix (3.2 GB for 1M x 400)."""
+    n = X.shape[0] if rows is None else len(rows)
+    total = np.zeros(X.shape[1])
+    for start in range(0, n, STATS_BLOCK_ROWS):
+        block = X[start:start + STATS_BLOCK_ROWS] if rows is None else \
+            X[rows[start:start + STATS_BLOCK_ROWS]]
+        total += block.sum(axis=0, dtype=np.float64)
+    mean = total / max(n, 1)
+    squares = np.zeros(X.shape[1])
+    for start in range(0, n, STATS_BLOCK_ROWS):
+        block = X[start:start + STATS_BLOCK_ROWS] if rows is None else \
+            X[rows[start:start + STATS_BLOCK_ROWS]]
+        squares += np.square(block - mean).sum(axis=0)
+    return mean, np.sqrt(squares / max(n, 1))
 
 
 def standardise(X: np.ndarray, columns: np.ndarray, mean: np.ndarray,
@@ -234,20 +255,19 @@ def _initial_weights(rng: np.random.Generator, K: int, sizes: list[int]) -> list
     return weights
 
 
-def _fit_side_by_side(Z: np.ndarray, y_idx: np.ndarray, subsets: list[np.ndarray],
-                      nclasses: int, hidden: list[int], options: TrainingOptions,
-                      init: list[np.ndarray] | None,
-                      shifts: list[tuple[np.ndarray, np.ndarray]] | None = None,
+def _fit_side_by_side(X: np.ndarray, columns: np.ndarray,
+                      shifts: list[tuple[np.ndarray, np.ndarray]], y_idx: np.ndarray,
+                      subsets: list[np.ndarray], nclasses: int, hidden: list[int],
+                      options: TrainingOptions, init: list[np.ndarray] | None,
                       activation: str = "relu") -> tuple[list[list[np.ndarray]], list[int]]:
-    """Train len(subsets) networks on Z[subset] at once; returns their weights.
-
-    `shifts` (mean, scale) per network standardise its inputs inside the graph.
-    """
+    """Train len(subsets) networks at once, network k on rows `subsets[k]` of
+    X[:, columns] standardised with `shifts[k]` (mean, scale); returns their
+    weights and the epochs each ran."""
     tf = import_tensorflow()
     tf.random.set_seed(options.seed)
     rng = np.random.default_rng(options.seed)
     K = len(subsets)
-    width = Z.shape[1]
+    width = len(columns)
 
     # Each network's own training and validation rows, as index arrays.
     train_rows, val_rows = [], []
@@ -265,25 +285,26 @@ def _fit_side_by_side(Z: np.ndarray, y_idx: np.ndarray, subsets: list[np.ndarray
     else:
         max_epochs = options.max_epochs
     n = min(len(r) for r in train_rows)
-    train_rows = [r[:n] for r in train_rows]
+    train_idx = np.stack([r[:n] for r in train_rows])                     # [K, n]
     bs = min(batch_size(n), n)
-
     cw = np.stack([class_weights(y_idx[r], nclasses, options.class_weight_power)
-                   for r in train_rows])                                    # [K, C]
-    if shifts is None:
-        shifts = [(np.zeros(width, np.float32), np.ones(width, np.float32))] * K
-    mean = tf.constant(np.stack([m for m, _ in shifts])[:, None, :])      # [K, 1, d]
-    inv_scale = tf.constant((1.0 / np.stack([s for _, s in shifts]))[:, None, :])
-
-    data = tf.constant(Z)                                                  # [N, d], shared
-    tr_idx = tf.constant(np.stack(train_rows))                             # [K, n]
-    tr_y = tf.constant(np.stack([y_idx[r] for r in train_rows]).astype(np.int32))
-    tr_w = tf.constant(np.take_along_axis(cw, np.stack([y_idx[r] for r in train_rows]),
-                                          axis=1).astype(np.float32))
+                   for r in train_idx]).astype(np.float32)                  # [K, C]
+    chunk = max(bs, (CHUNK_VALUES // max(K * width, 1)) // bs * bs)
     if with_validation:
         m = min(len(v) for v in val_rows)
-        va_idx = tf.constant(np.stack([v[:m] for v in val_rows]))
-        va_y = tf.constant(np.stack([y_idx[v[:m]] for v in val_rows]).astype(np.int32))
+        val_idx = np.stack([v[:m] for v in val_rows])                        # [K, m]
+
+    mean = tf.constant(np.stack([mu for mu, _ in shifts])[:, None, :], tf.float32)  # [K,1,d]
+    inv_scale = tf.constant((1.0 / np.stack([sc for _, sc in shifts]))[:, None, :], tf.float32)
+    # The used columns, once, unless that copy is large: then per chunk.
+    source = X[:, columns] if X.nbytes <= PRESELECT_BYTES and width < X.shape[1] else None
+
+    def inputs(idx: np.ndarray) -> np.ndarray:
+        """Rows X[idx[k], columns] per network: [K, len, d] (standardised in the graph)."""
+        flat = idx.reshape(-1)
+        rows = source[flat] if source is not None else X[flat][:, columns] \
+            if width < X.shape[1] else X[flat]
+        return rows.reshape(idx.shape[0], idx.shape[1], width)
 
     sizes = [width] + list(hidden) + [nclasses]
     start = init if init is not None else _initial_weights(rng, K, sizes)
@@ -296,8 +317,7 @@ def _fit_side_by_side(Z: np.ndarray, y_idx: np.ndarray, subsets: list[np.ndarray
     l2, dropout = options.l2, options.dropout
     activate = {"relu": tf.nn.relu, "tanh": tf.tanh}[activation]
 
-    def forward(idx: Any, training: bool) -> Any:
-        h = (tf.gather(data, idx) - mean) * inv_scale                       # [K, b, d]
+    def forward(h: Any, training: bool) -> Any:
         layers = list(zip(params[0::2], params[1::2]))
         for kernel, bias in layers[:-1]:
             h = activate(tf.matmul(h, kernel) + bias[:, None, :])
@@ -306,14 +326,11 @@ def _fit_side_by_side(Z: np.ndarray, y_idx: np.ndarray, subsets: list[np.ndarray
         kernel, bias = layers[-1]
         return tf.matmul(h, kernel) + bias[:, None, :]
 
-    def train_step(b: Any, total: Any, perm: Any) -> tuple[Any, Any, Any]:
-        cols = perm[b * bs:(b + 1) * bs]
-        idx = tf.gather(tr_idx, cols, axis=1)
-        yb = tf.gather(tr_y, cols, axis=1)
-        wb = tf.gather(tr_w, cols, axis=1)
+    def train_step(b: Any, total: Any, x: Any, y: Any, w: Any) -> tuple[Any, ...]:
+        xb, yb, wb = (t[:, b * bs:(b + 1) * bs] for t in (x, y, w))
         with tf.GradientTape() as tape:
             ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=yb,
-                                                                logits=forward(idx, True))
+                                                                logits=forward(xb, True))
             per_model = tf.reduce_mean(ce * wb, axis=1)
             penalty = tf.add_n([tf.reduce_sum(tf.square(k), axis=[1, 2]) for k in kernels])
             loss = tf.reduce_sum(per_model + l2 * penalty)
@@ -327,23 +344,45 @@ def _fit_side_by_side(Z: np.ndarray, y_idx: np.ndarray, subsets: list[np.ndarray
             beta2_power=b2_power, lr=lr, beta1=b1, beta2=b2, epsilon=eps, grad=g)
             for p, g, m_, v_ in zip(params, grads, slots_m, slots_v)]
         with tf.control_dependencies(updates):
-            return b + 1, total + per_model, perm
+            return b + 1, total + per_model, x, y, w
+
+    spec = (tf.TensorSpec([K, None, width], tf.float32), tf.TensorSpec([K, None], tf.int32),
+            tf.TensorSpec([K, None], tf.float32))
 
     # autograph=False: converting Python source to a graph costs 0.7 s a call,
-    # so the batch loop is an explicit while_loop.
-    @tf.function(autograph=False)  # XLA (jit_compile) took 50 s to compile here
-    def epoch() -> Any:
-        perm = tf.random.shuffle(tf.range(n))
-        batches = (n + bs - 1) // bs
-        _, total, _ = tf.while_loop(lambda b, total, perm: b < batches, train_step,
-                                    (tf.constant(0), tf.zeros([K]), perm))
-        return total / float(batches)
+    # so the batch loop is an explicit while_loop. XLA (jit_compile) took 50 s
+    # to compile here, then saved little.
+    @tf.function(autograph=False, input_signature=spec)
+    def train_chunk(x: Any, y: Any, w: Any) -> Any:
+        """One pass over a chunk of shuffled rows, batch by batch; summed batch losses."""
+        batches = (tf.shape(x)[1] + bs - 1) // bs
+        x = (x - mean) * inv_scale
+        _, total, *_ = tf.while_loop(lambda b, *rest: b < batches, train_step,
+                                     (tf.constant(0), tf.zeros([K]), x, y, w))
+        return total
 
-    @tf.function(autograph=False)
-    def validation_loss() -> Any:
-        ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=va_y,
-                                                            logits=forward(va_idx, False))
-        return tf.reduce_mean(ce, axis=1)
+    @tf.function(autograph=False, input_signature=spec[:2])
+    def loss_of(x: Any, y: Any) -> Any:
+        x = (x - mean) * inv_scale
+        ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=forward(x, False))
+        return tf.reduce_sum(ce, axis=1)
+
+    def epoch() -> np.ndarray:
+        order = train_idx[:, rng.permutation(n)]
+        total = np.zeros(K)
+        for c in range(0, n, chunk):
+            idx = order[:, c:c + chunk]
+            y = y_idx[idx]
+            total += train_chunk(inputs(idx), y.astype(np.int32),
+                                 np.take_along_axis(cw, y, axis=1)).numpy()
+        return total / -(-n // bs)
+
+    def validation_loss() -> np.ndarray:
+        total = np.zeros(K)
+        for c in range(0, val_idx.shape[1], chunk):
+            idx = val_idx[:, c:c + chunk]
+            total += loss_of(inputs(idx), y_idx[idx].astype(np.int32)).numpy()
+        return total / val_idx.shape[1]
 
     writers = _tensorboard_writers(options.tensorboard_dirs)
     best_loss = np.full(K, np.inf)
@@ -351,10 +390,9 @@ def _fit_side_by_side(Z: np.ndarray, y_idx: np.ndarray, subsets: list[np.ndarray
     waited = np.zeros(K, dtype=int)
     stopped_at = np.full(K, max_epochs)
     for e in range(max_epochs):
-        train_loss = epoch().numpy()
-        logs = {"loss": train_loss}
+        logs = {"loss": epoch()}
         if with_validation:
-            val = validation_loss().numpy()
+            val = validation_loss()
             logs["val_loss"] = val
             better = (val < best_loss) & (waited <= options.patience)
             if better.any():
@@ -363,20 +401,16 @@ def _fit_side_by_side(Z: np.ndarray, y_idx: np.ndarray, subsets: list[np.ndarray
                     b_[better] = c_[better]
                 best_loss[better] = val[better]
             waited = np.where(better, 0, waited + 1)
-            newly = (waited == options.patience + 1)
-            stopped_at[newly] = e + 1
+            stopped_at[waited == options.patience + 1] = e + 1
         _log_epoch(e, max_epochs, logs, writers, options.progress)
         if with_validation and np.all(waited > options.patience):
             break
     if options.progress:
         sys.stderr.write("\n")
-    for w in writers:
-        w.close()
+    for writer in writers:
+        writer.close()
     final = best if with_validation else [p.numpy() for p in params]
-    if not with_validation:
-        stopped_at[:] = max_epochs
-    else:
-        stopped_at = np.minimum(stopped_at, e + 1)
+    stopped_at = np.minimum(stopped_at, e + 1)
     return [[w[k] for w in final] for k in range(K)], [int(s) for s in stopped_at]
 
 
