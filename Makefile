@@ -25,3 +25,8 @@ test: $(STAMP)
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .coverage htmlcov
+
+# Speed, memory and quality on the shared real datasets, beside the old
+# backend's figures (needs ../shared/datasets; see bench/bench.py --help).
+bench: $(STAMP)
+	$(BIN)/python bench/bench.py $(BENCH_ARGS)

@@ -1,0 +1,309 @@
+#!/usr/bin/env python3
+"""The benchmark: what a Moodle site sees, measured, beside the old backend.
+
+Every call runs the program as Moodle does (a cold process, `-m
+moodlemlbackend.MODULE` argv) and is timed from the outside; peak RSS is the
+child's own (wait4). Quality uses the same stratified 80/20 splits (seeds
+1000, 1001, 1002) as the Moodle client simulator `contract.py quality` that
+measured the old backend. Reads the real datasets from ../shared/datasets (or
+--datasets); never copies them into the repository.
+
+    make bench                       # everything, ~10 minutes on 2 cores
+    python bench/bench.py --quick    # fewer repetitions, no 1M-row file
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# The old backend (moodlemlbackend 3.0.5, TensorFlow 2.7) on the same kind of
+# 2-core machine: ../shared/datasets/README.md and issue 3.
+OLD = {
+    "predict site-a": {"wall": 3.0, "rss": 416},
+    "train site-a": {"wall": 6.8, "rss": 455},
+    "train site-b": {"wall": 14.3, "rss": 696},
+    "evaluate site-a x10": {"wall": 37.0, "rss": None},
+    "quality site-a": {"auc": "0.902-0.903", "f1_weighted": "0.819-0.827",
+                       "balanced_accuracy": "0.547-0.589"},
+    "quality site-b": {"auc": "0.972-0.973", "f1_weighted": "0.925-0.928",
+                       "balanced_accuracy": "0.868-0.881"},
+}
+TARGETS = {  # issue 3
+    "predict site-a": "10x faster",
+    "train site-a": "2x faster, RSS <= old",
+    "train site-b": "3x faster, RSS <= old",
+    "evaluate site-a x10": "5x faster",
+}
+
+
+# --------------------------------------------------------------------------
+# Running the program
+
+
+def run(backend: list[str], module: str, *args: object) -> tuple[float, int, dict | str]:
+    """One cold call: (wall seconds, peak RSS MB of that process, decoded last stdout line)."""
+    cmd = backend + ["-m", f"moodlemlbackend.{module}"] + [str(a) for a in args]
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        t0 = time.perf_counter()
+        p = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
+        # wait4, not wait: it reports the child's own peak RSS.
+        _, status, usage = os.wait4(p.pid, 0)
+        wall = time.perf_counter() - t0
+        p.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read().decode(), err.read().decode()
+    last = stdout.strip().splitlines()[-1] if stdout.strip() else ""
+    try:
+        answer: dict | str = json.loads(last)
+    except ValueError:
+        answer = last
+    if p.returncode != 0 and not isinstance(answer, dict):
+        raise SystemExit(f"{' '.join(cmd)} failed ({p.returncode}): {stderr[-500:]}")
+    return wall, usage.ru_maxrss // 1024, answer
+
+
+def repeat(backend: list[str], reps: int, module: str, *args: object,
+           fresh_dir: bool = False) -> dict:
+    walls, rsss, answer = [], [], None
+    for _ in range(reps):
+        if fresh_dir:
+            args = list(args)
+            shutil.rmtree(args[1], ignore_errors=True)
+            os.makedirs(args[1])
+        wall, rss, answer = run(backend, module, *args)
+        walls.append(wall)
+        rsss.append(rss)
+    return {"wall": statistics.median(walls), "rss": max(rsss), "walls": walls,
+            "answer": answer}
+
+
+# --------------------------------------------------------------------------
+# Data
+
+
+def read_moodle_csv(path: Path) -> tuple[list[str], list[str]]:
+    lines = path.read_text().split("\n")
+    return lines[:3], [line for line in lines[3:] if line.strip()]
+
+
+def stratified_split(labels: list[int], frac: float, rng: random.Random
+                     ) -> tuple[list[int], list[int]]:
+    """The split contract.py (and so the old backend's figures) used."""
+    idx_by: dict[int, list[int]] = {}
+    for i, y in enumerate(labels):
+        idx_by.setdefault(y, []).append(i)
+    train, test = [], []
+    for _, idx in idx_by.items():
+        idx = idx[:]
+        rng.shuffle(idx)
+        k = max(1, int(round(len(idx) * frac)))
+        test += idx[:k]
+        train += idx[k:]
+    rng.shuffle(train)
+    rng.shuffle(test)
+    return train, test
+
+
+def write_split(head: list[str], rows: list[str], train: list[int], test: list[int],
+                d: Path) -> tuple[Path, Path, dict[str, int]]:
+    train_path, pred_path = d / "train.csv", d / "predict.csv"
+    train_path.write_text("\n".join(head) + "\n" + "\n".join(rows[i] for i in train) + "\n")
+    answers = {}
+    names = head[2].split(",")
+    with open(pred_path, "w") as f:
+        f.write(head[0] + "\n" + head[1] + "\n" + ",".join(["sampleid"] + names[:-1]) + "\n")
+        for i in test:
+            cells = rows[i].split(",")
+            answers[f"{i}-0"] = int(float(cells[-1]))
+            f.write(",".join([f"{i}-0"] + cells[:-1]) + "\n")
+    return train_path, pred_path, answers
+
+
+def scores(answers: dict[str, int], predictions: list[list[str]]) -> dict[str, float]:
+    y = np.array([answers[p[0]] for p in predictions])
+    yhat = np.array([int(p[1]) for p in predictions])
+    prob = np.array([float(p[2]) for p in predictions])
+    p1 = np.where(yhat == 1, prob, 1 - prob)
+    f1s, weights, recalls = [], [], []
+    for c in (0, 1):
+        tp = np.sum((yhat == c) & (y == c))
+        fp = np.sum((yhat == c) & (y != c))
+        fn = np.sum((yhat != c) & (y == c))
+        f1s.append(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0)
+        weights.append(np.sum(y == c))
+        recalls.append(tp / (tp + fn) if tp + fn else 0.0)
+    order = np.argsort(p1, kind="mergesort")
+    ranks = np.empty(len(p1))
+    _, first, counts = np.unique(p1[order], return_index=True, return_counts=True)
+    ranks[order] = np.repeat(first + (counts - 1) / 2 + 1, counts)
+    pos = y == 1
+    auc = (ranks[pos].sum() - pos.sum() * (pos.sum() + 1) / 2) / (pos.sum() * (~pos).sum())
+    return {"auc": float(auc), "f1_weighted": float(np.average(f1s, weights=weights)),
+            "balanced_accuracy": float(np.mean(recalls))}
+
+
+def resampled(source: Path, rows: int, features: int, cache: Path) -> Path:
+    """A `rows`-row file of the first `features` columns of `source`, rows drawn
+    with replacement (seeded), written once and kept in `cache`."""
+    path = cache / f"{source.stem}-{rows}x{features}.csv"
+    if path.exists():
+        return path
+    head, data = read_moodle_csv(source)
+    meta_names = head[0].split(",")
+    meta_values = next(__import__("csv").reader([head[1]]))
+    meta = dict(zip(meta_names, meta_values))
+    meta["nfeatures"] = str(features)
+    cut = []
+    for line in data:
+        cells = line.split(",")
+        cut.append(",".join(cells[:features] + cells[-1:]))
+    rng = np.random.default_rng(7)
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w") as f:
+        f.write(",".join(meta) + "\n")
+        f.write(",".join(f'"{v}"' if "," in v else v for v in meta.values()) + "\n")
+        f.write(",".join(head[2].split(",")[:features] + head[2].split(",")[-1:]) + "\n")
+        for start in range(0, rows, 100_000):
+            pick = rng.integers(0, len(cut), size=min(100_000, rows - start))
+            f.write("\n".join(cut[i] for i in pick) + "\n")
+    tmp.rename(path)
+    return path
+
+
+# --------------------------------------------------------------------------
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--datasets", type=Path, default=ROOT.parent / "shared" / "datasets",
+                    help="folder with site-a-*.csv and site-b-*.csv")
+    ap.add_argument("--backend", default=str(ROOT / ".venv" / "bin" / "mlbackend"),
+                    help="what Moodle's 'Path to Python' would be (default: .venv/bin/mlbackend)")
+    ap.add_argument("--reps", type=int, default=5, help="repetitions of each timed call")
+    ap.add_argument("--splits", type=int, default=3, help="quality splits per dataset")
+    ap.add_argument("--scaling", default="10000,100000,1000000",
+                    help="row counts of the scaling series (400 features); empty: skip")
+    ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "mlbackend-bench",
+                    help="where resampled files are kept between runs")
+    ap.add_argument("--quick", action="store_true",
+                    help="2 repetitions, 1 split, scaling up to 100k rows")
+    ap.add_argument("--json", type=Path, help="also write all figures to this file")
+    a = ap.parse_args()
+    if a.quick:
+        a.reps, a.splits, a.scaling = 2, 1, "10000,100000"
+    if not (a.datasets / "site-a-training.csv").exists():
+        print(f"bench: no datasets in {a.datasets} (give --datasets)", file=sys.stderr)
+        return 2
+    backend = [a.backend]
+    a.cache.mkdir(parents=True, exist_ok=True)
+    results: dict[str, dict] = {}
+    work = Path(tempfile.mkdtemp(prefix="mlbackend-bench-"))
+    try:
+        _speed(backend, a, work, results)
+        _quality(backend, a, work, results)
+        if a.scaling:
+            _scaling(backend, a, work, results)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    if a.json:
+        a.json.write_text(json.dumps(results, indent=2, default=str))
+    return 0
+
+
+def _speed(backend: list[str], a: argparse.Namespace, work: Path, results: dict) -> None:
+    print(f"== Speed: cold calls through the Moodle argv, median of {a.reps} "
+          f"(training {max(2, a.reps - 2)}), peak RSS", flush=True)
+    print(f"{'call':<22}{'wall s':>8}{'RSS MB':>8}{'old s':>8}{'old MB':>8}{'speed-up':>10}  target")
+    rows: dict[str, dict] = {}
+    for site in ("a", "b"):
+        head, data = read_moodle_csv(a.datasets / f"site-{site}-training.csv")
+        labels = [int(float(r.rsplit(",", 1)[1])) for r in data]
+        train, test = stratified_split(labels, 0.2, random.Random(1000))
+        d = work / f"speed-{site}"
+        d.mkdir()
+        train_csv, _, _ = write_split(head, data, train, test, d)
+        model_dir = d / "model"
+        rows[f"train site-{site}"] = repeat(backend, max(2, a.reps - 2), "training", "bench",
+                                            model_dir, train_csv, fresh_dir=True)
+        rows[f"train site-{site}"]["rows"] = len(train)
+        if site == "a":
+            rows["predict site-a"] = repeat(backend, a.reps, "prediction", "bench", model_dir,
+                                            a.datasets / "site-a-prediction.csv")
+            ev = work / "eval-a"
+            rows["evaluate site-a x10"] = repeat(
+                backend, max(1, a.reps - 3), "evaluation", "bench", ev,
+                a.datasets / "site-a-training.csv", 0.7, 0.05, 10, fresh_dir=True)
+    for name in ("predict site-a", "train site-a", "train site-b", "evaluate site-a x10"):
+        r, old = rows[name], OLD[name]
+        speedup = old["wall"] / r["wall"]
+        old_rss = f"{old['rss']:>8}" if old["rss"] else f"{'':>8}"
+        print(f"{name:<22}{r['wall']:>8.2f}{r['rss']:>8}{old['wall']:>8.1f}{old_rss}"
+              f"{speedup:>9.1f}x  {TARGETS[name]}")
+        results[name] = {k: v for k, v in r.items() if k != "answer"}
+        results[name]["speedup"] = speedup
+    ev = rows["evaluate site-a x10"]["answer"]
+    if isinstance(ev, dict):
+        print(f"  (evaluation answer: score {ev.get('score', 0):.3f}, AUC {ev.get('auc', 0):.3f}, "
+              f"balanced accuracy {ev.get('balanced accuracy', 0):.3f}, status {ev.get('status')})")
+
+
+def _quality(backend: list[str], a: argparse.Namespace, work: Path, results: dict) -> None:
+    print(f"\n== Quality: stratified 80/20 splits, seeds 1000..{999 + a.splits}, "
+          "train + predict through the Moodle argv", flush=True)
+    print(f"{'dataset':<10}{'AUC':>8}{'old AUC':>14}{'F1 w':>8}{'old F1 w':>14}"
+          f"{'bal acc':>9}{'old bal acc':>14}")
+    for site in ("a", "b"):
+        head, data = read_moodle_csv(a.datasets / f"site-{site}-training.csv")
+        labels = [int(float(r.rsplit(",", 1)[1])) for r in data]
+        per_split = []
+        for k in range(a.splits):
+            train, test = stratified_split(labels, 0.2, random.Random(1000 + k))
+            d = work / f"quality-{site}-{k}"
+            d.mkdir()
+            train_csv, pred_csv, answers = write_split(head, data, train, test, d)
+            run(backend, "training", "q", d / "model", train_csv)
+            _, _, answer = run(backend, "prediction", "q", d / "model", pred_csv)
+            assert isinstance(answer, dict) and answer["status"] == 0, answer
+            per_split.append(scores(answers, answer["predictions"]))
+        mean = {k: float(np.mean([s[k] for s in per_split])) for k in per_split[0]}
+        old = OLD[f"quality site-{site}"]
+        print(f"site-{site:<5}{mean['auc']:>8.4f}{old['auc']:>14}{mean['f1_weighted']:>8.4f}"
+              f"{old['f1_weighted']:>14}{mean['balanced_accuracy']:>9.4f}"
+              f"{old['balanced_accuracy']:>14}")
+        results[f"quality site-{site}"] = {"mean": mean, "splits": per_split}
+
+
+def _scaling(backend: list[str], a: argparse.Namespace, work: Path, results: dict) -> None:
+    sizes = [int(x) for x in a.scaling.split(",") if x.strip()]
+    print("\n== Scaling: training on site-b resampled to N rows x 400 features "
+          "(one cold call each)", flush=True)
+    print(f"{'rows':>10}{'file MB':>9}{'wall s':>9}{'RSS MB':>9}{'s per 100k rows':>17}")
+    for rows in sizes:
+        path = resampled(a.datasets / "site-b-training.csv", rows, 400, a.cache)
+        model_dir = work / f"scale-{rows}"
+        wall, rss, answer = run(backend, "training", "scale", model_dir, path)
+        ok = isinstance(answer, dict) and answer.get("status") == 0
+        print(f"{rows:>10}{path.stat().st_size / 1e6:>9.0f}{wall:>9.1f}{rss:>9}"
+              f"{wall / rows * 1e5:>17.2f}{'' if ok else '  FAILED: ' + str(answer)[:200]}",
+              flush=True)
+        results[f"scaling {rows}"] = {"wall": wall, "rss": rss, "ok": ok}
+        shutil.rmtree(model_dir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
