@@ -27,6 +27,17 @@ def test_version_and_help_import_neither_tensorflow_nor_numpy():
     assert p.stdout.strip().splitlines()[-1] == "[]"
 
 
+def test_training_writes_nothing_in_home(tmp_path, binary_data):
+    """Moodle runs the backend as the web server's user: its home is no place
+    for files (TensorFlow's legacy Keras would write ~/.keras/keras.json)."""
+    home = tmp_path / "home"
+    home.mkdir()
+    r = moodle("training", "x", tmp_path / "model", binary_data["train"],
+               env={"HOME": str(home)})
+    assert r.rc == 0, r.stderr
+    assert list(home.iterdir()) == []
+
+
 def test_prediction_does_not_import_tensorflow(tmp_path, binary_data, run_main):
     model_dir = tmp_path / "m"
     assert run_main("training", binary_data["train"], "--model-dir", model_dir).rc == 0
