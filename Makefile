@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PIP    := $(BIN)/pip --disable-pip-version-check -q
 
-.PHONY: venv run test bench clean dist
+.PHONY: venv run test bench clean dist dist-test
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,11 @@ dist: $(ARCHIVE)
 	@echo "$(ARCHIVE): $$(du -m $(ARCHIVE) | cut -f1) MB"
 	@tar -xzOf $(ARCHIVE) --occurrence=1 $(notdir $(ARCHIVE:.tar.gz=))/BUILD-INFO \
 		| sed -n 's/^glibc: /glibc floor: /p'
+
+# The archive unpacked in a temporary directory, every module run as Moodle
+# runs it, with env -i, an empty HOME and no virtual environment.
+dist-test: $(ARCHIVE)
+	PYTHON=$(BIN)/python bash tests/frozen/dist-test.sh $(ARCHIVE)
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .coverage htmlcov
