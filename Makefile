@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PIP    := $(BIN)/pip --disable-pip-version-check -q
 
-.PHONY: venv run test bench clean dist dist-test
+.PHONY: venv run test bench clean dist dist-test dist-chroot-test
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,10 @@ dist: $(ARCHIVE)
 # runs it, with env -i, an empty HOME and no virtual environment.
 dist-test: $(ARCHIVE)
 	PYTHON=$(BIN)/python bash tests/frozen/dist-test.sh $(ARCHIVE)
+
+# The same check in a minimal Debian without Python (debootstrap, chroot; root).
+dist-chroot-test: $(ARCHIVE)
+	PYTHON=$(BIN)/python bash packaging/chroot-test.sh $(ARCHIVE)
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .coverage htmlcov
