@@ -46,7 +46,7 @@ dist-test: $(ARCHIVE)
 
 # The same check in a minimal Debian without Python (debootstrap, chroot; root).
 dist-chroot-test: $(ARCHIVE)
-	PYTHON=$(BIN)/python bash packaging/chroot-test.sh $(ARCHIVE)
+	PYTHON=$(BIN)/python bash tests/frozen/chroot-test.sh $(ARCHIVE)
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .coverage htmlcov

@@ -8,11 +8,11 @@
 #   then: unpack the archive in it, chroot, run check.sh there (including
 #   install.sh --systemd and uninstall.sh --purge, as root in the chroot)
 #
-#   packaging/chroot-test.sh dist/mlbackend-VERSION-linux-x86_64.tar.gz
+#   tests/frozen/chroot-test.sh dist/mlbackend-VERSION-linux-x86_64.tar.gz
 # The suite is this machine's (VERSION_CODENAME in /etc/os-release); set SUITE,
 # MIRROR or CHROOT to change it, the mirror or the directory.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 archive=$1
 PYTHON=${PYTHON:-.venv/bin/python}
 name=$(basename "$archive" .tar.gz)
