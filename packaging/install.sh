@@ -90,7 +90,7 @@ mkdir -p "$(dirname "$prefix")"
 rm -rf "$new"
 cp -R "$here" "$new"
 chmod -R u+rwX,go+rX,go-w "$new"   # Moodle runs it as the web server's user
-answer=$(MLBACKEND_REPORTED_VERSION= "$new/mlbackend" version 2>&1) ||
+answer=$(MLBACKEND_REPORTED_VERSION='' "$new/mlbackend" version 2>&1) ||
     die "the program does not run on this system: $answer"
 [ "$answer" = "$version" ] || die "the program answers '$answer' instead of $version"
 if [ -e "$prefix" ]; then

@@ -13,6 +13,9 @@
 # throwaway root only); otherwise into a scratch directory. make dist-test
 # runs this under `env -i` with a minimal PATH and an empty HOME. Prints one
 # line per check and "frozen: N passed, N failed"; exits 1 on any failure.
+
+# The conditions handed to check() are strings it evaluates, hence:
+# shellcheck disable=SC2016,SC2034
 set -u
 
 R=$(cd "$1" && pwd)
@@ -154,7 +157,7 @@ http() {
     [ -n "${3:-}" ] && head+="Authorization: Basic $(printf %s "$3" | base64 -w0)\r\n"
     [ -n "${4:-}" ] && head+="Content-Type: $5\r\nContent-Length: $(wc -c <"$4")\r\n"
     exec 3<>"/dev/tcp/127.0.0.1/$port" || { rc=0; return; }
-    { printf "$head\r\n"; [ -n "${4:-}" ] && cat "$4"; } >&3
+    { printf '%b\r\n' "$head"; [ -n "${4:-}" ] && cat "$4"; } >&3
     cat <&3 >"$WORK/response"
     exec 3<&-
     rc=$(head -n 1 "$WORK/response" | cut -d' ' -f2)
