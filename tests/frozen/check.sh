@@ -139,19 +139,10 @@ last=$(tail -n 1 "$WORK/out")
 check "passwd makes a PBKDF2 entry" '[ $rc = 0 ] && [[ $last == moodle:pbkdf2_sha256:10000:* ]]'
 users=$last
 
-# --- server mode: a free port, chosen by the server, read from its log.
-MOODLE_MLBACKEND_PYTHON_USERS=$users MOODLE_MLBACKEND_PYTHON_DIR="$WORK/server" \
-    "$B" serve --host 127.0.0.1 --port 0 >"$WORK/serve.out" 2>"$WORK/serve.err" </dev/null &
-SERVER_PID=$!
-port=
-for _ in $(seq 600); do
-    port=$(sed -n 's|.*serving Moodle on http://127\.0\.0\.1:\([0-9]*\)/.*|\1|p' "$WORK/serve.err")
-    [ -n "$port" ] || ! kill -0 "$SERVER_PID" 2>/dev/null && break
-    sleep 0.1
-done
-
+# --- server mode
 # http METHOD PATH [AUTH] [BODYFILE] [CONTENT-TYPE]: HTTP/1.0 over bash's
-# /dev/tcp; the status code in $rc, the body in $WORK/body and $last.
+# /dev/tcp to the server on $port; the status code in $rc, the body in
+# $WORK/body and its last line in $last.
 http() {
     local head="$1 $2 HTTP/1.0\r\nHost: 127.0.0.1\r\n"
     [ -n "${3:-}" ] && head+="Authorization: Basic $(printf %s "$3" | base64 -w0)\r\n"
@@ -164,7 +155,7 @@ http() {
     sed '1,/^\r$/d' "$WORK/response" >"$WORK/body"
     last=$(tail -n 1 "$WORK/body")
 }
-# form FILE NAME=VALUE... FILEFIELD=PATH: a multipart/form-data body in FILE.
+# form FILE NAME=VALUE... FILEFIELD=@PATH: a multipart/form-data body in FILE.
 form() {
     local out=$1 field
     shift
@@ -183,31 +174,57 @@ form() {
 }
 multipart="multipart/form-data; boundary=frozencheck"
 
-rc=
-last=
-check "serve listens on a loopback port" '[ -n "$port" ]'
-if [ -n "$port" ]; then
-    : >"$WORK/err"
-    http GET /version
-    check "serve answers /version" '[ "$rc" = 200 ] && [ "$(cat "$WORK/body")" = "$VERSION" ]'
-    form "$WORK/form" uniqueid=s1 dirhash=h1 "dataset=@$DATA/training.csv"
-    http POST /training "" "$WORK/form" "$multipart"
-    check "serve refuses a request without a user: 401" '[ "$rc" = 401 ]'
-    http POST /training "moodle:s3cret" "$WORK/form" "$multipart"
-    check "serve trains" '[ "$rc" = 200 ] && [ "$last" = "{\"status\": 0, \"info\": []}" ]'
-    form "$WORK/form" uniqueid=s1 dirhash=h1 "dataset=@$DATA/prediction.csv"
-    http POST /prediction "moodle:s3cret" "$WORK/form" "$multipart"
-    check "serve predicts every row" '[ "$rc" = 200 ] && status_is 0 && [ "$(prediction_rows)" = "$(data_rows "$DATA/prediction.csv")" ]'
+# serve_check WHAT VAR=VALUE...: `mlbackend serve` with the storage these
+# variables choose, on a free port it picks and logs; Moodle's requests to it.
+serve_check() {
+    local what=$1
+    shift
+    : >"$WORK/serve.err"   # before the server starts: no earlier server's port in it
+    env MOODLE_MLBACKEND_PYTHON_USERS="$users" "$@" \
+        "$B" serve --host 127.0.0.1 --port 0 >"$WORK/serve.out" 2>"$WORK/serve.err" </dev/null &
+    SERVER_PID=$!
+    port=
+    for _ in $(seq 600); do
+        port=$(sed -n 's|.*serving Moodle on http://127\.0\.0\.1:\([0-9]*\)/.*|\1|p' "$WORK/serve.err")
+        [ -n "$port" ] || ! kill -0 "$SERVER_PID" 2>/dev/null && break
+        sleep 0.1
+    done
+    rc=
+    last=
+    cp "$WORK/serve.err" "$WORK/err"
+    check "serve ($what) listens on a loopback port" '[ -n "$port" ]'
+    if [ -n "$port" ]; then
+        : >"$WORK/err"
+        http GET /version
+        check "serve ($what) answers /version" '[ "$rc" = 200 ] && [ "$(cat "$WORK/body")" = "$VERSION" ]'
+        form "$WORK/form" uniqueid=s1 dirhash=h1 "dataset=@$DATA/training.csv"
+        http POST /training "" "$WORK/form" "$multipart"
+        check "serve ($what) refuses a request without a user: 401" '[ "$rc" = 401 ]'
+        http POST /training "moodle:s3cret" "$WORK/form" "$multipart"
+        check "serve ($what) trains" '[ "$rc" = 200 ] && [ "$last" = "{\"status\": 0, \"info\": []}" ]'
+        form "$WORK/form" uniqueid=s1 dirhash=h1 "dataset=@$DATA/prediction.csv"
+        http POST /prediction "moodle:s3cret" "$WORK/form" "$multipart"
+        check "serve ($what) predicts every row" '[ "$rc" = 200 ] && status_is 0 && [ "$(prediction_rows)" = "$(data_rows "$DATA/prediction.csv")" ]'
+    fi
+    kill -TERM "$SERVER_PID" 2>/dev/null
+    timeout 60 tail --pid="$SERVER_PID" -f /dev/null
+    wait "$SERVER_PID"
+    rc=$?
+    SERVER_PID=
+    cp "$WORK/serve.err" "$WORK/err"
+    last=$(tail -n 1 "$WORK/serve.err")
+    check "serve ($what) stops on SIGTERM with status 0, TensorFlow silent" \
+        '[ $rc = 0 ] && ! grep -v -e " access: " -e " mlbackend[a-z0-9._]* INFO: " "$WORK/serve.err" | grep -q .'
+}
+
+serve_check "models in a directory" MOODLE_MLBACKEND_PYTHON_DIR="$WORK/server"
+# MLBACKEND_CHECK_S3=ENDPOINT/BUCKET: an S3 server with that bucket (make
+# dist-test starts moto's): the bundle's boto3, with the AWS models it keeps.
+if [ -n "${MLBACKEND_CHECK_S3:-}" ]; then
+    serve_check "models in S3" MOODLE_MLBACKEND_PYTHON_S3_BUCKET_NAME="${MLBACKEND_CHECK_S3##*/}" \
+        AWS_ENDPOINT_URL="${MLBACKEND_CHECK_S3%/*}" AWS_ACCESS_KEY_ID=testing \
+        AWS_SECRET_ACCESS_KEY=testing AWS_DEFAULT_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true
 fi
-kill -TERM "$SERVER_PID" 2>/dev/null
-timeout 60 tail --pid="$SERVER_PID" -f /dev/null
-wait "$SERVER_PID"
-rc=$?
-SERVER_PID=
-cp "$WORK/serve.err" "$WORK/err"
-last=$(tail -n 1 "$WORK/serve.err")
-check "serve stops on SIGTERM with status 0, TensorFlow silent" \
-    '[ $rc = 0 ] && ! grep -v -e " access: " -e " mlbackend[a-z.]* INFO: " "$WORK/serve.err" | grep -q .'
 
 # --- install.sh and uninstall.sh
 if [ "${MLBACKEND_CHECK_INSTALL:-}" = system ]; then
