@@ -43,8 +43,8 @@ cp packaging/install.sh packaging/uninstall.sh packaging/mlbackend.service \
 answer=$(env -i PATH=/usr/bin:/bin "$stage/mlbackend" version)
 [ "$answer" = "$version" ] || { echo "frozen mlbackend answered '$answer', not $version" >&2; exit 1; }
 
-# Owner root and the commit's time on every entry, so that two builds of one
-# commit differ only where PyInstaller's output does.
+# Every entry owned by root and dated at the commit, not by the builder's
+# user and clock.
 mtime=$(git log -1 --format=%ct 2>/dev/null || date +%s)
 mkdir -p dist
 rm -f "$archive" "$archive.sha256"

@@ -17,7 +17,7 @@ import re
 import subprocess
 import sys
 
-NEEDED = re.compile(r"Name: ((GLIBC|GLIBCXX|CXXABI)_([0-9.]+))")
+NEEDED = re.compile(r"Name: (GLIBC|GLIBCXX)_([0-9.]+)")
 
 
 def needed_versions(path: str) -> list[tuple[str, tuple[int, ...]]]:
@@ -32,7 +32,7 @@ def needed_versions(path: str) -> list[tuple[str, tuple[int, ...]]]:
         elif in_needs:
             m = NEEDED.search(line)
             if m:
-                found.append((m.group(2), tuple(int(p) for p in m.group(3).split("."))))
+                found.append((m.group(1), tuple(int(p) for p in m.group(2).split("."))))
     return found
 
 
@@ -56,15 +56,18 @@ def floors(bundle: str) -> dict[str, tuple[tuple[int, ...], str]]:
 
 
 def git_commit() -> str:
+    """The commit the bundle was built from ("-dirty" with uncommitted changes)."""
+    def git(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["git", *args], capture_output=True, text=True,
+                              cwd=os.path.dirname(os.path.abspath(__file__)))
     try:
-        out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True,
-                             text=True, cwd=os.path.dirname(os.path.abspath(__file__)))
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True,
-                               cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
-        return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else "unknown"
-    except OSError:
+        head = git("rev-parse", "--short=12", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no").stdout.strip()
+    except OSError:  # no git: built from an exported tree
         return "unknown"
+    if head.returncode != 0:
+        return "unknown"
+    return head.stdout.strip() + ("-dirty" if dirty else "")
 
 
 def distribution_version(*names: str) -> str:
