@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PIP    := $(BIN)/pip --disable-pip-version-check -q
 
-.PHONY: venv run test bench clean
+.PHONY: venv run test bench clean dist dist-test dist-chroot-test
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,31 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/pytest --cov=mlbackend --cov-report=term-missing
+
+# The release: the frozen program (PyInstaller, one directory) in
+# dist/mlbackend-VERSION-linux-ARCH.tar.gz with its .sha256; see README "Release".
+# Rebuilt when a file it is made from changes.
+VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' mlbackend/__init__.py)
+ARCHIVE := dist/mlbackend-$(VERSION)-linux-$(shell uname -m).tar.gz
+DIST_INPUTS := mlbackend.spec README.md LICENSE requirements.txt requirements-dev.txt \
+	$(shell find mlbackend packaging -type f ! -name '*.pyc')
+
+$(ARCHIVE): $(STAMP) $(DIST_INPUTS)
+	PYTHON=$(BIN)/python bash packaging/build-dist.sh
+
+dist: $(ARCHIVE)
+	@echo "$(ARCHIVE): $$(du -m $(ARCHIVE) | cut -f1) MB"
+	@tar -xzOf $(ARCHIVE) --occurrence=1 $(notdir $(ARCHIVE:.tar.gz=))/BUILD-INFO \
+		| sed -n 's/^glibc: /glibc floor: /p'
+
+# The archive unpacked in a temporary directory, every module run as Moodle
+# runs it, with env -i, an empty HOME and no virtual environment.
+dist-test: $(ARCHIVE)
+	PYTHON=$(BIN)/python bash tests/frozen/dist-test.sh $(ARCHIVE)
+
+# The same check in a minimal Debian without Python (debootstrap, chroot; root).
+dist-chroot-test: $(ARCHIVE)
+	PYTHON=$(BIN)/python bash tests/frozen/chroot-test.sh $(ARCHIVE)
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .coverage htmlcov

@@ -218,15 +218,15 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace) -> tuple[str | None, int]:
     """Call the action for `args`; returns the text Moodle reads (None: nothing)
     and the exit status."""
-    from mlbackend import actions, store
-
-    if args.command == "version":
+    if args.command == "version":  # answered before NumPy is imported: Moodle calls it often
         return reported_version(), 0
     if args.command == "serve":
         serve(args)
         return None, 0
     if args.command == "passwd":
         return passwd(args), 0
+    from mlbackend import actions, store
+
     model_dir = args.model_dir or store.default_model_dir(args.model_id)
     progress = sys.stderr.isatty()
     if args.command == "training":

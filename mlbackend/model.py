@@ -71,6 +71,11 @@ def quiet_tensorflow() -> None:
     # register its optimizers; we train without Keras. Asking for legacy
     # Keras, which is not installed, makes TensorFlow skip that import.
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    # TensorFlow's internal legacy Keras, which `import tensorflow` loads, reads
+    # and creates ~/.keras/keras.json: under Moodle, in the web server user's
+    # home. A directory that cannot exist (below the null device) makes it
+    # skip both, quietly; its defaults are the file's.
+    os.environ.setdefault("KERAS_HOME", os.path.join(os.devnull, "keras"))
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
 
 
