@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PIP    := $(BIN)/pip --disable-pip-version-check -q
 
-.PHONY: venv run test bench clean
+.PHONY: venv run test fuzz bench clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,12 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/pytest --cov=mlbackend --cov-report=term-missing
+
+# Hostile input at length: the property-based tests with thousands of fresh
+# examples (make test runs a few, the same every time). Failing examples are
+# kept in .hypothesis/ and replayed first by the next run.
+fuzz: $(STAMP)
+	MLBACKEND_FUZZ=1 $(BIN)/pytest tests/test_fuzz.py --hypothesis-show-statistics
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .coverage htmlcov
