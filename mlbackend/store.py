@@ -87,6 +87,7 @@ def load(model_dir: str, nfeatures: int | None = None) -> Model | None:
     use. An old-format model is converted with it (moodlemlbackend 3.x did
     not record the count) and saved in our format, so this happens once.
     """
+    clean_strays(model_dir)
     model = _load_cached(model_path(model_dir))
     if model is not None or legacy.detect(classifier_dir(model_dir)) is None:
         return model
@@ -241,13 +242,43 @@ def writer_lock(model_dir: str) -> Iterator[None]:
         fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
         held.add(key)
         try:
-            for name in os.listdir(target_dir):
-                if name.startswith(TEMP_PREFIX):
-                    _remove_quietly(os.path.join(target_dir, name))
+            _remove_strays(target_dir)
             yield
         finally:
             held.discard(key)
             fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+
+def clean_strays(model_dir: str) -> None:
+    """Remove a killed writer's temporary files, if no writer is at work.
+
+    Writers remove them when they take the lock (see `writer_lock`); readers
+    call this, so that whichever call comes next tidies up. It never waits:
+    while a writer holds the lock, the files may be its own, and are left to
+    it. Nothing to do (the usual case) costs one directory listing.
+    """
+    target_dir = classifier_dir(model_dir)
+    try:
+        if not any(name.startswith(TEMP_PREFIX) for name in os.listdir(target_dir)):
+            return
+        lock = open(os.path.join(target_dir, LOCK_FILE), "a+b")
+    except OSError:  # no directory, or read-only: nothing we may do
+        return
+    with lock:
+        try:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # a writer is at work (in this process too: flock is per open)
+            return
+        try:
+            _remove_strays(target_dir)
+        finally:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+
+def _remove_strays(target_dir: str) -> None:
+    for name in os.listdir(target_dir):
+        if name.startswith(TEMP_PREFIX):
+            _remove_quietly(os.path.join(target_dir, name))
 
 
 def export_model(model_dir: str, export_dir: str) -> str:
