@@ -31,6 +31,7 @@ import re
 import shutil
 import tempfile
 import threading
+import zipfile
 from collections import OrderedDict
 from typing import BinaryIO, Iterator
 
@@ -48,6 +49,11 @@ LOCK_FILE = ".lock"
 TEMP_PREFIX = ".tmp-"
 #: Loaded models kept in memory (one per model file); a few hundred KB each.
 CACHE_SIZE = 64
+#: Most bytes a model file's arrays may take once unpacked. Real models take
+#: a few hundred KB (one of 10,000 features about 6 MB). A crafted file's
+#: compressed members can declare gigabytes that NumPy would allocate and
+#: fill: such a file is refused before any array is read.
+MAX_MODEL_BYTES = 256 << 20
 
 
 def classifier_dir(model_dir: str) -> str:
@@ -155,8 +161,18 @@ def load_file(path: str, missing_ok: bool = False) -> Model | None:
 
 def _read(f: BinaryIO, path: str) -> Model:
     try:
+        with zipfile.ZipFile(f) as archive:
+            unpacked = sum(info.file_size for info in archive.infolist())
+        if unpacked > MAX_MODEL_BYTES:
+            raise BackendError(f"The stored model {path} cannot be read: it unpacks to "
+                               f"{unpacked} bytes, more than a model can take "
+                               f"({MAX_MODEL_BYTES}). Train the model again or import a "
+                               "good copy.")
+        f.seek(0)
         with np.load(f, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
+    except BackendError:
+        raise
     except Exception as exc:  # noqa: BLE001 - any damage (bad zip, bad zlib, bad header)
         raise BackendError(f"The stored model {path} cannot be read ({exc}). Train the model "
                            "again or import a good copy.") from None

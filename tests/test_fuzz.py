@@ -187,3 +187,41 @@ def test_prediction_answers_every_file(model_3, tmp_path_factory, data):
     event(f"status {r.rc}")
     if r.rc == 0:
         check_predictions(answer, 2, ["0", "1"])
+
+
+# --------------------------------------------------------------------------
+# Hostile model files (import)
+
+
+def deflated_npz(path: Path, name: str, megabytes: int) -> None:
+    """An .npz whose one member declares `megabytes` MiB of zeros: a few
+    hundred KB on disk, deflated."""
+    import io
+    import zipfile
+
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": "<f4", "fortran_order": False, "shape": (megabytes << 18,)})
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        with archive.open(name, "w", force_zip64=True) as member:
+            member.write(header.getvalue())
+            zeros = bytes(1 << 20)
+            for _ in range(megabytes):
+                member.write(zeros)
+
+
+def test_a_model_file_that_unpacks_to_gigabytes_is_refused_unread(tmp_path):
+    importdir = tmp_path / "import"
+    importdir.mkdir()
+    deflated_npz(importdir / "model.npz", "layer0_kernel.npy", 300)
+    assert (importdir / "model.npz").stat().st_size < 1 << 20
+    code = ("import resource, sys\nfrom mlbackend.cli import main\nrc = main(sys.argv[1:])\n"
+            "print('MAXRSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "
+            "file=sys.stderr)\nsys.exit(rc)\n")
+    p = subprocess.run([sys.executable, "-c", code, "-m", "moodlemlbackend.import", "fuzz",
+                        str(tmp_path / "imported"), str(importdir)], capture_output=True,
+                       text=True, env=backend_env(), stdin=subprocess.DEVNULL)
+    answer = check_answer(p.returncode, p.stdout, p.stderr, (1,))
+    assert "unpacks to" in answer["info"][0]
+    maxrss_kib = int(p.stderr.split("MAXRSS ")[1].split()[0])
+    assert maxrss_kib < 300 * 1024  # the 300 MiB were never allocated
