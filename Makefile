@@ -27,7 +27,8 @@ test: $(STAMP)
 # examples (make test runs a few, the same every time). Failing examples are
 # kept in .hypothesis/ and replayed first by the next run.
 fuzz: $(STAMP)
-	MLBACKEND_FUZZ=1 $(BIN)/pytest tests/test_fuzz.py --hypothesis-show-statistics
+	MLBACKEND_FUZZ=1 $(BIN)/pytest tests/test_fuzz.py tests/test_server_hostile.py \
+		--hypothesis-show-statistics
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .coverage htmlcov
