@@ -225,3 +225,35 @@ def test_a_model_file_that_unpacks_to_gigabytes_is_refused_unread(tmp_path):
     assert "unpacks to" in answer["info"][0]
     maxrss_kib = int(p.stderr.split("MAXRSS ")[1].split()[0])
     assert maxrss_kib < 300 * 1024  # the 300 MiB were never allocated
+
+
+@pytest.mark.parametrize("damage", ["NaN mean", "infinite scale", "huge weights"])
+def test_a_model_with_unusable_numbers_is_refused_or_answers_numbers(model_3, tmp_path, damage):
+    """A crafted model.npz (Moodle's import) with numbers that are not, or
+    that overflow: refused at import, or at prediction, never a 'nan' answer."""
+    with np.load(model_3["dir"] / "classifier" / "model.npz", allow_pickle=False) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    name, value = {"NaN mean": ("mean", np.nan), "infinite scale": ("scale", np.inf),
+                   "huge weights": ("layer0_kernel", 3e38)}[damage]
+    arrays[name] = np.full_like(arrays[name], value)
+    importdir = tmp_path / "import"
+    importdir.mkdir()
+    np.savez(importdir / "model.npz", **arrays)
+    r = moodle("import", "crafted", tmp_path / "crafted", importdir)
+    if r.rc == 0:
+        r = moodle("prediction", "crafted", tmp_path / "crafted", model_3["predict"])
+        answer = check_answer(r.rc, r.stdout, r.stderr, (0, 1))
+        if r.rc == 0:
+            check_predictions(answer, 2, ["0", "1"])
+    else:
+        check_answer(r.rc, r.stdout, r.stderr, (1,))
+
+
+def test_inputs_that_overflow_float32_still_get_probabilities(model_3, tmp_path):
+    big = 3.4e38
+    path = tmp_path / "p.csv"
+    path.write_text(HEAD + "sampleid,f1,f2,f3\n" + f"a,{big},{-big},{big}\nb,{-big},{big},0\n"
+                    "c,0.5,0,-0.5\n")
+    r = moodle("prediction", "fuzz", model_3["dir"], path)
+    answer = check_answer(r.rc, r.stdout, r.stderr, (0,))
+    check_predictions(answer, 2, ["0", "1"])
