@@ -211,13 +211,24 @@ _cache = _ModelCache(CACHE_SIZE)
 
 
 def save(model_dir: str, model: Model) -> None:
-    """Write atomically: temporary file, fsync, rename. Caller holds the lock."""
+    """Write atomically: temporary file, fsync, rename. Caller holds the lock.
+
+    A model that would not load back (a training gone wrong: weights that are
+    not numbers) is refused before anything is written: saving it would
+    replace a good model with one that answers nothing but errors.
+    """
     target_dir = classifier_dir(model_dir)
+    arrays = model.to_arrays()
+    try:
+        Model.from_arrays(arrays, os.path.join(target_dir, MODEL_FILE))
+    except BackendError as exc:
+        raise BackendError(f"The new model was not saved: it is not usable ({exc.message}) "
+                           "The previous model is unchanged.") from None
     _makedirs(target_dir)
     fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=".npz", dir=target_dir)
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **model.to_arrays())
+            np.savez(f, **arrays)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, model_path(model_dir))

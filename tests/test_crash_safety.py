@@ -7,6 +7,7 @@ importing TensorFlow.
 """
 from __future__ import annotations
 
+import dataclasses
 import errno
 import io
 import json
@@ -364,3 +365,19 @@ def test_a_save_failing_with_enospc_keeps_the_previous_model(tmp_path, data, mon
     assert (outdir / "classifier" / "model.npz").read_bytes() == before
     assert strays(outdir) == []
     assert run_main("prediction", data["predict"], "--model-dir", outdir).json == predictions
+
+
+def test_a_model_that_would_not_load_is_never_saved(tmp_path, data, run_main):
+    """A training gone wrong (weights that are not numbers) must not replace
+    the model: it would answer nothing but errors from then on."""
+    outdir = tmp_path / "model"
+    assert run_main("training", data["first"], "--model-dir", outdir).rc == 0
+    before = (outdir / "classifier" / "model.npz").read_bytes()
+    good = store.load(str(outdir))
+    broken = dataclasses.replace(good, weights=[w * np.nan for w in good.weights])
+    with store.writer_lock(str(outdir)):
+        with pytest.raises(store.BackendError, match="not saved.*previous model is unchanged"):
+            store.save(str(outdir), broken)
+    assert (outdir / "classifier" / "model.npz").read_bytes() == before
+    assert strays(outdir) == []
+    assert run_main("prediction", data["predict"], "--model-dir", outdir).rc == 0
