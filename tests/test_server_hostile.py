@@ -93,7 +93,7 @@ def no_temp_files(server: Server) -> None:
 # Crafted datasets
 
 
-@settings(max_examples=examples(15, 300))
+@settings(max_examples=examples(15, 1000))
 @given(data=st.one_of(datasets(features=st.just(3)), datasets(), any_bytes()))
 def test_training_and_prediction_answer_every_dataset(server, trained, data):
     for endpoint, allowed in (("training", (0, 1, 8)), ("prediction", (0, 1))):
