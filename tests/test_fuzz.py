@@ -160,7 +160,7 @@ def model_predicts(model: dict[str, Any]) -> None:
     check_predictions(answer, 2, ["0", "1"])
 
 
-@settings(max_examples=examples(6, 100))
+@settings(max_examples=examples(4, 100))
 @given(data=datasets(features=st.just(3), predictions=st.just(False)))
 @example(data=b'nfeatures,targetclasses\n3,"[-5,0]"\na,b,c,t\n1,1,0,0\n1,0,1,-5\n')
 def test_training_answers_every_file_and_keeps_the_model(model_3, tmp_path_factory, data):

