@@ -338,6 +338,10 @@ def test_a_full_disk_keeps_the_previous_model(small_disk, data):
     assert strays(outdir) == []
     r = moodle("prediction", "full", outdir, data["predict"])
     assert r.rc == 0 and r.json["predictions"] == predictions
+    # An evaluation cannot write its logs: it says so.
+    r = moodle("evaluation", "full", outdir, data["first"], 0.5, 0.5, 1)
+    assert r.rc == 1 and "could not write its logs" in r.json["info"][0], r.stdout
+    assert "disk is full" in r.json["info"][0] and "Traceback" not in r.stderr
 
     filler.unlink()  # room again: training goes on from the same model
     assert moodle("training", "full", outdir, data["batches"][0]["path"]).rc == 0
