@@ -14,11 +14,15 @@ count for one test.
 """
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
+import zipfile
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 from hypothesis import strategies as st
 
 FUZZ = os.environ.get("MLBACKEND_FUZZ", "") not in ("", "0")
@@ -125,6 +129,20 @@ def any_bytes() -> st.SearchStrategy[bytes]:
     """Bytes with no structure at all, alone or after a valid header."""
     head = b'nfeatures,targetclasses,targettype\n2,"[0,1]",discrete\nf1,f2,target\n'
     return st.one_of(st.binary(max_size=400), st.binary(max_size=400).map(lambda b: head + b))
+
+
+def deflated_npz(path: Path, name: str, megabytes: int) -> None:
+    """An .npz whose one member declares `megabytes` MiB of zeros: a few
+    hundred KB on disk, deflated."""
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": "<f4", "fortran_order": False, "shape": (megabytes << 18,)})
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        with archive.open(name, "w", force_zip64=True) as member:
+            member.write(header.getvalue())
+            zeros = bytes(1 << 20)
+            for _ in range(megabytes):
+                member.write(zeros)
 
 
 # --------------------------------------------------------------------------

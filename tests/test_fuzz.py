@@ -7,7 +7,6 @@ program answers a contract JSON, never a traceback; memory stays bounded.
 from __future__ import annotations
 
 import os
-import resource
 import subprocess
 import sys
 import tracemalloc
@@ -20,7 +19,8 @@ from hypothesis import event, example, given, settings
 from hypothesis import strategies as st
 
 from conftest import backend_env, moodle
-from hostile import any_bytes, check_answer, check_predictions, datasets, examples
+from hostile import (any_bytes, check_answer, check_predictions, datasets, deflated_npz,
+                     examples)
 from mlbackend import dataset
 from mlbackend.contract import BackendError
 
@@ -191,23 +191,6 @@ def test_prediction_answers_every_file(model_3, tmp_path_factory, data):
 
 # --------------------------------------------------------------------------
 # Hostile model files (import)
-
-
-def deflated_npz(path: Path, name: str, megabytes: int) -> None:
-    """An .npz whose one member declares `megabytes` MiB of zeros: a few
-    hundred KB on disk, deflated."""
-    import io
-    import zipfile
-
-    header = io.BytesIO()
-    np.lib.format.write_array_header_1_0(
-        header, {"descr": "<f4", "fortran_order": False, "shape": (megabytes << 18,)})
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
-        with archive.open(name, "w", force_zip64=True) as member:
-            member.write(header.getvalue())
-            zeros = bytes(1 << 20)
-            for _ in range(megabytes):
-                member.write(zeros)
 
 
 def test_a_model_file_that_unpacks_to_gigabytes_is_refused_unread(tmp_path):

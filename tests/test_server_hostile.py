@@ -12,7 +12,6 @@ import io
 import json
 import socket
 import time
-import zipfile
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -22,7 +21,7 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 from werkzeug.test import Client
 
-from hostile import any_bytes, check_predictions, datasets, examples
+from hostile import any_bytes, check_predictions, datasets, deflated_npz, examples
 from mlbackend.server import app as server_app
 from mlbackend.server.auth import Users, parse_users
 from mlbackend.server.config import ServerConfig
@@ -157,8 +156,6 @@ def test_import_answers_every_zip(server, trained, data):
 
 
 def test_import_of_a_model_that_unpacks_to_gigabytes_is_refused(server, trained, tmp_path):
-    from test_fuzz import deflated_npz
-
     npz = tmp_path / "model.npz"
     deflated_npz(npz, "layer0_kernel.npy", 300)
     archive = make_zip([("model.npz", npz.read_bytes())])
