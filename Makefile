@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PIP    := $(BIN)/pip --disable-pip-version-check -q
 
-.PHONY: venv run test bench clean dist dist-test dist-chroot-test
+.PHONY: venv run test fuzz bench clean dist dist-test dist-chroot-test
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -47,6 +47,13 @@ dist-test: $(ARCHIVE)
 # The same check in a minimal Debian without Python (debootstrap, chroot; root).
 dist-chroot-test: $(ARCHIVE)
 	PYTHON=$(BIN)/python bash tests/frozen/chroot-test.sh $(ARCHIVE)
+
+# Hostile input at length: the property-based tests with thousands of fresh
+# examples (make test runs a few, the same every time). Failing examples are
+# kept in .hypothesis/ and replayed first by the next run.
+fuzz: $(STAMP)
+	MLBACKEND_FUZZ=1 $(BIN)/pytest tests/test_fuzz.py tests/test_server_hostile.py \
+		--hypothesis-show-statistics
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .coverage htmlcov

@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from typing import BinaryIO, Callable, Iterator, List
@@ -24,8 +25,22 @@ from mlbackend.contract import BackendError
 
 #: Bytes of text parsed at once; bounds the memory the text takes.
 BLOCK_BYTES = 1 << 20
+#: Longest line accepted. Real lines are at most tens of KB (the column names
+#: of 450 indicators); a line is held whole in memory, so this bounds what a
+#: file that is one enormous line can make us allocate.
+MAX_LINE_BYTES = 4 << 20
+#: Most features accepted. Real datasets have 2 to about 450; training
+#: allocates per feature whatever the number of rows (a small dataset is
+#: tiled to 2048 rows), so a short file declaring a million would take GBs.
+MAX_FEATURES = 10_000
+#: Widest rows decoded with TensorFlow (see `_tf_numbers`); real ones have 2 to ~450.
+TF_MAX_COLUMNS = 2048
 
 _F32_MAX = float(np.finfo(np.float32).max)
+
+#: Largest class value in targetclasses. Moodle's classes are small whole
+#: numbers (0, 1, 2...), and training sizes a lookup table by the largest one.
+MAX_CLASS = 1_000_000
 
 KNOWN_METADATA = ("nfeatures", "targetclasses", "targettype", "targetcolumn",
                   "timesplitting", "moodleversion")
@@ -73,6 +88,14 @@ def _fail(message: str, line: int | None = None) -> BackendError:
     return BackendError(where + message)
 
 
+def _show(value: object, limit: int = 40) -> str:
+    """A value from the file for a message (strings quoted), cut when long so
+    that a hostile file cannot make the answer huge."""
+    text = value if isinstance(value, str) else str(value)
+    cut = text[:limit] + ("..." if len(text) > limit else "")
+    return repr(cut) if isinstance(value, str) else cut
+
+
 def _open(path: str) -> BinaryIO:
     try:
         if os.path.isdir(path):
@@ -85,38 +108,52 @@ def _open(path: str) -> BinaryIO:
 
 
 def _lines(f: BinaryIO) -> Iterator[tuple[int, list[str]]]:
-    """Yield (number of the first line, decoded lines) in blocks."""
+    """Yield (number of the first line, decoded lines) in blocks of about
+    `BLOCK_BYTES`. Lines end at \\n; a \\r before it is dropped. A line is
+    refused once it is longer than `MAX_LINE_BYTES`, before it is read whole."""
     lineno = 1
+    pending = bytearray()  # the start of a line that goes on in the next chunk
     first = True
     while True:
-        raw = f.readlines(BLOCK_BYTES)
-        if not raw:
-            return
+        chunk = f.read(BLOCK_BYTES)
         if first:
-            if raw[0].startswith(b"\xef\xbb\xbf"):
-                raw[0] = raw[0][3:]
+            chunk = chunk[3:] if chunk.startswith(b"\xef\xbb\xbf") else chunk
             first = False
-        blob = b"".join(raw)
-        if b"\x00" in blob:
-            bad = next(i for i, r in enumerate(raw) if b"\x00" in r)
-            raise _fail("the file holds binary data (a NUL byte); a dataset must be a "
-                        "UTF-8 CSV text file.", lineno + bad)
-        try:
-            text = blob.decode("utf-8")
-        except UnicodeDecodeError:
-            for i, r in enumerate(raw):
-                try:
-                    r.decode("utf-8")
-                except UnicodeDecodeError:
-                    raise _fail("the text is not valid UTF-8; a dataset must be a UTF-8 "
-                                "CSV text file.", lineno + i) from None
-            raise  # pragma: no cover - the loop above always finds the line
-        lines = text.splitlines()
-        if len(lines) != len(raw):
-            # A stray \r or other line separator inside a line: keep byte lines.
-            lines = [r.decode("utf-8").rstrip("\r\n") for r in raw]
-        yield lineno, lines
-        lineno += len(raw)
+        if not chunk:
+            if pending:  # the last line, without a line end
+                yield lineno, _decode(bytes(pending), lineno)
+            return
+        end = chunk.rfind(b"\n") + 1
+        if not end:
+            pending += chunk
+            if len(pending) > MAX_LINE_BYTES:
+                raise _fail(f"the line is longer than {MAX_LINE_BYTES >> 20} MiB; a Moodle "
+                            "dataset's lines are far shorter. Is this a Moodle analytics "
+                            "dataset?", lineno)
+            continue
+        blob = bytes(pending) + chunk[:end] if pending else chunk[:end]
+        pending = bytearray(chunk[end:])
+        yield lineno, _decode(blob, lineno)
+        lineno += blob.count(b"\n")
+
+
+def _decode(blob: bytes, lineno: int) -> list[str]:
+    """The lines of `blob` (whole lines, the first being line `lineno`)."""
+    nul = blob.find(b"\x00")
+    if nul >= 0:
+        raise _fail("the file holds binary data (a NUL byte); a dataset must be a "
+                    "UTF-8 CSV text file.", lineno + blob.count(b"\n", 0, nul))
+    try:
+        text = blob.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _fail("the text is not valid UTF-8; a dataset must be a UTF-8 CSV text file.",
+                    lineno + blob.count(b"\n", 0, exc.start)) from None
+    lines = text.split("\n")
+    if text.endswith("\n"):
+        lines.pop()
+    if "\r" in text:
+        lines = [line.rstrip("\r") for line in lines]
+    return lines
 
 
 def _csv_row(text: str, line: int) -> list[str]:
@@ -132,7 +169,7 @@ def _parse_header(names: list[str], values: list[str], colnames: list[str],
     names = [n.strip() for n in names]
     if "nfeatures" not in names:
         raise _fail("the first line must name the metadata (nfeatures, targetclasses, "
-                    f"targettype, ...) but it is {','.join(names)[:80]!r}. Is this a Moodle "
+                    f"targettype, ...) but it is {_show(','.join(names), 80)}. Is this a Moodle "
                     "analytics dataset?", 1)
     if len(values) != len(names):
         raise _fail(f"the metadata names {len(names)} fields on line 1 but gives "
@@ -141,11 +178,15 @@ def _parse_header(names: list[str], values: list[str], colnames: list[str],
     try:
         nfeatures = int(meta["nfeatures"])
     except ValueError:
-        raise _fail(f"nfeatures must be a whole number, not {meta['nfeatures']!r}.", 2) from None
+        raise _fail(f"nfeatures must be a whole number, not {_show(meta['nfeatures'])}.",
+                    2) from None
     if nfeatures < 1:
-        raise _fail(f"nfeatures must be at least 1, not {nfeatures}.", 2)
+        raise _fail(f"nfeatures must be at least 1, not {_show(nfeatures)}.", 2)
+    if nfeatures > MAX_FEATURES:
+        raise _fail(f"nfeatures is {_show(nfeatures)}; at most {MAX_FEATURES} features are "
+                    "accepted (Moodle's datasets have a few hundred).", 2)
     if meta.get("targettype", "discrete") not in ("discrete", ""):
-        raise _fail(f"targettype {meta['targettype']!r} is not supported; this backend "
+        raise _fail(f"targettype {_show(meta['targettype'])} is not supported; this backend "
                     "trains classifiers (targettype discrete).", 2)
     if "targetclasses" not in meta:
         raise _fail("the metadata lacks targetclasses (the list of classes, e.g. \"[0,1]\").", 1)
@@ -154,8 +195,8 @@ def _parse_header(names: list[str], values: list[str], colnames: list[str],
     if len(colnames) not in (expected, nfeatures) or (training and len(colnames) != expected):
         what = "the features then the target column" if training else \
             "the sample id column then the features"
-        raise _fail(f"nfeatures is {nfeatures}, so line 3 must name {what} "
-                    f"({expected} columns), but it names {len(colnames)}.", 3)
+        raise _fail(f"nfeatures is {_show(nfeatures)}, so line 3 must name {what} "
+                    f"({_show(expected)} columns), but it names {len(colnames)}.", 3)
     features = colnames[:nfeatures] if training else colnames[-nfeatures:]
     return meta, nfeatures, classes, features
 
@@ -166,16 +207,22 @@ def _parse_classes(text: str) -> list[int]:
     except ValueError:
         value = None
     if not isinstance(value, list) or not value:
-        raise _fail(f"targetclasses must be a JSON list such as \"[0,1]\", not {text!r}.", 2)
+        raise _fail("targetclasses must be a JSON list such as \"[0,1]\", not "
+                    f"{_show(text)}.", 2)
     classes = []
     for c in value:
-        if isinstance(c, bool) or not isinstance(c, (int, float)) or int(c) != c:
-            raise _fail(f"targetclasses must list whole numbers, but it holds {c!r}.", 2)
+        # NaN and 1e400 (inf) are valid JSON to Python; neither is a class.
+        if isinstance(c, bool) or not isinstance(c, (int, float)) or not math.isfinite(c) \
+                or int(c) != c:
+            raise _fail(f"targetclasses must list whole numbers, but it holds {_show(c)}.", 2)
+        if not 0 <= c <= MAX_CLASS:
+            raise _fail(f"targetclasses must list whole numbers from 0 to {MAX_CLASS}, but it "
+                        f"holds {_show(c)}.", 2)
         classes.append(int(c))
     if len(set(classes)) != len(classes):
-        raise _fail(f"targetclasses lists a class twice: {text}.", 2)
+        raise _fail(f"targetclasses lists a class twice: {_show(text)}.", 2)
     if len(classes) < 2:
-        raise _fail(f"targetclasses must list at least two classes, not {text}.", 2)
+        raise _fail(f"targetclasses must list at least two classes, not {_show(text)}.", 2)
     return classes
 
 
@@ -226,12 +273,17 @@ def _numpy_numbers(lines: list[str], ncols: int) -> np.ndarray | None:
 
 
 def _tf_numbers(lines: list[str], ncols: int) -> np.ndarray | None:
-    """The same with `tf.io.decode_csv`, whose defaults make empty cells 0."""
+    """The same with `tf.io.decode_csv`, whose defaults make empty cells 0.
+
+    Its cost grows faster than the number of columns (a tensor per column):
+    past `TF_MAX_COLUMNS` NumPy's parser is faster, and a file of a million
+    columns would take TensorFlow minutes.
+    """
+    if ncols == 0 or ncols > TF_MAX_COLUMNS:
+        return _numpy_numbers(lines, ncols)
     from mlbackend.model import import_tensorflow
 
     tf = import_tensorflow()
-    if ncols == 0:
-        return np.zeros((len(lines), 0), dtype=np.float64)
     try:
         cols = tf.io.decode_csv(lines, record_defaults=[tf.constant(0.0, tf.float64)] * ncols)
     except (tf.errors.InvalidArgumentError, ValueError):
@@ -243,20 +295,41 @@ def _locate_bad_cell(rows: list[list[str]], numbers: list[int], names: list[str]
                      col_offset: int) -> BackendError:
     for row, n in zip(rows, numbers):
         for j, cell in enumerate(row):
-            c = cell.strip()
-            try:
-                v = float(c) if c else 0.0
-            except ValueError:
+            v = _cell_number(cell)
+            if v is None:
                 return _fail(f"column {j + 1 + col_offset} ({_name(names, j)}) holds "
-                             f"{cell[:40]!r}, which is not a number.", n)
+                             f"{_show(cell)}, which is not a number.", n)
             if not abs(v) <= _F32_MAX:
                 return _fail(f"column {j + 1 + col_offset} ({_name(names, j)}) holds "
-                             f"{cell[:40]!r}; values must be finite numbers.", n)
+                             f"{_show(cell)}; values must be finite numbers.", n)
     return _fail("a cell is not a number.", numbers[0] if numbers else None)
 
 
+def _plain(lines: list[str]) -> bool:
+    """Whether a block can go to the decoders: ASCII, and none of what Python's
+    float() or strtod() take but the other decoder refuses (hex, '_' digit
+    separators). Otherwise its cells are checked one by one."""
+    text = "\n".join(lines)
+    return text.isascii() and "_" not in text and "x" not in text and "X" not in text
+
+
+def _cell_number(cell: str) -> float | None:
+    """One cell as both decoders read it: empty is 0, else a plain ASCII number."""
+    c = cell.strip()
+    if not c:
+        return 0.0
+    if not cell.isascii() or "_" in c or "x" in c or "X" in c:
+        return None
+    try:
+        return float(c)
+    except ValueError:
+        return None
+
+
 def _name(names: list[str], j: int) -> str:
-    return names[j] if j < len(names) else f"column {j + 1}"
+    if j >= len(names):
+        return f"column {j + 1}"
+    return names[j] if len(names[j]) <= 40 else names[j][:40] + "..."
 
 
 def _parse_block(line_numbers: list[int], block: list[str] | list[list[str]], ncols: int,
@@ -282,7 +355,9 @@ def _parse_block(line_numbers: list[int], block: list[str] | list[list[str]], nc
             lines = [",".join(r[1:]) for r in rows]
         names = list(feature_names)
         col_offset = 1
-    arr = numbers(lines, ncols if training else nfeat)  # type: ignore[arg-type]
+    arr = None
+    if _plain(lines):  # type: ignore[arg-type]
+        arr = numbers(lines, ncols if training else nfeat)  # type: ignore[arg-type]
     if arr is not None and not np.all(np.abs(arr) <= _F32_MAX):
         arr = None
     if arr is None:
@@ -298,7 +373,7 @@ def _parse_block(line_numbers: list[int], block: list[str] | list[list[str]], nc
         if not ok.all():
             i = int(np.argmin(ok))
             raise _fail(f"the label {labels[i]:g} in the last column is not one of the "
-                        f"targetclasses {classes}.", line_numbers[i])
+                        f"targetclasses {_show(classes, 80)}.", line_numbers[i])
         return X, labels.astype(np.int64), ids
     for i, sid in enumerate(ids):
         if not sid:
@@ -340,8 +415,12 @@ def _read(path: str, training: bool, numbers: Numbers) -> Dataset:
             X, y, sid = _parse_block(line_numbers, block, ncols, training, feature_names,
                                      classes, numbers)
             if X_rows.n == 0:
-                # Size the result from the first block: rows ~ bytes / bytes per row.
-                per_row = max(1, sum(len(line) + 1 for line in lines) // max(len(lines), 1))
+                # Size the result from the first block: rows ~ bytes / bytes per row,
+                # measured on the data rows (blank lines are not rows). A row has
+                # at least ncols bytes (its commas and line end), so the array is
+                # at most about 4 times the rest of the file, whatever it holds.
+                kept = [lines[n - first] for n in line_numbers]
+                per_row = max(ncols, sum(len(line) + 1 for line in kept) // len(kept))
                 X_rows.reserve(len(X) + (file_size - f.tell()) // per_row + 16)
             X_rows.add(X)
             if y is not None:

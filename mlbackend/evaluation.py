@@ -12,6 +12,7 @@ Each run leaves `OUTPUTDIR/logs/RUNID/` for the admin: `info.log`,
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -22,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from mlbackend import metrics
-from mlbackend.contract import LOW_SCORE, NOT_ENOUGH_DATA, OK, answer
+from mlbackend.contract import LOW_SCORE, NOT_ENOUGH_DATA, OK, BackendError, answer
 from mlbackend.dataset import Dataset
 from mlbackend.inference import Model
 
@@ -95,14 +96,28 @@ def score(model: Model, X: np.ndarray, y_idx: np.ndarray) -> Iteration:
 def evaluate(ds: Dataset, output_dir: str, min_score: float, accepted_deviation: float,
              iterations: int, trained: Model | None = None, progress: bool = False
              ) -> dict[str, Any]:
-    """Run the evaluation and write its log directory; returns Moodle's answer."""
+    """Run the evaluation and write its log directory; returns Moodle's answer.
+
+    A log directory that cannot be written (a full disk) is an answer with
+    status 1 that says so, not an unexpected error."""
+    try:
+        return _evaluate(ds, output_dir, min_score, accepted_deviation, iterations, trained,
+                         progress)
+    except OSError as exc:
+        why = "the disk is full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else exc.strerror
+        raise BackendError(f"The evaluation could not write its logs in "
+                           f"{os.path.join(output_dir, 'logs')} ({why}).") from None
+
+
+def _evaluate(ds: Dataset, output_dir: str, min_score: float, accepted_deviation: float,
+              iterations: int, trained: Model | None, progress: bool) -> dict[str, Any]:
     from mlbackend import model as training  # TensorFlow: only when we train
 
     y_idx = training.class_indices(ds.y, ds.classes)
     if trained is None:
         training.require_all_classes(y_idx, len(ds.classes))
     runid, run_dir = new_run_dir(output_dir)
-    handler = logging.FileHandler(os.path.join(run_dir, "info.log"))
+    handler = _RunLog(os.path.join(run_dir, "info.log"))
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     root = logging.getLogger("mlbackend")
     handler.setLevel(logging.INFO)
@@ -142,6 +157,14 @@ def evaluate(ds: Dataset, output_dir: str, min_score: float, accepted_deviation:
     finally:
         root.removeHandler(handler)
         handler.close()
+
+
+class _RunLog(logging.FileHandler):
+    """info.log. A record it cannot write (a full disk) fails the evaluation,
+    which answers why, instead of logging printing a traceback and going on."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        raise  # the error being handled, in emit()
 
 
 def _summarise(results: list[Iteration], min_score: float, accepted_deviation: float,

@@ -63,18 +63,35 @@ class Model:
                 f"{self.nfeatures}. The features of a model cannot change; train a new model.")
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        """Class probabilities, one row per sample, columns in `classes` order."""
+        """Class probabilities, one row per sample, columns in `classes` order.
+
+        In float32; rows whose inputs are so far out of range that float32
+        overflows (inf - inf is NaN) are computed again in float64. A model
+        whose output is still not a number is refused: a probability of
+        "nan" would reach Moodle as an answer."""
         self.check_features(X.shape[1])
-        h = (X[:, self.columns].astype(np.float32) - self.mean) / self.scale
-        layers = list(zip(self.weights[0::2], self.weights[1::2]))
-        activate = ACTIVATIONS[self.activation]
-        for kernel, bias in layers[:-1]:
-            h = activate(h @ kernel + bias)
-        kernel, bias = layers[-1]
-        logits = (h @ kernel + bias).astype(np.float64)
-        logits -= logits.max(axis=1, keepdims=True)
-        e = np.exp(logits)
-        return e / e.sum(axis=1, keepdims=True)
+        proba = self._forward(X, np.float32)
+        bad = ~np.isfinite(proba).all(axis=1)
+        if bad.any():
+            proba[bad] = self._forward(X[bad], np.float64)
+            if not np.isfinite(proba).all():
+                raise BackendError(
+                    "The model's output is not a number for some rows: its weights are "
+                    "damaged or out of range. Train the model again or import a good copy.")
+        return proba
+
+    def _forward(self, X: np.ndarray, dtype: type) -> np.ndarray:
+        with np.errstate(over="ignore", invalid="ignore"):
+            h = (X[:, self.columns].astype(dtype) - self.mean) / self.scale
+            layers = list(zip(self.weights[0::2], self.weights[1::2]))
+            activate = ACTIVATIONS[self.activation]
+            for kernel, bias in layers[:-1]:
+                h = activate(h @ kernel.astype(dtype, copy=False) + bias)
+            kernel, bias = layers[-1]
+            logits = (h @ kernel.astype(dtype, copy=False) + bias).astype(np.float64)
+            logits -= logits.max(axis=1, keepdims=True)
+            e = np.exp(logits)
+            return e / e.sum(axis=1, keepdims=True)
 
     # ------------------------------------------------------------------
     # To and from plain arrays (the storage format, see mlbackend.store)
@@ -137,6 +154,8 @@ class Model:
             raise bad("column indices out of range")
         if mean.shape != columns.shape or scale.shape != columns.shape or not np.all(scale > 0):
             raise bad("scaling does not match the columns")
+        if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(scale))):
+            raise bad("scaling is not finite numbers")
         width = columns.size
         for i in range(nlayers):
             kernel, bias = weights[2 * i], weights[2 * i + 1]

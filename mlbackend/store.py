@@ -31,6 +31,7 @@ import re
 import shutil
 import tempfile
 import threading
+import zipfile
 from collections import OrderedDict
 from typing import BinaryIO, Iterator
 
@@ -48,6 +49,11 @@ LOCK_FILE = ".lock"
 TEMP_PREFIX = ".tmp-"
 #: Loaded models kept in memory (one per model file); a few hundred KB each.
 CACHE_SIZE = 64
+#: Most bytes a model file's arrays may take once unpacked. Real models take
+#: a few hundred KB (one of 10,000 features about 6 MB). A crafted file's
+#: compressed members can declare gigabytes that NumPy would allocate and
+#: fill: such a file is refused before any array is read.
+MAX_MODEL_BYTES = 256 << 20
 
 
 def classifier_dir(model_dir: str) -> str:
@@ -87,6 +93,7 @@ def load(model_dir: str, nfeatures: int | None = None) -> Model | None:
     use. An old-format model is converted with it (moodlemlbackend 3.x did
     not record the count) and saved in our format, so this happens once.
     """
+    clean_strays(model_dir)
     model = _load_cached(model_path(model_dir))
     if model is not None or legacy.detect(classifier_dir(model_dir)) is None:
         return model
@@ -154,8 +161,18 @@ def load_file(path: str, missing_ok: bool = False) -> Model | None:
 
 def _read(f: BinaryIO, path: str) -> Model:
     try:
+        with zipfile.ZipFile(f) as archive:
+            unpacked = sum(info.file_size for info in archive.infolist())
+        if unpacked > MAX_MODEL_BYTES:
+            raise BackendError(f"The stored model {path} cannot be read: it unpacks to "
+                               f"{unpacked} bytes, more than a model can take "
+                               f"({MAX_MODEL_BYTES}). Train the model again or import a "
+                               "good copy.")
+        f.seek(0)
         with np.load(f, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
+    except BackendError:
+        raise
     except Exception as exc:  # noqa: BLE001 - any damage (bad zip, bad zlib, bad header)
         raise BackendError(f"The stored model {path} cannot be read ({exc}). Train the model "
                            "again or import a good copy.") from None
@@ -194,13 +211,24 @@ _cache = _ModelCache(CACHE_SIZE)
 
 
 def save(model_dir: str, model: Model) -> None:
-    """Write atomically: temporary file, fsync, rename. Caller holds the lock."""
+    """Write atomically: temporary file, fsync, rename. Caller holds the lock.
+
+    A model that would not load back (a training gone wrong: weights that are
+    not numbers) is refused before anything is written: saving it would
+    replace a good model with one that answers nothing but errors.
+    """
     target_dir = classifier_dir(model_dir)
+    arrays = model.to_arrays()
+    try:
+        Model.from_arrays(arrays, os.path.join(target_dir, MODEL_FILE))
+    except BackendError as exc:
+        raise BackendError(f"The new model was not saved: it is not usable ({exc.message}) "
+                           "The previous model is unchanged.") from None
     _makedirs(target_dir)
     fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=".npz", dir=target_dir)
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **model.to_arrays())
+            np.savez(f, **arrays)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, model_path(model_dir))
@@ -241,13 +269,43 @@ def writer_lock(model_dir: str) -> Iterator[None]:
         fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
         held.add(key)
         try:
-            for name in os.listdir(target_dir):
-                if name.startswith(TEMP_PREFIX):
-                    _remove_quietly(os.path.join(target_dir, name))
+            _remove_strays(target_dir)
             yield
         finally:
             held.discard(key)
             fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+
+def clean_strays(model_dir: str) -> None:
+    """Remove a killed writer's temporary files, if no writer is at work.
+
+    Writers remove them when they take the lock (see `writer_lock`); readers
+    call this, so that whichever call comes next tidies up. It never waits:
+    while a writer holds the lock, the files may be its own, and are left to
+    it. Nothing to do (the usual case) costs one directory listing.
+    """
+    target_dir = classifier_dir(model_dir)
+    try:
+        if not any(name.startswith(TEMP_PREFIX) for name in os.listdir(target_dir)):
+            return
+        lock = open(os.path.join(target_dir, LOCK_FILE), "a+b")
+    except OSError:  # no directory, or read-only: nothing we may do
+        return
+    with lock:
+        try:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # a writer is at work (in this process too: flock is per open)
+            return
+        try:
+            _remove_strays(target_dir)
+        finally:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+
+def _remove_strays(target_dir: str) -> None:
+    for name in os.listdir(target_dir):
+        if name.startswith(TEMP_PREFIX):
+            _remove_quietly(os.path.join(target_dir, name))
 
 
 def export_model(model_dir: str, export_dir: str) -> str:

@@ -12,11 +12,25 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, settings
 
+from hostile import FUZZ
 from mlbackend import synthetic
 from mlbackend.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# Property-based tests (hypothesis): `make test` runs the same few examples
+# every time, so that a red run can be repeated; `make fuzz` draws fresh ones
+# and keeps failing examples in .hypothesis/ to replay them first next time.
+# No deadline: the machine is shared, and some examples start a process.
+_SLOW_OK = [HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
+            HealthCheck.data_too_large]
+settings.register_profile("quick", derandomize=True, database=None, deadline=None,
+                          suppress_health_check=_SLOW_OK, print_blob=True)
+settings.register_profile("fuzz", deadline=None, suppress_health_check=_SLOW_OK,
+                          print_blob=True)
+settings.load_profile("fuzz" if FUZZ else "quick")
 
 
 @dataclass

@@ -1,0 +1,387 @@
+"""No model is ever lost: a training killed at any moment, trainings and
+predictions at the same time on one model, a full disk.
+
+Everything runs as Moodle runs it (a process per call, `-m moodlemlbackend.MODULE`),
+on small data so that a training call takes a few seconds, most of them
+importing TensorFlow.
+"""
+from __future__ import annotations
+
+import dataclasses
+import errno
+import io
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from conftest import backend_env, moodle
+from mlbackend import actions, store, synthetic
+
+NFEATURES = 8
+#: Kills at random moments spread over a whole training call.
+KILLS = 20
+#: Extra kills aimed at the save itself: as soon as the temporary file appears.
+SAVE_KILLS = 2
+
+
+def moodle_cmd(module: str, *args: Any) -> list[str]:
+    return [sys.executable, "-m", "mlbackend", "-m", f"moodlemlbackend.{module}",
+            *[str(a) for a in args]]
+
+
+def start(module: str, *args: Any) -> subprocess.Popen[str]:
+    return subprocess.Popen(moodle_cmd(module, *args), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+                            env=backend_env())
+
+
+def answer_of(stdout: str) -> dict[str, Any]:
+    return json.loads([line for line in stdout.split("\n") if line.strip()][-1])
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A first training file, several files of new rows, a prediction file.
+
+    Each file of new rows names its features differently (`b3-input-0`...):
+    a model keeps the names of the last dataset it was trained on, so the
+    stored model says which training wrote it."""
+    tmp = tmp_path_factory.mktemp("crashdata")
+    full = synthetic.generate(1200, NFEATURES, seed=7)
+
+    def part(lo: int, hi: int) -> synthetic.Synthetic:
+        return synthetic.Synthetic(full.X[lo:hi], full.y[lo:hi], full.classes)
+
+    first = synthetic.write_training(str(tmp / "first.csv"), part(0, 300))
+    batches = []
+    for k in range(4):
+        lo = 300 + k * 150
+        path = tmp / f"batch{k}.csv"
+        synthetic.write_training(str(path), part(lo, lo + 100 + 10 * k))
+        text = path.read_text().replace("input-", f"b{k}-input-")
+        path.write_text(text)
+        batches.append({"path": str(path), "rows": 100 + 10 * k, "name": f"b{k}-input-0"})
+    predict = str(tmp / "predict.csv")
+    synthetic.write_prediction(predict, part(1000, 1040))
+    return {"first": first, "batches": batches, "predict": predict}
+
+
+def meta_of(model_bytes: bytes) -> dict[str, Any]:
+    with np.load(io.BytesIO(model_bytes), allow_pickle=False) as npz:
+        return json.loads(str(npz["meta"]))
+
+
+def expected_predictions(model_bytes: bytes, predict: str, tmp: Path) -> list[list[str]]:
+    """What prediction answers with this model file: computed in process from a copy."""
+    copy = tmp / f"copy-{len(list(tmp.iterdir()))}"
+    (copy / "classifier").mkdir(parents=True)
+    (copy / "classifier" / "model.npz").write_bytes(model_bytes)
+    return actions.predict(str(copy), predict)["predictions"]
+
+
+def strays(outdir: Path) -> list[str]:
+    return [n for n in os.listdir(outdir / "classifier") if n.startswith(store.TEMP_PREFIX)]
+
+
+# ---------------------------------------------------------------------------
+# kill -9
+
+
+def test_a_training_killed_at_any_moment_never_loses_the_model(tmp_path, data):
+    outdir = tmp_path / "model"
+    model_file = outdir / "classifier" / "model.npz"
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    assert moodle("training", "crash", outdir, data["first"]).rc == 0
+
+    # One uninterrupted call on new rows: how long the calls to kill take.
+    batch = data["batches"][0]
+    began = time.monotonic()
+    r = moodle("training", "crash", outdir, batch["path"])
+    duration = time.monotonic() - began
+    assert r.rc == 0, r.stderr
+    current = model_file.read_bytes()
+    trained = meta_of(current)["history"]
+    assert trained["trainings"] == 2
+    predictions = moodle("prediction", "crash", outdir, data["predict"]).json["predictions"]
+    assert predictions == expected_predictions(current, data["predict"], scratch)
+
+    seed = random.randrange(1 << 32)
+    rng = random.Random(seed)
+    # One moment in each twentieth of the call (and a little past its end, as
+    # calls vary), in random order: every part of it (start-up, TensorFlow's
+    # import, reading, training, saving, exit) gets kills.
+    moments = [(i + rng.random()) / KILLS * duration * 1.1 for i in range(KILLS)]
+    rng.shuffle(moments)
+    plan = [("random", m) for m in moments] + [("save", None)] * SAVE_KILLS
+    outcomes = {"killed, old model kept": 0, "finished before the kill": 0,
+                "killed after saving": 0}
+    hit_save = 0
+    for n, (kind, moment) in enumerate(plan):
+        batch = data["batches"][n % len(data["batches"])]
+        proc = start("training", "crash", outdir, batch["path"])
+        if kind == "random":
+            time.sleep(moment)
+        else:
+            hit_save += wait_for_temp_file(proc, outdir)
+        finished = proc.poll() is not None
+        proc.send_signal(signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        where = f"kill {n + 1} ({kind}, {moment}; seed {seed}, call {duration:.2f} s)"
+        now = model_file.read_bytes()
+        if now == current:
+            outcomes["killed, old model kept"] += 1
+            assert not finished or proc.returncode != 0, where
+        else:
+            # A new model: it must be a whole, completed training on this batch,
+            # continuing from the previous model.
+            history = meta_of(now)["history"]
+            assert history["trainings"] == trained["trainings"] + 1, where
+            assert history["rows_seen"] == trained["rows_seen"] + batch["rows"], where
+            assert meta_of(now)["feature_names"][0] == batch["name"], where
+            outcomes["finished before the kill" if finished else "killed after saving"] += 1
+            if finished:
+                assert proc.returncode == 0 and answer_of(stdout)["status"] == 0, stderr
+            current, trained = now, history
+            predictions = expected_predictions(current, data["predict"], scratch)
+        r = moodle("prediction", "crash", outdir, data["predict"])
+        assert r.rc == 0, f"{where}: {r.stdout} {r.stderr}"
+        assert r.json["predictions"] == predictions, where
+        assert strays(outdir) == [], f"{where}: the next call left {strays(outdir)}"
+    print(f"\n{len(plan)} kills over a {duration:.2f} s call (seed {seed}): {outcomes}; "
+          f"{hit_save} of {SAVE_KILLS} aimed kills came while the temporary file existed")
+    assert outcomes["killed, old model kept"] > 0  # the kills did interrupt trainings
+    # And the model still trains on.
+    assert moodle("training", "crash", outdir, data["batches"][0]["path"]).rc == 0
+
+
+def wait_for_temp_file(proc: subprocess.Popen[str], outdir: Path) -> bool:
+    """Poll until the training's temporary model file appears (the save has
+    begun) or the process ends; True if the file was seen."""
+    classifier = outdir / "classifier"
+    while proc.poll() is None:
+        try:
+            if any(n.startswith(store.TEMP_PREFIX) for n in os.listdir(classifier)):
+                return True
+        except FileNotFoundError:
+            pass
+        time.sleep(0.0002)
+    return False
+
+
+def test_a_reader_cleans_up_after_a_killed_writer(tmp_path, data, run_main):
+    outdir = tmp_path / "model"
+    assert run_main("training", data["first"], "--model-dir", outdir).rc == 0
+    (outdir / "classifier" / ".tmp-killed.npz").write_bytes(b"half a model")
+    (outdir / "classifier" / ".tmp-killed-dir").mkdir()
+    r = moodle("prediction", "tidy", outdir, data["predict"])
+    assert r.rc == 0
+    assert strays(outdir) == []
+
+
+def test_a_reader_leaves_the_temporary_files_of_a_writer_at_work(tmp_path, data, run_main):
+    outdir = tmp_path / "model"
+    assert run_main("training", data["first"], "--model-dir", outdir).rc == 0
+    with store.writer_lock(str(outdir)):
+        (outdir / "classifier" / ".tmp-in-progress.npz").write_bytes(b"being written")
+        r = moodle("prediction", "busy", outdir, data["predict"])
+        assert r.rc == 0
+        assert strays(outdir) == [".tmp-in-progress.npz"]
+        store.clean_strays(str(outdir))  # same process, another open: still refused
+        assert strays(outdir) == [".tmp-in-progress.npz"]
+    r = moodle("prediction", "busy", outdir, data["predict"])
+    assert strays(outdir) == []
+
+
+# ---------------------------------------------------------------------------
+# At the same time
+
+
+def test_trainings_and_predictions_at_once(tmp_path, data):
+    """4 trainings and 8 predictions of one model at the same time: each
+    training continues from the one before (none is lost), and each prediction
+    reads a whole model, one of those the trainings wrote."""
+    outdir = tmp_path / "model"
+    model_file = outdir / "classifier" / "model.npz"
+    began = time.monotonic()
+    assert moodle("training", "busy", outdir, data["first"]).rc == 0
+    one_call = time.monotonic() - began
+
+    versions = [model_file.read_bytes()]
+    stop = threading.Event()
+
+    def record_versions() -> None:
+        # Every model the trainings save lives at least as long as the next
+        # training's fit: polling sees each one.
+        seen = os.stat(model_file).st_ino
+        while not stop.is_set():
+            try:
+                with open(model_file, "rb") as f:
+                    if os.fstat(f.fileno()).st_ino != seen:
+                        seen = os.fstat(f.fileno()).st_ino
+                        versions.append(f.read())
+            except FileNotFoundError:
+                pass
+            time.sleep(0.005)
+
+    watcher = threading.Thread(target=record_versions)
+    watcher.start()
+    try:
+        trainings = [start("training", "busy", outdir, b["path"]) for b in data["batches"]]
+        predictions = []
+        for i in range(8):  # spread over the trainings, which queue on the lock
+            predictions.append(start("prediction", "busy", outdir, data["predict"]))
+            time.sleep(one_call / 2)
+        results = [(p, *p.communicate()) for p in trainings + predictions]
+    finally:
+        stop.set()
+        watcher.join()
+    for proc, stdout, stderr in results:
+        assert proc.returncode == 0, stderr
+        assert answer_of(stdout)["status"] == 0
+
+    # The trainings ran one after the other, each from the previous model.
+    assert len(versions) == 1 + len(trainings)
+    metas = [meta_of(v) for v in versions]
+    assert [m["history"]["trainings"] for m in metas] == [1, 2, 3, 4, 5]
+    written_by = [m["feature_names"][0] for m in metas[1:]]
+    assert sorted(written_by) == sorted(b["name"] for b in data["batches"])
+    rows = sum(b["rows"] for b in data["batches"])
+    assert metas[-1]["history"]["rows_seen"] == metas[0]["history"]["rows_seen"] + rows
+    # The final model is the last training's, whole.
+    assert model_file.read_bytes() == versions[-1]
+    assert strays(outdir) == []
+    # Every prediction is that of one of the saved models.
+    possible = [expected_predictions(v, data["predict"], tmp_path) for v in versions]
+    for proc, stdout, _ in results[len(trainings):]:
+        assert answer_of(stdout)["predictions"] in possible
+
+
+def test_two_evaluations_at_once_get_their_own_runs(tmp_path, data):
+    procs = [start("evaluation", "evals", tmp_path, data["first"], 0.5, 0.5, 2)
+             for _ in range(2)]
+    answers = []
+    for proc in procs:
+        stdout, stderr = proc.communicate()
+        answer = answer_of(stdout)
+        assert proc.returncode == answer["status"] and answer["status"] in (0, 4, 8, 12), stderr
+        answers.append(answer)
+    assert answers[0]["runid"] != answers[1]["runid"]
+    assert answers[0]["dir"] != answers[1]["dir"]
+    for answer in answers:
+        logdir = Path(answer["dir"])
+        assert logdir.parent == (tmp_path / "logs").resolve()
+        assert json.loads((logdir / "metrics.json").read_text())["runid"] == answer["runid"]
+        assert {"info.log", "roc-curve.png", "tensor"} <= set(os.listdir(logdir))
+
+
+# ---------------------------------------------------------------------------
+# A full disk
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    """A real 8 MiB filesystem (tmpfs) at a directory; needs root."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root; the simulated full disk "
+                    "(test_a_save_failing_with_enospc_*) still runs")
+    p = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)],
+                       capture_output=True, text=True)
+    if p.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({p.stderr.strip() or p.returncode}); the "
+                    "simulated full disk (test_a_save_failing_with_enospc_*) still runs")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
+
+
+def fill(directory: Path) -> Path:
+    """Write a file until the filesystem is full; returns it."""
+    filler = directory / "filler"
+    with open(filler, "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC
+    return filler
+
+
+def test_a_full_disk_keeps_the_previous_model(small_disk, data):
+    outdir = small_disk / "model"
+    assert moodle("training", "full", outdir, data["first"]).rc == 0
+    model_file = outdir / "classifier" / "model.npz"
+    before = model_file.read_bytes()
+    predictions = moodle("prediction", "full", outdir, data["predict"]).json["predictions"]
+
+    filler = fill(small_disk)
+    r = moodle("training", "full", outdir, data["batches"][0]["path"])
+    assert r.rc == 1 and r.json["status"] == 1, r.stdout
+    assert "disk is full" in r.json["info"][0]
+    assert "previous model is unchanged" in r.json["info"][0]
+    assert "Traceback" not in r.stderr
+    assert model_file.read_bytes() == before
+    assert strays(outdir) == []
+    r = moodle("prediction", "full", outdir, data["predict"])
+    assert r.rc == 0 and r.json["predictions"] == predictions
+    # An evaluation cannot write its logs: it says so.
+    r = moodle("evaluation", "full", outdir, data["first"], 0.5, 0.5, 1)
+    assert r.rc == 1 and "could not write its logs" in r.json["info"][0], r.stdout
+    assert "disk is full" in r.json["info"][0] and "Traceback" not in r.stderr
+
+    filler.unlink()  # room again: training goes on from the same model
+    assert moodle("training", "full", outdir, data["batches"][0]["path"]).rc == 0
+    assert meta_of(model_file.read_bytes())["history"]["trainings"] == 2
+
+
+@pytest.mark.parametrize("failing", ["write", "fsync", "rename"])
+def test_a_save_failing_with_enospc_keeps_the_previous_model(tmp_path, data, monkeypatch,
+                                                           failing, run_main):
+    """The same in process, with the failure at each step of the save."""
+    outdir = tmp_path / "model"
+    assert run_main("training", data["first"], "--model-dir", outdir).rc == 0
+    before = (outdir / "classifier" / "model.npz").read_bytes()
+    predictions = run_main("prediction", data["predict"], "--model-dir", outdir).json
+
+    def no_space(*args: Any, **kwargs: Any) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    target = {"write": (np, "savez"), "fsync": (os, "fsync"), "rename": (os, "replace")}
+    monkeypatch.setattr(*target[failing], no_space)
+    r = run_main("training", data["batches"][0]["path"], "--model-dir", outdir)
+    monkeypatch.undo()
+    assert r.rc == 1
+    assert "disk is full" in r.json["info"][0]
+    assert (outdir / "classifier" / "model.npz").read_bytes() == before
+    assert strays(outdir) == []
+    assert run_main("prediction", data["predict"], "--model-dir", outdir).json == predictions
+
+
+def test_a_model_that_would_not_load_is_never_saved(tmp_path, data, run_main):
+    """A training gone wrong (weights that are not numbers) must not replace
+    the model: it would answer nothing but errors from then on."""
+    outdir = tmp_path / "model"
+    assert run_main("training", data["first"], "--model-dir", outdir).rc == 0
+    before = (outdir / "classifier" / "model.npz").read_bytes()
+    good = store.load(str(outdir))
+    broken = dataclasses.replace(good, weights=[w * np.nan for w in good.weights])
+    with store.writer_lock(str(outdir)):
+        with pytest.raises(store.BackendError, match="not saved.*previous model is unchanged"):
+            store.save(str(outdir), broken)
+    assert (outdir / "classifier" / "model.npz").read_bytes() == before
+    assert strays(outdir) == []
+    assert run_main("prediction", data["predict"], "--model-dir", outdir).rc == 0
