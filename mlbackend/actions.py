@@ -12,6 +12,7 @@ from typing import Any
 
 from mlbackend import dataset, store
 from mlbackend.contract import NO_DATASET, NOT_TRAINED_MESSAGE, BackendError, answer
+from mlbackend.inference import Model
 
 log = logging.getLogger(__name__)
 
@@ -20,7 +21,6 @@ def train(model_dir: str, dataset_path: str, progress: bool = False) -> dict[str
     """Train the model in `model_dir`, continuing from it when it exists."""
     from mlbackend import model  # TensorFlow
 
-    model.import_tensorflow()
     ds = dataset.read_training(dataset_path, tensorflow=True)
     with store.writer_lock(model_dir):
         previous = store.load(model_dir, nfeatures=ds.nfeatures)
@@ -38,10 +38,7 @@ def predict(model_dir: str, dataset_path: str) -> dict[str, Any]:
     if not store.has_model(model_dir):
         raise BackendError(NOT_TRAINED_MESSAGE, status=NO_DATASET)
     ds = dataset.read_prediction(dataset_path)
-    trained = store.load(model_dir, nfeatures=ds.nfeatures)
-    if trained is None:  # removed meanwhile
-        raise BackendError(NOT_TRAINED_MESSAGE, status=NO_DATASET)
-    trained.check_features(ds.nfeatures)
+    trained = _load_trained(model_dir, ds.nfeatures)
     proba = trained.predict_proba(ds.X)
     best = proba.argmax(axis=1)
     rows = [[sid, str(trained.classes[k]), _prob(p[k])]
@@ -59,11 +56,7 @@ def evaluate(model_dir: str, dataset_path: str, min_score: float, max_deviation:
     if trained_model_dir and not store.has_model(trained_model_dir):
         raise BackendError(NOT_TRAINED_MESSAGE, status=NO_DATASET)
     ds = dataset.read_training(dataset_path, tensorflow=True)
-    trained = None
-    if trained_model_dir:
-        trained = store.load(trained_model_dir, nfeatures=ds.nfeatures)
-        if trained is None:  # removed meanwhile
-            raise BackendError(NOT_TRAINED_MESSAGE, status=NO_DATASET)
+    trained = _load_trained(trained_model_dir, ds.nfeatures) if trained_model_dir else None
     return evaluation.evaluate(ds, model_dir, min_score, max_deviation, iterations,
                                trained=trained, progress=progress)
 
@@ -74,6 +67,13 @@ def export(model_dir: str, export_dir: str) -> str:
 
 def import_(model_dir: str, import_dir: str) -> None:
     store.import_model(model_dir, import_dir)
+
+
+def _load_trained(model_dir: str, nfeatures: int) -> Model:
+    trained = store.load(model_dir, nfeatures=nfeatures)
+    if trained is None:  # removed since has_model() said it was there
+        raise BackendError(NOT_TRAINED_MESSAGE, status=NO_DATASET)
+    return trained
 
 
 def _prob(p: float) -> str:

@@ -80,9 +80,13 @@ class Model:
                     "damaged or out of range. Train the model again or import a good copy.")
         return proba
 
+    def standardised(self, X: np.ndarray, dtype: type = np.float32) -> np.ndarray:
+        """The network's inputs: the kept columns, centred and scaled."""
+        return (X[:, self.columns].astype(dtype) - self.mean) / self.scale
+
     def _forward(self, X: np.ndarray, dtype: type) -> np.ndarray:
         with np.errstate(over="ignore", invalid="ignore"):
-            h = (X[:, self.columns].astype(dtype) - self.mean) / self.scale
+            h = self.standardised(X, dtype)
             layers = list(zip(self.weights[0::2], self.weights[1::2]))
             activate = ACTIVATIONS[self.activation]
             for kernel, bias in layers[:-1]:

@@ -23,7 +23,7 @@ import logging
 import os
 import sys
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -186,26 +186,21 @@ def _column_stats(X: np.ndarray, rows: np.ndarray | None) -> tuple[np.ndarray, n
     own std would make a float64 copy of the whole matrix (3.2 GB for 1M x 400)."""
     n = X.shape[0] if rows is None else len(rows)
     total = np.zeros(X.shape[1])
-    for start in range(0, n, STATS_BLOCK_ROWS):
-        block = X[start:start + STATS_BLOCK_ROWS] if rows is None else \
-            X[rows[start:start + STATS_BLOCK_ROWS]]
+    for block in _row_blocks(X, rows):
         total += block.sum(axis=0, dtype=np.float64)
     mean = total / max(n, 1)
     squares = np.zeros(X.shape[1])
-    for start in range(0, n, STATS_BLOCK_ROWS):
-        block = X[start:start + STATS_BLOCK_ROWS] if rows is None else \
-            X[rows[start:start + STATS_BLOCK_ROWS]]
+    for block in _row_blocks(X, rows):
         squares += np.square(block - mean).sum(axis=0)
     return mean, np.sqrt(squares / max(n, 1))
 
 
-def standardise(X: np.ndarray, columns: np.ndarray, mean: np.ndarray,
-                scale: np.ndarray) -> np.ndarray:
-    Z = X[:, columns] if len(columns) != X.shape[1] else X.copy()
-    Z = Z.astype(np.float32, copy=False)
-    Z -= mean
-    Z /= scale
-    return Z
+def _row_blocks(X: np.ndarray, rows: np.ndarray | None) -> Iterator[np.ndarray]:
+    """X (or its `rows`) in blocks of STATS_BLOCK_ROWS rows."""
+    n = X.shape[0] if rows is None else len(rows)
+    for start in range(0, n, STATS_BLOCK_ROWS):
+        yield X[start:start + STATS_BLOCK_ROWS] if rows is None else \
+            X[rows[start:start + STATS_BLOCK_ROWS]]
 
 
 def hidden_units(X: np.ndarray, width: int) -> list[int]:
@@ -452,6 +447,5 @@ def keras_predict_proba(model: Model, X: np.ndarray) -> np.ndarray:
         layers.append(keras.layers.Dense(u, activation=model.activation if hidden else None))
     net = keras.Sequential(layers)
     net.set_weights(model.weights)
-    Z = standardise(X, model.columns, model.mean, model.scale)
-    logits = net.predict(Z, verbose=0, batch_size=4096)
+    logits = net.predict(model.standardised(X), verbose=0, batch_size=4096)
     return np.asarray(keras.ops.softmax(logits, axis=-1))
