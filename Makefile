@@ -24,11 +24,11 @@ test: $(STAMP)
 	$(BIN)/pytest --cov=mlbackend --cov-report=term-missing
 
 # The release: the frozen program (PyInstaller, one directory) in
-# dist/mlbackend-VERSION-linux-ARCH.tar.gz with its .sha256; see README "Release".
+# dist/mlbackend-VERSION-linux-ARCH.tar.gz with its .sha256; see docs/release.md.
 # Rebuilt when a file it is made from changes.
 VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' mlbackend/__init__.py)
 ARCHIVE := dist/mlbackend-$(VERSION)-linux-$(shell uname -m).tar.gz
-DIST_INPUTS := mlbackend.spec README.md LICENSE requirements.txt requirements-dev.txt \
+DIST_INPUTS := mlbackend.spec README.md $(wildcard docs/*.md) LICENSE requirements.txt requirements-dev.txt \
 	$(shell find mlbackend packaging -type f ! -name '*.pyc')
 
 $(ARCHIVE): $(STAMP) $(DIST_INPUTS)

@@ -19,13 +19,13 @@ log = logging.getLogger(__name__)
 
 def train(model_dir: str, dataset_path: str, progress: bool = False) -> dict[str, Any]:
     """Train the model in `model_dir`, continuing from it when it exists."""
-    from mlbackend import model  # TensorFlow
+    from mlbackend import training  # TensorFlow
 
     ds = dataset.read_training(dataset_path, tensorflow=True)
     with store.writer_lock(model_dir):
         previous = store.load(model_dir, nfeatures=ds.nfeatures)
-        options = model.TrainingOptions(progress=progress)
-        trained = model.train(ds.X, ds.y, ds.classes, ds.feature_names, previous=previous,
+        options = training.TrainingOptions(progress=progress)
+        trained = training.train(ds.X, ds.y, ds.classes, ds.feature_names, previous=previous,
                               options=options)
         store.save(model_dir, trained)
     log.info("trained %s on %d rows", model_dir, ds.nrows)

@@ -281,7 +281,7 @@ def _tf_numbers(lines: list[str], ncols: int) -> np.ndarray | None:
     """
     if ncols == 0 or ncols > TF_MAX_COLUMNS:
         return _numpy_numbers(lines, ncols)
-    from mlbackend.model import import_tensorflow
+    from mlbackend.tf import import_tensorflow
 
     tf = import_tensorflow()
     try:

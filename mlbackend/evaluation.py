@@ -111,7 +111,7 @@ def evaluate(ds: Dataset, output_dir: str, min_score: float, accepted_deviation:
 
 def _evaluate(ds: Dataset, output_dir: str, min_score: float, accepted_deviation: float,
               iterations: int, trained: Model | None, progress: bool) -> dict[str, Any]:
-    from mlbackend import model as training  # TensorFlow: only when we train
+    from mlbackend import training  # TensorFlow: only when we train
 
     y_idx = training.class_indices(ds.y, ds.classes)
     if trained is None:

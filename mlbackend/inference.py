@@ -6,7 +6,7 @@ or tanh for models converted from moodlemlbackend 2.x) with a softmax
 output. Keeping
 it as arrays (not a Keras object) is what lets a prediction call answer
 without importing TensorFlow, and what makes the stored format data only.
-`mlbackend.model` trains it with TensorFlow and hands back one of these.
+`mlbackend.training` trains it with TensorFlow and hands back one of these.
 """
 from __future__ import annotations
 

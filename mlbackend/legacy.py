@@ -457,10 +457,9 @@ def read_checkpoint(prefix: str, n_layers: int) -> list[np.ndarray]:
     checkpoint: tensors only, the SavedModel's graph is never loaded."""
     if not os.path.isfile(prefix + ".index"):
         raise BackendError(f"The old model's weights are missing: no {prefix}.index.")
-    from mlbackend.model import quiet_tensorflow
+    from mlbackend.tf import import_tensorflow
 
-    quiet_tensorflow()
-    import tensorflow as tf
+    tf = import_tensorflow()
 
     try:
         reader = tf.train.load_checkpoint(prefix)

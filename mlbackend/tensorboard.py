@@ -15,7 +15,7 @@ class ScalarWriter:
     """Append scalars to an event file under `log_dir`."""
 
     def __init__(self, log_dir: str) -> None:
-        from mlbackend.model import import_tensorflow
+        from mlbackend.tf import import_tensorflow
 
         tf = import_tensorflow()
         from tensorflow.core.framework import summary_pb2

@@ -33,6 +33,7 @@ mv build/stage/mlbackend "$stage"
     --manual-title "mlbackend manual" --include packaging/mlbackend.1.include \
     --output "$stage/mlbackend.1"
 cp README.md "$stage/README"
+cp -r docs "$stage/docs"
 cp LICENSE "$stage/LICENSE"
 mkdir "$stage/packaging"
 cp packaging/install.sh packaging/uninstall.sh packaging/mlbackend.service \

@@ -31,7 +31,7 @@ HEAD = 'nfeatures,targetclasses,targettype\n3,"[0,1]",discrete\n'
 @pytest.fixture(scope="module")
 def traced() -> Iterator[None]:
     """tracemalloc on for the module (NumPy reports its arrays to it too)."""
-    from mlbackend.model import import_tensorflow
+    from mlbackend.tf import import_tensorflow
 
     import_tensorflow()  # before tracing: importing it is not the reader's memory
     tracemalloc.start()

@@ -128,7 +128,7 @@ def random_weights(sizes: list[int], seed: int) -> list[np.ndarray]:
 
 def keras_reference(X: np.ndarray, weights: list[np.ndarray], activation: str) -> np.ndarray:
     """Class probabilities from a Keras network with these weights."""
-    from mlbackend.model import quiet_tensorflow
+    from mlbackend.tf import quiet_tensorflow
 
     quiet_tensorflow()
     import keras

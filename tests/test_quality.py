@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mlbackend import metrics, model, synthetic
+from mlbackend import metrics, synthetic, training
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +19,7 @@ def imbalanced():
 
 def test_minority_class_is_found_without_losing_overall_quality(imbalanced):
     X, y, Xt, yt = imbalanced
-    m = model.train(X, y, [0, 1], [])
+    m = training.train(X, y, [0, 1], [])
     proba = m.predict_proba(Xt)
     yhat = proba.argmax(axis=1)
     s = metrics.classification_scores(yt, yhat, 2)
@@ -36,9 +36,9 @@ def test_side_by_side_training_matches_one_at_a_time(imbalanced):
     X, y, Xt, yt = imbalanced
     rng = np.random.default_rng(0)
     splits = [np.sort(rng.permutation(len(y))[:1100]) for _ in range(3)]
-    together = model.train_splits(X, y, [0, 1], [], splits)
+    together = training.train_splits(X, y, [0, 1], [], splits)
     for rows, m in zip(splits, together):
-        alone = model.train(X[rows], y[rows], [0, 1], [])
+        alone = training.train(X[rows], y[rows], [0, 1], [])
         auc_together = metrics.roc_auc(yt == 1, m.predict_proba(Xt)[:, 1])
         auc_alone = metrics.roc_auc(yt == 1, alone.predict_proba(Xt)[:, 1])
         assert auc_together >= auc_alone - 0.02
@@ -47,6 +47,6 @@ def test_side_by_side_training_matches_one_at_a_time(imbalanced):
 
 def test_training_is_reproducible(imbalanced):
     X, y, Xt, _ = imbalanced
-    a = model.train(X, y, [0, 1], [])
-    b = model.train(X, y, [0, 1], [])
+    a = training.train(X, y, [0, 1], [])
+    b = training.train(X, y, [0, 1], [])
     np.testing.assert_allclose(a.predict_proba(Xt), b.predict_proba(Xt), atol=1e-6)

@@ -25,7 +25,7 @@ from hostile import any_bytes, check_predictions, datasets, deflated_npz, exampl
 from mlbackend.server import app as server_app
 from mlbackend.server.auth import Users, parse_users
 from mlbackend.server.config import ServerConfig
-from mlbackend.server.storage import LocalStorage
+from mlbackend.server.local import LocalStorage
 from serverutil import (HOST, PASSWORD, USER, Server, files_under, make_zip, start_server,
                         stop)
 

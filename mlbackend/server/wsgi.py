@@ -19,7 +19,8 @@ from mlbackend.contract import BackendError
 from mlbackend.server.app import USER_KEY, MoodleApp, WSGIApp
 from mlbackend.server.auth import Users
 from mlbackend.server.config import ServerConfig
-from mlbackend.server.storage import open_storage
+from mlbackend.server.local import LocalStorage
+from mlbackend.server.storage import Storage
 
 log = logging.getLogger("mlbackend.server")
 access_log = logging.getLogger("mlbackend.access")
@@ -111,7 +112,7 @@ def _stop(signum: int, frame: Any) -> None:
 
 def _configure_logging() -> None:
     """A server logs what it does (INFO) with times; TensorFlow must not chatter."""
-    from mlbackend.model import quiet_tensorflow
+    from mlbackend.tf import quiet_tensorflow
 
     quiet_tensorflow()  # before any training imports TensorFlow
     formatter = logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s")
@@ -132,3 +133,13 @@ def _configure_logging() -> None:
     waitress_log.handlers[-1].setFormatter(formatter)
     waitress_log.setLevel(logging.WARNING)
     waitress_log.propagate = False
+
+
+def open_storage(storage_dir: str | None, s3_bucket: str | None,
+                 s3_endpoint_url: str | None) -> Storage:
+    if s3_bucket:
+        from mlbackend.server.s3 import S3Storage  # boto3: only with a bucket
+
+        return S3Storage(s3_bucket, endpoint_url=s3_endpoint_url)
+    assert storage_dir is not None
+    return LocalStorage(storage_dir)

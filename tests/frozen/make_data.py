@@ -22,7 +22,7 @@ TESTS = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(TESTS))
 
 from mlbackend import synthetic  # noqa: E402
-from mlbackend.model import quiet_tensorflow  # noqa: E402
+from mlbackend.tf import quiet_tensorflow  # noqa: E402
 from test_legacy import (HIDDEN, VARIABLE_COLUMNS, legacy_pickle, random_weights,  # noqa: E402
                          tf_state, write_savedmodel)
 

@@ -29,6 +29,7 @@ import numpy as np
 
 from mlbackend.contract import MISSING_CLASSES_MESSAGE, NOT_ENOUGH_DATA, BackendError
 from mlbackend.inference import Model
+from mlbackend.tf import import_tensorflow
 
 log = logging.getLogger(__name__)
 
@@ -61,30 +62,6 @@ class TrainingOptions:
     progress: bool = False           # a progress line on stderr (terminals only)
     #: One TensorBoard directory per network trained side by side (evaluation).
     tensorboard_dirs: list[str] = field(default_factory=list)
-
-
-def quiet_tensorflow() -> None:
-    """Silence TensorFlow's C++ and Python chatter before it is imported."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
-    # `import tensorflow` eagerly imports Keras 3 (0.15 s, 17 MB) only to
-    # register its optimizers; we train without Keras. Asking for legacy
-    # Keras, which is not installed, makes TensorFlow skip that import.
-    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-    # TensorFlow's internal legacy Keras, which `import tensorflow` loads, reads
-    # and creates ~/.keras/keras.json: under Moodle, in the web server user's
-    # home. A directory that cannot exist (below the null device) makes it
-    # skip both, quietly; its defaults are the file's.
-    os.environ.setdefault("KERAS_HOME", os.path.join(os.devnull, "keras"))
-    logging.getLogger("tensorflow").setLevel(logging.ERROR)
-
-
-def import_tensorflow() -> Any:
-    quiet_tensorflow()
-    import tensorflow as tf  # heavy: only here
-
-    tf.get_logger().setLevel(logging.ERROR)
-    return tf
 
 
 def class_indices(y: np.ndarray, classes: list[int]) -> np.ndarray:
@@ -432,20 +409,3 @@ def _log_epoch(e: int, max_epochs: int, logs: dict[str, np.ndarray], writers: li
         sys.stderr.write(f"\r  epoch {e + 1:>3} (at most {max_epochs}): "
                          f"loss {logs['loss'].mean():.4f}{extra}   ")
         sys.stderr.flush()
-
-
-def keras_predict_proba(model: Model, X: np.ndarray) -> np.ndarray:
-    """Keras' forward pass of a stored model: the reference that the NumPy
-    prediction path (`Model.predict_proba`) is checked against in the tests."""
-    quiet_tensorflow()
-    import keras
-
-    layers: list[Any] = [keras.Input(shape=(len(model.columns),))]
-    units = model.hidden_units + [len(model.classes)]
-    for i, u in enumerate(units):
-        hidden = i < len(units) - 1
-        layers.append(keras.layers.Dense(u, activation=model.activation if hidden else None))
-    net = keras.Sequential(layers)
-    net.set_weights(model.weights)
-    logits = net.predict(model.standardised(X), verbose=0, batch_size=4096)
-    return np.asarray(keras.ops.softmax(logits, axis=-1))

@@ -7,7 +7,8 @@ import os
 import numpy as np
 import pytest
 
-from mlbackend import dataset, model, store
+from mlbackend import dataset, store, training
+from oracle import keras_predict_proba
 from mlbackend.contract import BackendError
 from mlbackend.inference import Model
 
@@ -15,13 +16,13 @@ from mlbackend.inference import Model
 @pytest.fixture(scope="module")
 def trained(binary_data):
     ds = dataset.read_training(binary_data["train"], tensorflow=True)
-    return ds, model.train(ds.X, ds.y, ds.classes, ds.feature_names)
+    return ds, training.train(ds.X, ds.y, ds.classes, ds.feature_names)
 
 
 def test_numpy_prediction_equals_keras(trained, binary_data):
     ds, m = trained
     X = dataset.read_prediction(binary_data["predict"]).X
-    np.testing.assert_allclose(m.predict_proba(X), model.keras_predict_proba(m, X), atol=1e-5)
+    np.testing.assert_allclose(m.predict_proba(X), keras_predict_proba(m, X), atol=1e-5)
 
 
 def test_constant_columns_are_dropped_and_remembered(trained):
@@ -33,7 +34,7 @@ def test_constant_columns_are_dropped_and_remembered(trained):
 
 def test_continued_training_keeps_the_scaling_and_changes_the_weights(trained):
     ds, m = trained
-    again = model.train(ds.X[:300], ds.y[:300], ds.classes, ds.feature_names, previous=m)
+    again = training.train(ds.X[:300], ds.y[:300], ds.classes, ds.feature_names, previous=m)
     np.testing.assert_array_equal(again.columns, m.columns)
     np.testing.assert_array_equal(again.mean, m.mean)
     assert not np.allclose(again.weights[0], m.weights[0])
@@ -43,9 +44,9 @@ def test_continued_training_keeps_the_scaling_and_changes_the_weights(trained):
 def test_continued_training_refuses_other_features_or_classes(trained):
     ds, m = trained
     with pytest.raises(BackendError, match="features"):
-        model.train(ds.X[:, :5], ds.y, ds.classes, [], previous=m)
+        training.train(ds.X[:, :5], ds.y, ds.classes, [], previous=m)
     with pytest.raises(BackendError, match="targetclasses"):
-        model.train(ds.X, ds.y, [0, 1, 2], [], previous=m)
+        training.train(ds.X, ds.y, [0, 1, 2], [], previous=m)
 
 
 def test_store_round_trip_and_atomic_save(trained, tmp_path):
