@@ -11,7 +11,7 @@ import logging
 from typing import Any
 
 from mlbackend import dataset, store
-from mlbackend.contract import NO_DATASET, NOT_TRAINED_MESSAGE, BackendError, answer
+from mlbackend.contract import BackendError, NotTrainedError, answer
 from mlbackend.inference import Model
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,7 @@ def predict(model_dir: str, dataset_path: str) -> dict[str, Any]:
     """Predictions with NumPy only: no TensorFlow on this path (except once,
     to convert a model the old backend trained: see `store.load`)."""
     if not store.has_model(model_dir):
-        raise BackendError(NOT_TRAINED_MESSAGE, status=NO_DATASET)
+        raise NotTrainedError()
     ds = dataset.read_prediction(dataset_path)
     trained = _load_trained(model_dir, ds.nfeatures)
     proba = trained.predict_proba(ds.X)
@@ -54,7 +54,7 @@ def evaluate(model_dir: str, dataset_path: str, min_score: float, max_deviation:
     if iterations < 1:
         raise BackendError(f"The number of iterations must be at least 1, not {iterations}.")
     if trained_model_dir and not store.has_model(trained_model_dir):
-        raise BackendError(NOT_TRAINED_MESSAGE, status=NO_DATASET)
+        raise NotTrainedError()
     ds = dataset.read_training(dataset_path, tensorflow=True)
     trained = _load_trained(trained_model_dir, ds.nfeatures) if trained_model_dir else None
     return evaluation.evaluate(ds, model_dir, min_score, max_deviation, iterations,
@@ -62,17 +62,19 @@ def evaluate(model_dir: str, dataset_path: str, min_score: float, max_deviation:
 
 
 def export(model_dir: str, export_dir: str) -> str:
+    """Write the model into `export_dir`; returns the directory to hand over."""
     return store.export_model(model_dir, export_dir)
 
 
 def import_(model_dir: str, import_dir: str) -> None:
+    """Store the model exported into `import_dir` as this model."""
     store.import_model(model_dir, import_dir)
 
 
 def _load_trained(model_dir: str, nfeatures: int) -> Model:
     trained = store.load(model_dir, nfeatures=nfeatures)
     if trained is None:  # removed since has_model() said it was there
-        raise BackendError(NOT_TRAINED_MESSAGE, status=NO_DATASET)
+        raise NotTrainedError()
     return trained
 
 

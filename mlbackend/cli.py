@@ -18,25 +18,17 @@ import os
 import sys
 import time
 import traceback
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Union
 
 from mlbackend import reported_version, VERSION_OVERRIDE_ENV
 from mlbackend.contract import GENERAL_ERROR, BackendError, to_json_line
+from mlbackend.summary import format_answer
 
 log = logging.getLogger("mlbackend")
 
-#: Moodle's positional arguments per module, in order; the human option each maps to.
-MOODLE_ARGS: dict[str, list[str]] = {
-    "training": ["--model-id", "--model-dir", "DATASET"],
-    "prediction": ["--model-id", "--model-dir", "DATASET"],
-    "evaluation": ["--model-id", "--model-dir", "DATASET", "--min-score", "--max-deviation",
-                   "--iterations"],
-    "export": ["--model-id", "--model-dir", "EXPORTDIR"],
-    "import": ["--model-id", "--model-dir", "IMPORTDIR"],
-    "version": [],
-}
-#: Optional trailing Moodle arguments.
-MOODLE_OPTIONAL_ARGS: dict[str, list[str]] = {"evaluation": ["--trained-model-dir"]}
+#: A command's handler: parsed arguments in, the answer out (a dict is the
+#: contract's JSON, a str is printed as it is, None prints nothing).
+Handler = Callable[[argparse.Namespace], Union[dict[str, Any], str, None]]
 
 
 class UsageError(BackendError):
@@ -50,6 +42,8 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The whole command line. Each command is declared here once: its
+    options, its handler, and the order of Moodle's positional arguments."""
     parser = Parser(
         prog="mlbackend",
         description="Machine-learning backend for Moodle Learning Analytics: trains, "
@@ -65,6 +59,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
                                 parser_class=Parser)
 
+    def command(name: str, handler: Handler, moodle: list[str] | None = None,
+                moodle_optional: tuple[str, ...] = (), **kwargs: Any) -> argparse.ArgumentParser:
+        """A subcommand. `moodle`: the option (or positional) each of Moodle's
+        positional arguments fills, in order; None when Moodle never calls it."""
+        p = sub.add_parser(name, **kwargs)
+        p.set_defaults(handler=handler, moodle_args=moodle,
+                       moodle_optional=list(moodle_optional))
+        return p
+
     def model_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("--model-id", default="default",
                        help="name of the model (Moodle's unique id); default: %(default)s")
@@ -73,21 +76,33 @@ def build_parser() -> argparse.ArgumentParser:
                             "a directory named after the model id under the user data "
                             "directory")
 
-    p = sub.add_parser("training", help="train a model, or continue training it on new rows",
-                       description="Train the model on a Moodle training CSV. When the model "
-                                   "was trained before, training continues from it.")
+    def json_option(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--json", action="store_true",
+                       help="print the answer as one JSON line at a terminal too (elsewhere "
+                            "it always is: Moodle reads that line)")
+
+    p = command("training", _train, ["--model-id", "--model-dir", "DATASET"],
+                help="train a model, or continue training it on new rows",
+                description="Train the model on a Moodle training CSV. When the model "
+                            "was trained before, training continues from it.")
     p.add_argument("dataset", metavar="DATASET", help="Moodle training CSV file")
     model_options(p)
+    json_option(p)
 
-    p = sub.add_parser("prediction", help="predict the samples of a Moodle prediction CSV",
-                       description="Print [sampleid, class, probability] for every row.")
+    p = command("prediction", _predict, ["--model-id", "--model-dir", "DATASET"],
+                help="predict the samples of a Moodle prediction CSV",
+                description="Print [sampleid, class, probability] for every row.")
     p.add_argument("dataset", metavar="DATASET", help="Moodle prediction CSV file")
     model_options(p)
+    json_option(p)
 
-    p = sub.add_parser("evaluation", help="measure how well a model would predict",
-                       description="Train on random 80 %% splits and score the other 20 %%, "
-                                   "ITERATIONS times; or, with --trained-model-dir, score that "
-                                   "model on every row. Logs go to DIR/logs/RUNID/.")
+    p = command("evaluation", _evaluate,
+                ["--model-id", "--model-dir", "DATASET", "--min-score", "--max-deviation",
+                 "--iterations"], moodle_optional=("--trained-model-dir",),
+                help="measure how well a model would predict",
+                description="Train on random 80 %% splits and score the other 20 %%, "
+                            "ITERATIONS times; or, with --trained-model-dir, score that "
+                            "model on every row. Logs go to DIR/logs/RUNID/.")
     p.add_argument("dataset", metavar="DATASET", help="Moodle training CSV file")
     model_options(p)
     p.add_argument("--min-score", type=float, default=0.7,
@@ -98,23 +113,26 @@ def build_parser() -> argparse.ArgumentParser:
                    help="number of random splits; default: %(default)s")
     p.add_argument("--trained-model-dir", metavar="DIR",
                    help="score the model trained in DIR instead of training new ones")
+    json_option(p)
 
-    p = sub.add_parser("export", help="copy a trained model into a directory",
-                       description="Write the model into EXPORTDIR and print that directory.")
+    p = command("export", _export, ["--model-id", "--model-dir", "EXPORTDIR"],
+                help="copy a trained model into a directory",
+                description="Write the model into EXPORTDIR and print that directory.")
     p.add_argument("export_dir", metavar="EXPORTDIR", help="directory to write the model into")
     model_options(p)
 
-    p = sub.add_parser("import", help="store a model exported earlier as this model",
-                       description="Read the model exported into IMPORTDIR, check it and "
-                                   "store it as this model; prints Ok.")
+    p = command("import", _import, ["--model-id", "--model-dir", "IMPORTDIR"],
+                help="store a model exported earlier as this model",
+                description="Read the model exported into IMPORTDIR, check it and "
+                            "store it as this model; prints Ok.")
     p.add_argument("import_dir", metavar="IMPORTDIR", help="directory an export wrote")
     model_options(p)
 
-    sub.add_parser("version", help="print the version Moodle sees",
-                   description="Print the version string alone, as Moodle expects.")
+    command("version", _version, [], help="print the version Moodle sees",
+            description="Print the version string alone, as Moodle expects.")
 
-    p = sub.add_parser(
-        "serve", help="serve Moodle's server mode over HTTP",
+    p = command(
+        "serve", _serve, help="serve Moodle's server mode over HTTP",
         description="Answer Moodle's mlbackend_python in server mode (HTTP with Basic auth). "
                     "Users come from MOODLE_MLBACKEND_PYTHON_USERS (create entries with "
                     "`mlbackend passwd`); models are kept in MOODLE_MLBACKEND_PYTHON_DIR, or "
@@ -147,8 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "X-Forwarded-Proto headers are believed (the access log then shows "
                         "the real client); default: none")
 
-    p = sub.add_parser(
-        "passwd", help="print MOODLE_MLBACKEND_PYTHON_USERS entries for users",
+    p = command(
+        "passwd", _passwd, help="print MOODLE_MLBACKEND_PYTHON_USERS entries for users",
         description="Print one line for MOODLE_MLBACKEND_PYTHON_USERS: a "
                     "user:pbkdf2_sha256:ITERATIONS:SALT:HASH entry per user, comma-separated. "
                     "Asks for each password (twice) unless --generate or --stdin is given. "
@@ -164,20 +182,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def moodle_argv(argv: list[str]) -> list[str]:
+def moodle_modules(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """The subcommands Moodle calls as `-m moodlemlbackend.NAME`."""
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return {name: p for name, p in sub.choices.items()
+            if p.get_default("moodle_args") is not None}
+
+
+def moodle_argv(argv: list[str], parser: argparse.ArgumentParser) -> list[str]:
     """Rewrite `-m moodlemlbackend.MODULE ARG...` into the human form."""
     module = argv[1].split(".", 1)[1] if "." in argv[1] else argv[1]
-    if module not in MOODLE_ARGS:
+    modules = moodle_modules(parser)
+    if module not in modules:
         raise UsageError(f"Unknown module {argv[1]!r}; Moodle calls one of "
-                         f"{', '.join('moodlemlbackend.' + m for m in MOODLE_ARGS)}.")
-    names = MOODLE_ARGS[module]
+                         f"{', '.join('moodlemlbackend.' + m for m in modules)}.")
+    names: list[str] = modules[module].get_default("moodle_args")
+    optional: list[str] = modules[module].get_default("moodle_optional")
     values = argv[2:]
     if len(values) < len(names):
         raise UsageError(f"Missing arguments, expected {len(names)} "
                          f"({', '.join(n.strip('-') for n in names)}), got {len(values)}.",
                          runid=str(int(time.time())))
     out = [module]
-    for name, value in zip(names + MOODLE_OPTIONAL_ARGS.get(module, []), values):
+    for name, value in zip(names + optional, values):
         out += [name, value] if name.startswith("--") else [value]
     return out
 
@@ -191,19 +218,23 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     _configure_logging(argv)
     try:
+        parser = build_parser()
         if is_moodle_argv(argv):
-            argv = moodle_argv(argv)
+            argv = moodle_argv(argv, parser)
         try:
-            args = build_parser().parse_args(argv)
+            args = parser.parse_args(argv)
         except SystemExit as exc:  # --help and --version
             return int(exc.code or 0)
         with _stdout_to_stderr():
-            text, status = run(args)
-        if text is not None:
-            _emit(text)
-        return status
+            result = args.handler(args)
+        if isinstance(result, dict):
+            _emit(format_answer(args.command, result, as_json=args.json or not _at_terminal()))
+            return int(result["status"])
+        if result is not None:
+            _emit(result)
+        return 0
     except BackendError as exc:
-        _emit(to_json_line(exc.answer()))
+        _emit(format_answer(None, exc.answer(), as_json="--json" in argv or not _at_terminal()))
         return exc.status
     except KeyboardInterrupt:
         _emit(to_json_line({"status": GENERAL_ERROR, "info": ["Interrupted."]}))
@@ -215,39 +246,53 @@ def main(argv: list[str] | None = None) -> int:
         return GENERAL_ERROR
 
 
-def run(args: argparse.Namespace) -> tuple[str | None, int]:
-    """Call the action for `args`; returns the text Moodle reads (None: nothing)
-    and the exit status."""
-    if args.command == "version":  # answered before NumPy is imported: Moodle calls it often
-        return reported_version(), 0
-    if args.command == "serve":
-        serve(args)
-        return None, 0
-    if args.command == "passwd":
-        return passwd(args), 0
-    from mlbackend import actions, store
+# The handlers: each turns parsed arguments into a call of `mlbackend.actions`
+# and returns the answer (a dict, printed as JSON), a text, or None.
 
-    model_dir = args.model_dir or store.default_model_dir(args.model_id)
-    progress = sys.stderr.isatty()
-    if args.command == "training":
-        result = actions.train(model_dir, args.dataset, progress=progress)
-    elif args.command == "prediction":
-        result = actions.predict(model_dir, args.dataset)
-    elif args.command == "evaluation":
-        result = actions.evaluate(model_dir, args.dataset, args.min_score, args.max_deviation,
-                                  args.iterations, trained_model_dir=args.trained_model_dir,
-                                  progress=progress)
-    elif args.command == "export":
-        return actions.export(model_dir, args.export_dir), 0
-    elif args.command == "import":
-        actions.import_(model_dir, args.import_dir)
-        return "Ok", 0
-    else:  # pragma: no cover - argparse only accepts the commands above
-        raise UsageError(f"Unknown command {args.command!r}.")
-    return to_json_line(result), int(result["status"])
+def _model_dir(args: argparse.Namespace) -> str:
+    from mlbackend import store
+
+    return str(args.model_dir or store.default_model_dir(args.model_id))
 
 
-def serve(args: argparse.Namespace) -> None:
+def _train(args: argparse.Namespace) -> dict[str, Any]:
+    from mlbackend import actions
+
+    return actions.train(_model_dir(args), args.dataset, progress=sys.stderr.isatty())
+
+
+def _predict(args: argparse.Namespace) -> dict[str, Any]:
+    from mlbackend import actions
+
+    return actions.predict(_model_dir(args), args.dataset)
+
+
+def _evaluate(args: argparse.Namespace) -> dict[str, Any]:
+    from mlbackend import actions
+
+    return actions.evaluate(_model_dir(args), args.dataset, args.min_score, args.max_deviation,
+                            args.iterations, trained_model_dir=args.trained_model_dir,
+                            progress=sys.stderr.isatty())
+
+
+def _export(args: argparse.Namespace) -> str:
+    from mlbackend import actions
+
+    return actions.export(_model_dir(args), args.export_dir)
+
+
+def _import(args: argparse.Namespace) -> str:
+    from mlbackend import actions
+
+    actions.import_(_model_dir(args), args.import_dir)
+    return "Ok"
+
+
+def _version(args: argparse.Namespace) -> str:
+    return reported_version()  # before NumPy is imported: Moodle calls it often
+
+
+def _serve(args: argparse.Namespace) -> None:
     """`mlbackend serve`: build the server and run it until stopped."""
     from mlbackend.server.config import ServerConfig
     from mlbackend.server.wsgi import serve as run_server  # the HTTP stack: only here
@@ -255,7 +300,7 @@ def serve(args: argparse.Namespace) -> None:
     run_server(ServerConfig.from_args(args))
 
 
-def passwd(args: argparse.Namespace) -> str:
+def _passwd(args: argparse.Namespace) -> str:
     """`mlbackend passwd`: entries for MOODLE_MLBACKEND_PYTHON_USERS, one line."""
     import getpass
 
@@ -282,6 +327,13 @@ def passwd(args: argparse.Namespace) -> str:
             raise UsageError(f"The password for {user} is empty.")
         entries.append(auth.make_entry(user, password, args.iterations))
     return ",".join(entries)
+
+
+def _at_terminal() -> bool:
+    try:
+        return sys.stdout.isatty()
+    except (AttributeError, ValueError):
+        return False
 
 
 def _emit(text: str) -> None:

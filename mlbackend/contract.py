@@ -41,6 +41,20 @@ class BackendError(Exception):
         return out
 
 
+class NotTrainedError(BackendError):
+    """The model asked for was never trained. Prediction answers it with
+    NO_DATASET; export with status 1, as Moodle's contract says; over HTTP an
+    export of it is a 503."""
+
+    def __init__(self, message: str = NOT_TRAINED_MESSAGE, status: int = NO_DATASET) -> None:
+        super().__init__(message, status=status)
+
+
+class WriteError(BackendError):
+    """The backend could not write its own files (a full disk, permissions):
+    not the caller's fault, so over HTTP it is a 500 outside the JSON answers."""
+
+
 def answer(status: int = OK, info: list[str] | None = None, **fields: Any) -> dict[str, Any]:
     out: dict[str, Any] = {"status": status, "info": list(info or [])}
     out.update(fields)

@@ -42,16 +42,11 @@ _F32_MAX = float(np.finfo(np.float32).max)
 #: numbers (0, 1, 2...), and training sizes a lookup table by the largest one.
 MAX_CLASS = 1_000_000
 
-KNOWN_METADATA = ("nfeatures", "targetclasses", "targettype", "targetcolumn",
-                  "timesplitting", "moodleversion")
-
-
 @dataclass
 class Dataset:
     """A validated Moodle dataset: features as float32, labels as class values."""
 
     path: str
-    metadata: dict[str, str]
     nfeatures: int
     classes: list[int]
     feature_names: list[str]
@@ -165,7 +160,7 @@ def _csv_row(text: str, line: int) -> list[str]:
 
 
 def _parse_header(names: list[str], values: list[str], colnames: list[str],
-                  training: bool) -> tuple[dict[str, str], int, list[int], list[str]]:
+                  training: bool) -> tuple[int, list[int], list[str]]:
     names = [n.strip() for n in names]
     if "nfeatures" not in names:
         raise _fail("the first line must name the metadata (nfeatures, targetclasses, "
@@ -198,7 +193,7 @@ def _parse_header(names: list[str], values: list[str], colnames: list[str],
         raise _fail(f"nfeatures is {_show(nfeatures)}, so line 3 must name {what} "
                     f"({_show(expected)} columns), but it names {len(colnames)}.", 3)
     features = colnames[:nfeatures] if training else colnames[-nfeatures:]
-    return meta, nfeatures, classes, features
+    return nfeatures, classes, features
 
 
 def _parse_classes(text: str) -> list[int]:
@@ -401,7 +396,7 @@ def _read(path: str, training: bool, numbers: Numbers) -> Dataset:
         names = _csv_row(header[0], 1)
         values = _csv_row(header[1], 2)
         colnames = [c.strip() for c in _csv_row(header[2], 3)]
-        meta, nfeatures, classes, feature_names = _parse_header(names, values, colnames,
+        nfeatures, classes, feature_names = _parse_header(names, values, colnames,
                                                                 training)
         ncols = nfeatures + 1
         file_size = os.fstat(f.fileno()).st_size
@@ -429,7 +424,7 @@ def _read(path: str, training: bool, numbers: Numbers) -> Dataset:
             ids.extend(sid)
     if X_rows.n == 0:
         raise _fail(f"The dataset file {path} has no data rows after its three header lines.")
-    return Dataset(path=path, metadata=meta, nfeatures=nfeatures, classes=classes,
+    return Dataset(path=path, nfeatures=nfeatures, classes=classes,
                    feature_names=feature_names, X=X_rows.result(),
                    y=y_rows.result() if training else None, sample_ids=ids)
 

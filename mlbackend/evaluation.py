@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from mlbackend import metrics
+from mlbackend import metrics, store
 from mlbackend.contract import LOW_SCORE, NOT_ENOUGH_DATA, OK, BackendError, answer
 from mlbackend.dataset import Dataset
 from mlbackend.inference import Model
@@ -48,20 +48,15 @@ class Iteration:
 
 def new_run_dir(output_dir: str) -> tuple[int, str]:
     """A fresh `logs/RUNID` directory; two runs started together get distinct ids."""
-    logs = os.path.join(output_dir, "logs")
-    os.makedirs(logs, exist_ok=True)
+    os.makedirs(os.path.join(output_dir, store.LOGS_DIR), exist_ok=True)
     runid = int(time.time() * 1000)
     while True:
-        path = os.path.join(logs, str(runid))
+        path = store.run_log_dir(output_dir, runid)
         try:
             os.mkdir(path)
             return runid, os.path.abspath(path)
         except FileExistsError:
             runid += 1
-
-
-def run_log_dir(output_dir: str, runid: str) -> str:
-    return os.path.join(output_dir, "logs", runid)
 
 
 def stratified_split(y_idx: np.ndarray, test_fraction: float, rng: np.random.Generator
@@ -106,7 +101,7 @@ def evaluate(ds: Dataset, output_dir: str, min_score: float, accepted_deviation:
     except OSError as exc:
         why = "the disk is full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else exc.strerror
         raise BackendError(f"The evaluation could not write its logs in "
-                           f"{os.path.join(output_dir, 'logs')} ({why}).") from None
+                           f"{os.path.join(output_dir, store.LOGS_DIR)} ({why}).") from None
 
 
 def _evaluate(ds: Dataset, output_dir: str, min_score: float, accepted_deviation: float,

@@ -38,12 +38,14 @@ from typing import BinaryIO, Iterator
 import numpy as np
 
 from mlbackend import legacy
-from mlbackend.contract import BackendError
+from mlbackend.contract import GENERAL_ERROR, BackendError, NotTrainedError, WriteError
 from mlbackend.inference import Model
 
 log = logging.getLogger(__name__)
 
 CLASSIFIER_DIR = "classifier"
+#: Evaluation runs keep what an admin looks at in MODEL_DIR/logs/RUNID/.
+LOGS_DIR = "logs"
 MODEL_FILE = "model.npz"
 LOCK_FILE = ".lock"
 TEMP_PREFIX = ".tmp-"
@@ -62,6 +64,10 @@ def classifier_dir(model_dir: str) -> str:
 
 def model_path(model_dir: str) -> str:
     return os.path.join(model_dir, CLASSIFIER_DIR, MODEL_FILE)
+
+
+def run_log_dir(model_dir: str, runid: int | str) -> str:
+    return os.path.join(model_dir, LOGS_DIR, str(runid))
 
 
 def default_model_dir(model_id: str) -> str:
@@ -202,10 +208,6 @@ class _ModelCache:
             while len(self._entries) > self.size:
                 self._entries.popitem(last=False)
 
-    def clear(self) -> None:
-        with self._lock:
-            self._entries.clear()
-
 
 _cache = _ModelCache(CACHE_SIZE)
 
@@ -224,25 +226,39 @@ def save(model_dir: str, model: Model) -> None:
     except BackendError as exc:
         raise BackendError(f"The new model was not saved: it is not usable ({exc.message}) "
                            "The previous model is unchanged.") from None
-    _makedirs(target_dir)
-    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=".npz", dir=target_dir)
+    _write_atomically(model_path(model_dir), arrays, "The model could not be saved",
+                      "The previous model is unchanged.")
+
+
+def _write_atomically(target: str, arrays: dict[str, np.ndarray], failure: str,
+                      unchanged: str) -> None:
+    """Write `arrays` to `target` through a temporary file in its directory,
+    fsynced, then renamed: a crash or a full disk leaves the old file (or
+    none) and no temporary file behind. Used for saves and exports alike."""
+    target_dir = os.path.dirname(target)
+    try:
+        os.makedirs(target_dir, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=".npz", dir=target_dir)
+    except OSError as exc:
+        raise _write_error(exc, failure, target_dir, unchanged) from None
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, model_path(model_dir))
+        os.replace(tmp, target)
         _fsync_dir(target_dir)
     except OSError as exc:
         _remove_quietly(tmp)
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise BackendError(f"The model could not be saved in {target_dir}: the disk is "
-                               "full. The previous model is unchanged.") from None
-        raise BackendError(f"The model could not be saved in {target_dir} ({exc.strerror}). "
-                           "The previous model is unchanged.") from None
+        raise _write_error(exc, failure, target_dir, unchanged) from None
     except BaseException:
         _remove_quietly(tmp)
         raise
+
+
+def _write_error(exc: OSError, failure: str, directory: str, unchanged: str) -> WriteError:
+    why = "the disk is full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else exc.strerror
+    return WriteError(f"{failure} in {directory} ({why}). {unchanged}".rstrip())
 
 
 _held = threading.local()
@@ -315,24 +331,24 @@ def export_model(model_dir: str, export_dir: str) -> str:
     as its old files, which `import_model` reads back.
     """
     if not has_model(model_dir):
-        raise BackendError("There is no trained model to export.")
+        # Status 1, not NO_DATASET: Moodle's contract for export.
+        raise NotTrainedError("There is no trained model to export.", status=GENERAL_ERROR)
     model = load_file(model_path(model_dir), missing_ok=True)
     if model is None:
         return _export_legacy(model_dir, export_dir)
-    _makedirs(export_dir)
-    target = os.path.join(export_dir, MODEL_FILE)
-    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=".npz", dir=export_dir)
-    with os.fdopen(fd, "wb") as f:
-        np.savez(f, **model.to_arrays())
-    os.replace(tmp, target)
+    _write_atomically(os.path.join(export_dir, MODEL_FILE), model.to_arrays(),
+                      "The model could not be exported", "")
     return os.path.abspath(export_dir)
 
 
 def _export_legacy(model_dir: str, export_dir: str) -> str:
     source = classifier_dir(model_dir)
     legacy.read(source)  # export only what import will take back
-    _makedirs(export_dir)
-    staging = tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=export_dir)
+    try:
+        os.makedirs(export_dir, exist_ok=True)
+        staging = tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=export_dir)
+    except OSError as exc:
+        raise _write_error(exc, "The model could not be exported", export_dir, "") from None
     try:
         legacy.copy_files(source, staging)
         for name in os.listdir(staging):
@@ -341,21 +357,20 @@ def _export_legacy(model_dir: str, export_dir: str) -> str:
                 shutil.rmtree(target)
             os.replace(os.path.join(staging, name), target)
     except OSError as exc:
-        raise BackendError(f"The model could not be exported to {export_dir} "
-                           f"({exc.strerror}).") from None
+        raise _write_error(exc, "The model could not be exported", export_dir, "") from None
     finally:
         remove_tree(staging)
     return os.path.abspath(export_dir)
 
 
-def import_model(model_dir: str, import_dir: str) -> Model | None:
+def import_model(model_dir: str, import_dir: str) -> None:
     """Validate the model found in `import_dir` and store it as this model.
 
     Accepted: our export (`model.npz`), a moodlemlbackend 2.x export
     (`model.json`, converted now) and a moodlemlbackend 3.x model
     (`classifier.pkl` with `model.ckpt/`, checked now and stored as it is,
     to be converted when first used with a dataset, since it does not record
-    the dataset's feature count; returns None then).
+    the dataset's feature count).
     """
     if not os.path.isdir(import_dir):
         raise BackendError(f"The import directory {import_dir} does not exist.")
@@ -367,7 +382,7 @@ def import_model(model_dir: str, import_dir: str) -> Model | None:
         with writer_lock(model_dir):
             save(model_dir, model)
             _move_legacy_aside(classifier_dir(model_dir))
-        return model
+        return
     source = next((d for d in (import_dir, classifier_dir(import_dir))
                    if legacy.detect(d) is not None), None)
     if source is None:
@@ -380,10 +395,9 @@ def import_model(model_dir: str, import_dir: str) -> Model | None:
         with writer_lock(model_dir):
             save(model_dir, model)
             _move_legacy_aside(classifier_dir(model_dir))
-        return model
+        return
     with writer_lock(model_dir):
         _store_legacy(model_dir, source)
-    return None
 
 
 def _store_legacy(model_dir: str, source: str) -> None:

@@ -130,3 +130,77 @@ def test_progress_on_a_terminal_only(tmp_path, binary_data):
 def test_degenerate_moodle_argv(run_main, argv):
     r = run_main(*argv)
     assert r.rc == 1 and r.json["status"] == 1
+
+
+def test_every_moodle_argv_maps_onto_its_subcommands_options():
+    """Moodle's positional arguments, declared with each subcommand, land on
+    the options the human form documents, in Moodle's order."""
+    parser = cli.build_parser()
+    modules = cli.moodle_modules(parser)
+    assert set(modules) == {"training", "prediction", "evaluation", "export", "import",
+                            "version"}
+    for module, sub in modules.items():
+        names = sub.get_default("moodle_args") + sub.get_default("moodle_optional")
+        values = [f"v{i}" if not n.endswith(("score", "deviation", "iterations")) else str(i)
+                  for i, n in enumerate(names)]
+        args = parser.parse_args(cli.moodle_argv(["-m", f"moodlemlbackend.{module}", *values],
+                                                 parser))
+        assert args.command == module and args.handler is sub.get_default("handler")
+        for name, value in zip(names, values):
+            dest = name.lstrip("-").replace("-", "_").lower()
+            dest = {"dataset": "dataset", "exportdir": "export_dir",
+                    "importdir": "import_dir"}.get(dest, dest)
+            got = getattr(args, dest)
+            assert str(got) == value or got == type(got)(value), (module, name, got)
+
+
+def _run_at_terminal(argv: list[str]) -> str:
+    """Run the program with stdout on a pseudo-terminal; returns what it showed."""
+    master, slave = pty.openpty()
+    p = subprocess.Popen([sys.executable, "-m", "mlbackend", *argv], stdout=slave,
+                         stderr=subprocess.DEVNULL, env=backend_env())
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 4096)
+        except OSError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    p.wait()
+    os.close(master)
+    return b"".join(chunks).decode().replace("\r\n", "\n")
+
+
+def test_a_person_at_a_terminal_reads_a_summary_moodle_reads_json(tmp_path, binary_data,
+                                                                  run_main):
+    model = str(tmp_path / "m")
+    assert run_main("training", binary_data["train"], "--model-dir", model).rc == 0
+    shown = _run_at_terminal(["prediction", binary_data["predict"], "--model-dir", model])
+    assert shown.startswith("Prediction: ok\n")
+    assert "sample" in shown and "probability" in shown and "more rows" in shown
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(shown)
+    # --json at a terminal, and no terminal (Moodle): the one JSON line.
+    shown = _run_at_terminal(["prediction", binary_data["predict"], "--model-dir", model,
+                              "--json"])
+    assert len(json.loads(shown.strip())["predictions"]) == 150
+    assert len(run_main("prediction", binary_data["predict"], "--model-dir", model)
+               .json["predictions"]) == 150
+
+
+def test_evaluation_summary_and_errors_read_as_text():
+    from mlbackend.summary import format_answer
+
+    answer = {"status": 4, "info": ["The score is too low."], "runid": 1, "accuracy": 0.9,
+              "balanced accuracy": 0.8, "precision": 0.9, "recall": 0.9, "f1_score": 0.6,
+              "score": 0.6, "score_deviation": 0.01, "auc": 0.95, "auc_deviation": 0.02,
+              "min_score": 0.7, "accepted_deviation": 0.05, "dir": "/x/logs/1"}
+    text = format_answer("evaluation", answer, as_json=False)
+    assert text.splitlines()[0] == "Evaluation: score too low (status 4)"
+    assert "AUC                0.950 ± 0.020" in text and "The score is too low." in text
+    assert format_answer(None, {"status": 1, "info": ["Bad file."]}, as_json=False) == \
+        "Mlbackend: error (status 1)\n  Bad file."
+    assert json.loads(format_answer("evaluation", answer, as_json=True)) == answer

@@ -19,6 +19,8 @@ throws on anything but 200, and reads the JSON `status` of a 200 answer.
 - 400 when the request itself is malformed (a field or file missing, a zip
   we refuse), 503 for an export of a model that does not exist, 500 when
   the server failed; each with a JSON body that says why.
+
+`http_status` is the one place that decides.
 """
 from __future__ import annotations
 
@@ -35,7 +37,13 @@ from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Request, Response
 
 from mlbackend import actions, reported_version, store
-from mlbackend.contract import GENERAL_ERROR, BackendError, to_json_line
+from mlbackend.contract import (
+    GENERAL_ERROR,
+    BackendError,
+    NotTrainedError,
+    WriteError,
+    to_json_line,
+)
 from mlbackend.server import uploads
 from mlbackend.server.auth import Users, basic_credentials
 from mlbackend.server.config import ServerConfig
@@ -45,7 +53,6 @@ log = logging.getLogger(__name__)
 
 #: The WSGI environ key where the authenticated user is left for the access log.
 USER_KEY = "mlbackend.user"
-NOTHING_TO_EXPORT = "There is nothing to export."
 #: Endpoints whose answer is the contract's JSON, errors included.
 JSON_ENDPOINTS = frozenset({"training", "prediction", "evaluation"})
 
@@ -58,6 +65,26 @@ class RequestError(BackendError):
     def __init__(self, message: str, http_status: int = 400) -> None:
         super().__init__(message)
         self.http_status = http_status
+
+
+def http_status(endpoint: str, exc: BackendError) -> int:
+    """The HTTP code of a request that ended in `exc`, by what Moodle does with it.
+
+    The JSON endpoints answer the backend's errors with a 200, so that Moodle
+    shows the admin the message; elsewhere an error is the request's fault
+    (400), a missing model's (503, export) or the server's (500).
+    """
+    if isinstance(exc, RequestError):
+        return exc.http_status
+    if isinstance(exc, StorageError):
+        return 500
+    if endpoint in JSON_ENDPOINTS:
+        return 200
+    if isinstance(exc, NotTrainedError):
+        return 503
+    if isinstance(exc, WriteError):
+        return 500
+    return 400
 
 
 class MoodleApp:
@@ -116,15 +143,11 @@ class MoodleApp:
                 f"The upload is larger than the server accepts "
                 f"({self.config.max_upload_bytes // (1 << 20)} MiB, mlbackend serve "
                 f"--max-upload-mb)."]}, 413)
-        except RequestError as exc:
-            return _json(exc.answer(), exc.http_status)
-        except StorageError as exc:
-            log.error("%s %s: %s", request.method, request.path, exc.message)
-            return _json(exc.answer(), 500)
         except BackendError as exc:
-            # The backend's own answer: Moodle reads it from a 200 on the JSON
-            # endpoints; elsewhere (a model that does not import) it is a 400.
-            return _json(exc.answer(), 200 if endpoint in JSON_ENDPOINTS else 400)
+            code = http_status(endpoint, exc)
+            if code >= 500:
+                log.error("%s %s: %s", request.method, request.path, exc.message)
+            return _json(exc.answer(), code)
         except HTTPException as exc:  # e.g. a malformed multipart body
             return _json({"status": GENERAL_ERROR, "info": [exc.description or exc.name]},
                          exc.code or 400)
@@ -185,12 +208,7 @@ class MoodleApp:
         uniqueid, dirhash = _ids(request)
         with _request_dir() as tmp, \
                 self.storage.model(uniqueid, dirhash, fetch=True) as model_dir:
-            if not store.has_model(model_dir):
-                return _text(NOTHING_TO_EXPORT + "\n", 503)
-            try:
-                exported = actions.export(model_dir, os.path.join(tmp, "export"))
-            except BackendError as exc:
-                raise RequestError(exc.message, 500) from None
+            exported = actions.export(model_dir, os.path.join(tmp, "export"))
             return _zip(uploads.zip_directory(exported), "export.zip")
 
     def on_import_(self, request: Request) -> Response:

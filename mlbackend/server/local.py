@@ -8,7 +8,8 @@ import shutil
 from typing import Iterator
 
 from mlbackend.server import uploads
-from mlbackend.server.storage import LOGS_DIR, Storage, StorageError
+from mlbackend import store
+from mlbackend.server.storage import Storage, StorageError
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ class LocalStorage(Storage):
         yield self._dir(uniqueid, dirhash)
 
     def run_logs_zip(self, uniqueid: str, dirhash: str, runid: str) -> bytes:
-        return uploads.zip_directory(os.path.join(self._dir(uniqueid, dirhash), LOGS_DIR, runid))
+        return uploads.zip_directory(store.run_log_dir(self._dir(uniqueid, dirhash), runid))
 
     def delete(self, uniqueid: str) -> None:
         path = os.path.join(self.base_dir, uniqueid)

@@ -34,7 +34,7 @@ import botocore.exceptions
 
 from mlbackend import store
 from mlbackend.server import uploads
-from mlbackend.server.storage import LOGS_DIR, Storage, StorageError
+from mlbackend.server.storage import Storage, StorageError
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ class S3Storage(Storage):
                     self._upload_model(key, model_dir)
 
     def keep_run_logs(self, uniqueid: str, dirhash: str, model_dir: str, runid: int) -> None:
-        data = uploads.zip_directory(os.path.join(model_dir, LOGS_DIR, str(runid)))
+        data = uploads.zip_directory(store.run_log_dir(model_dir, runid))
         self._put(_logs_key(uniqueid, dirhash, str(runid)), data)
 
     def run_logs_zip(self, uniqueid: str, dirhash: str, runid: str) -> bytes:

@@ -21,9 +21,6 @@ from typing import ContextManager
 
 from mlbackend.contract import BackendError
 
-LOGS_DIR = "logs"
-
-
 class StorageError(BackendError):
     """The storage failed (S3 unreachable, a disk error); not the client's fault."""
 
