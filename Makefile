@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PIP    := $(BIN)/pip --disable-pip-version-check -q
 
-.PHONY: venv run test fuzz bench clean dist dist-test dist-chroot-test
+.PHONY: venv run test lint docs fuzz bench clean dist dist-test dist-chroot-test
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,20 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/pytest --cov=mlbackend --cov-report=term-missing
+
+# ruff (lint and format), mypy on the package, and the docs generated from the
+# code (cog) checked for staleness.
+LINTED := mlbackend tests bench packaging docs/gen.py mlbackend.spec
+lint: $(STAMP)
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
+	$(BIN)/mypy
+	$(BIN)/cog --check -I docs docs/cli.md docs/server.md
+
+# Rewrite the generated parts of docs/ (every --help, the server's options and
+# environment) after changing the command line.
+docs: $(STAMP)
+	$(BIN)/cog -r -I docs docs/cli.md docs/server.md
 
 # The release: the frozen program (PyInstaller, one directory) in
 # dist/mlbackend-VERSION-linux-ARCH.tar.gz with its .sha256; see docs/release.md.

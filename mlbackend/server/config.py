@@ -12,9 +12,29 @@ from dataclasses import dataclass
 
 from mlbackend.contract import BackendError
 
+from mlbackend import VERSION_OVERRIDE_ENV
+from mlbackend.server.auth import USERS_ENV
+
 DIR_ENV = "MOODLE_MLBACKEND_PYTHON_DIR"
 S3_BUCKET_ENV = "MOODLE_MLBACKEND_PYTHON_S3_BUCKET_NAME"
 TEMPDIR_ENV = "MOODLE_MLBACKEND_TEMPDIR"
+
+#: Every environment variable the server reads, and what it means: the
+#: reference in docs/server.md is generated from this list.
+ENVIRONMENT: list[tuple[str, str]] = [
+    (USERS_ENV, "comma-separated `user:password` entries (required; formats below)"),
+    (DIR_ENV, "directory of the models, `DIR/UNIQUEID/DIRHASH/` (default: `mlbackend/server` "
+              "under the platform's user data directory, e.g. "
+              "`~/.local/share/mlbackend/server`)"),
+    (S3_BUCKET_ENV, "keep the models in this S3 bucket instead of a directory"),
+    ("AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION, AWS_PROFILE, "
+     "AWS_ENDPOINT_URL, ...", "S3 credentials, region and endpoint, read by boto3 as usual "
+                              "(an instance role works too)"),
+    (TEMPDIR_ENV, "directory for temporary files (uploads, models fetched from S3); default: "
+                  "the system's (`TMPDIR`, `/tmp`)"),
+    (VERSION_OVERRIDE_ENV, "version `/version` reports, for Moodle releases with another "
+                           "version gate"),
+]
 
 MIB = 1 << 20
 
