@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from mlbackend import __version__
 from mlbackend.contract import BackendError
 
 FORMAT_NAME = "mlbackend-classifier"
@@ -111,6 +112,8 @@ class Model:
             "output": "softmax",
             "feature_names": self.feature_names,
             "history": self.history,
+            # Which program wrote the file: for support, never read back.
+            "written_by": f"mlbackend {__version__}",
         }
         arrays = {
             "meta": np.array(json.dumps(meta)),

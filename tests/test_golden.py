@@ -1,0 +1,56 @@
+"""The model format is a promise: every format version this project has
+written stays readable and predicts exactly as it did.
+
+tests/golden/ holds one small model.npz per format version, as the program
+of that time wrote it, with the probabilities it gave for predict.csv
+(`model-vN.expected.json`). Add a file here whenever a new version is
+written; never regenerate an old one.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import ROOT
+from mlbackend import dataset, store
+from mlbackend.inference import FORMAT_VERSION
+
+GOLDEN = ROOT / "tests" / "golden"
+VERSIONS = sorted(p.name.split("-")[1].split(".")[0] for p in GOLDEN.glob("model-v*.npz"))
+
+
+def test_every_format_version_so_far_has_a_golden_file():
+    assert VERSIONS == [f"v{v}" for v in range(1, FORMAT_VERSION + 1)]
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_golden_model_reads_and_predicts_as_when_written(version, tmp_path, run_main):
+    npz = GOLDEN / f"model-{version}.npz"
+    meta = json.loads(str(np.load(npz)["meta"]))
+    assert meta["format_version"] == int(version[1:])
+    expected = np.array(json.loads((GOLDEN / f"model-{version}.expected.json").read_text())
+                        ["proba"])
+    model = store.load_file(str(npz))
+    X = dataset.read_prediction(str(GOLDEN / "predict.csv")).X
+    np.testing.assert_allclose(model.predict_proba(X), expected, rtol=0, atol=1e-6)
+    # And through the program, as Moodle calls it: imported, then predicted.
+    export = tmp_path / "export"
+    export.mkdir()
+    (export / "model.npz").write_bytes(npz.read_bytes())
+    model_dir = tmp_path / "model"
+    assert run_main("-m", "moodlemlbackend.import", "g", model_dir, export).rc == 0
+    r = run_main("-m", "moodlemlbackend.prediction", "g", model_dir, GOLDEN / "predict.csv")
+    assert r.rc == 0
+    got = [float(p) for _, _, p in r.json["predictions"]]
+    np.testing.assert_allclose(got, expected.max(axis=1), atol=1e-6)
+
+
+def test_new_files_say_which_program_wrote_them(tmp_path):
+    from mlbackend import __version__
+
+    model = store.load_file(str(GOLDEN / "model-v1.npz"))
+    store.save(str(tmp_path), model)
+    meta = json.loads(str(np.load(store.model_path(str(tmp_path)))["meta"]))
+    assert meta["written_by"] == f"mlbackend {__version__}"
