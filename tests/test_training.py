@@ -49,15 +49,51 @@ def test_continued_training_refuses_other_features_or_classes(trained):
         training.train(ds.X, ds.y, [0, 1, 2], [], previous=m)
 
 
-def test_store_round_trip_and_atomic_save(trained, tmp_path):
+def test_store_round_trip(trained, tmp_path):
     _, m = trained
     with store.writer_lock(str(tmp_path)):
         store.save(str(tmp_path), m)
     loaded = store.load(str(tmp_path))
     X = np.random.default_rng(0).uniform(-1, 1, (10, 20)).astype(np.float32)
     np.testing.assert_array_equal(loaded.predict_proba(X), m.predict_proba(X))
-    assert os.listdir(tmp_path / "classifier") == ["model.npz", ".lock"] or \
-        sorted(os.listdir(tmp_path / "classifier")) == [".lock", "model.npz"]
+    assert sorted(os.listdir(tmp_path / "classifier")) == [".lock", "model.npz"]
+
+
+def test_a_reader_sees_the_old_model_or_the_new_never_a_partial_one(trained, tmp_path):
+    """Saves are atomic: a reader that loads the file while saves of two
+    different models alternate always gets one of them, whole."""
+    import threading
+
+    _, a = trained
+    b = Model(**{**a.__dict__, "weights": [w * 0.5 for w in a.weights]})
+    X = np.random.default_rng(1).uniform(-1, 1, (5, 20)).astype(np.float32)
+    answers = [a.predict_proba(X), b.predict_proba(X)]
+    store.save(str(tmp_path), a)
+    path = store.model_path(str(tmp_path))
+    done = threading.Event()
+    seen = []
+
+    def read() -> None:
+        while not done.is_set():
+            try:
+                with open(path, "rb") as f:  # past the cache: the file as it is now
+                    p = store._read(f, path).predict_proba(X)
+            except Exception as exc:  # noqa: BLE001 - a partial file: recorded, then failed
+                seen.append(repr(exc))
+                continue
+            seen.append(next((i for i, ans in enumerate(answers) if np.array_equal(p, ans)),
+                             "another model"))
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        for i in range(60):
+            with store.writer_lock(str(tmp_path)):
+                store.save(str(tmp_path), b if i % 2 == 0 else a)
+    finally:
+        done.set()
+        reader.join()
+    assert len(seen) > 0 and set(seen) <= {0, 1}, set(seen)
 
 
 def test_failed_save_keeps_the_previous_model(trained, tmp_path, monkeypatch):
