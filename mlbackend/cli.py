@@ -347,14 +347,14 @@ def _stdout_to_stderr() -> Iterator[None]:
     library prints (TensorFlow's C++ code writes to fd 1 directly) comes
     after Moodle's answer, which is written once this is over."""
     try:
-        fd = sys.stdout.fileno()
-    except (AttributeError, OSError, ValueError):  # captured stdout, e.g. in tests
+        fd, err_fd = sys.stdout.fileno(), sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # captured streams, e.g. in tests
         yield
         return
     sys.stdout.flush()
     saved = os.dup(fd)
     try:
-        os.dup2(sys.stderr.fileno(), fd)
+        os.dup2(err_fd, fd)
         yield
     finally:
         sys.stdout.flush()
@@ -362,16 +362,33 @@ def _stdout_to_stderr() -> Iterator[None]:
         os.close(saved)
 
 
+class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The program's log on stderr: whatever `sys.stderr` is at the moment of
+    writing, so that a caller who redirects it (tests, an embedding) gets it."""
+
+    _mlbackend = True  # the server's start-up finds it by this mark
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
 def _configure_logging(argv: list[str]) -> None:
     verbose = "-v" in argv or "--verbose" in argv
     logger = logging.getLogger("mlbackend")
-    if not any(getattr(h, "_mlbackend", False) for h in logger.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+    if not any(isinstance(h, StderrHandler) for h in logger.handlers):
+        handler = StderrHandler()
         handler.setFormatter(logging.Formatter("mlbackend: %(levelname)s: %(message)s"))
-        handler._mlbackend = True  # type: ignore[attr-defined]
         logger.addHandler(handler)
     for h in logger.handlers:
-        if getattr(h, "_mlbackend", False):
+        if isinstance(h, StderrHandler):
             h.setLevel(logging.INFO if verbose else logging.WARNING)
     # The logger passes INFO on so that evaluation's info.log gets it.
     logger.setLevel(logging.INFO)

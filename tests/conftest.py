@@ -3,6 +3,8 @@ running the program (in process through `main()`, and as Moodle does, as a
 subprocess with `-m moodlemlbackend.MODULE`)."""
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import subprocess
@@ -64,6 +66,24 @@ def moodle(module: str, *args: Any, env: dict[str, str] | None = None,
     p = subprocess.run(cmd, capture_output=True, text=True, env=backend_env(env),
                        timeout=timeout, stdin=subprocess.DEVNULL)
     return Result(p.returncode, p.stdout, p.stderr)
+
+
+def moodle_in_process(module: str, *args: Any, env: dict[str, str] | None = None) -> Result:
+    """The same call as `moodle()`, through `main(argv)` in this process: for
+    behaviour tests, which need not pay a TensorFlow start-up per call. The
+    contract itself (argv, exit codes, what reaches stdout, signals) is
+    checked with `moodle()`."""
+    argv = ["-m", f"moodlemlbackend.{module}", *[str(a) for a in args]]
+    out, err = io.StringIO(), io.StringIO()
+    saved = dict(os.environ)
+    os.environ.update(env or {})
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            rc = main(argv)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    return Result(rc, out.getvalue(), err.getvalue())
 
 
 @pytest.fixture

@@ -1,6 +1,10 @@
-"""Moodle's contract, checked the way Moodle runs us: a subprocess with
-`-m moodlemlbackend.MODULE` positional arguments, stdout's last line as JSON,
-the exit code as the status."""
+"""Moodle's contract: `-m moodlemlbackend.MODULE` positional arguments,
+stdout's last line as JSON, the exit code as the status.
+
+The contract itself (exit codes, nothing on stdout but the answer, the
+version gate) is checked the way Moodle runs us, as a subprocess (`moodle`);
+the behaviour behind each answer through the same argv in process
+(`moodle_in_process`), which spares a TensorFlow start-up per call."""
 from __future__ import annotations
 
 import json
@@ -10,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import moodle, write
+from conftest import moodle, moodle_in_process, write
 
 HEAD = 'nfeatures,targetclasses,targettype\n3,"[0,1]","discrete"\n'
 
@@ -59,9 +63,9 @@ def test_prediction_answers_every_row_in_order_as_strings(trained, binary_data):
 
 def test_training_again_continues_from_the_stored_model(tmp_path, binary_data):
     outdir = tmp_path / "m"
-    assert moodle("training", "c", outdir, binary_data["train"]).rc == 0
+    assert moodle_in_process("training", "c", outdir, binary_data["train"]).rc == 0
     first = (outdir / "classifier" / "model.npz").read_bytes()
-    r = moodle("training", "c", outdir, binary_data["train"])
+    r = moodle_in_process("training", "c", outdir, binary_data["train"])
     assert r.rc == 0 and r.json["status"] == 0
     assert (outdir / "classifier" / "model.npz").read_bytes() != first
     import numpy as np
@@ -72,8 +76,8 @@ def test_training_again_continues_from_the_stored_model(tmp_path, binary_data):
 
 def test_multiclass_train_and_predict(tmp_path, multiclass_data):
     outdir = tmp_path / "m"
-    assert moodle("training", "multi", outdir, multiclass_data["train"]).rc == 0
-    r = moodle("prediction", "multi", outdir, multiclass_data["predict"])
+    assert moodle_in_process("training", "multi", outdir, multiclass_data["train"]).rc == 0
+    r = moodle_in_process("prediction", "multi", outdir, multiclass_data["predict"])
     assert r.rc == 0, r.stderr
     preds = r.json["predictions"]
     assert {p[1] for p in preds} <= {"0", "1", "2"}
@@ -85,13 +89,13 @@ def test_multiclass_train_and_predict(tmp_path, multiclass_data):
 
 def test_three_row_file_and_all_zero_features(tmp_path):
     tiny = write(tmp_path / "t.csv", HEAD + "f1,f2,f3,target\n1,0,1,0\n0,1,1,1\n1,1,,0\n")
-    r = moodle("training", "tiny", tmp_path / "m", tiny)
+    r = moodle_in_process("training", "tiny", tmp_path / "m", tiny)
     assert r.json == {"status": 0, "info": []}
     zeros = write(tmp_path / "z.csv", HEAD + "f1,f2,f3,target\n" + "0,0,0,0\n0,0,0,1\n" * 5)
-    r = moodle("training", "zeros", tmp_path / "z", zeros)
+    r = moodle_in_process("training", "zeros", tmp_path / "z", zeros)
     assert r.json == {"status": 0, "info": []}
     pred = write(tmp_path / "p.csv", HEAD + "sampleid,f1,f2,f3\na,0,0,0\nb,0,0,0\n")
-    r = moodle("prediction", "zeros", tmp_path / "z", pred)
+    r = moodle_in_process("prediction", "zeros", tmp_path / "z", pred)
     assert r.rc == 0 and len(r.json["predictions"]) == 2
 
 
@@ -100,15 +104,15 @@ def test_three_distinct_rows_repeated_with_three_classes(tmp_path):
     rows = "1,0,0,0\n0,1,0,1\n0,0,1,2\n" * 50
     train = write(tmp_path / "r.csv",
                   'nfeatures,targetclasses,targettype\n3,"[0,1,2]",discrete\nf1,f2,f3,t\n' + rows)
-    assert moodle("training", "rep", tmp_path / "m", train).rc == 0
+    assert moodle_in_process("training", "rep", tmp_path / "m", train).rc == 0
     pred = write(tmp_path / "p.csv", 'nfeatures,targetclasses,targettype\n3,"[0,1,2]",discrete\n'
                  "sampleid,f1,f2,f3\nx,1,0,0\ny,0,1,0\nz,0,0,1\n")
-    r = moodle("prediction", "rep", tmp_path / "m", pred)
+    r = moodle_in_process("prediction", "rep", tmp_path / "m", pred)
     assert [p[1] for p in r.json["predictions"]] == ["0", "1", "2"]
 
 
 def test_evaluation_answer_and_log_directory(tmp_path, binary_data):
-    r = moodle("evaluation", "ev", tmp_path, binary_data["train"], 0.7, 0.05, 3)
+    r = moodle_in_process("evaluation", "ev", tmp_path, binary_data["train"], 0.7, 0.05, 3)
     assert r.rc == r.json["status"]
     a = r.json
     for key in ("accuracy", "balanced accuracy", "precision", "recall", "f1_score", "score",
@@ -131,13 +135,13 @@ def test_evaluation_answer_and_log_directory(tmp_path, binary_data):
 
 
 def test_evaluation_statuses_low_score_and_deviation(tmp_path, binary_data):
-    r = moodle("evaluation", "ev", tmp_path, binary_data["train"], 0.99, 0.0, 2)
+    r = moodle_in_process("evaluation", "ev", tmp_path, binary_data["train"], 0.99, 0.0, 2)
     assert r.json["status"] == 12 and r.rc == 12
     assert len(r.json["info"]) == 2
 
 
 def test_evaluation_of_a_trained_model(trained, tmp_path, binary_data):
-    r = moodle("evaluation", "ev", tmp_path, binary_data["train"], 0.5, 0.05, 10, trained)
+    r = moodle_in_process("evaluation", "ev", tmp_path, binary_data["train"], 0.5, 0.05, 10, trained)
     assert r.rc == 0, r.stderr
     assert r.json["score_deviation"] == 0.0 and r.json["score"] > 0.8
     metrics = json.loads((Path(r.json["dir"]) / "metrics.json").read_text())
@@ -147,20 +151,20 @@ def test_evaluation_of_a_trained_model(trained, tmp_path, binary_data):
 def test_export_and_import_predict_the_same(trained, tmp_path, binary_data):
     export_dir = tmp_path / "export"
     export_dir.mkdir()
-    r = moodle("export", "course1", trained, export_dir)
+    r = moodle_in_process("export", "course1", trained, export_dir)
     assert r.rc == 0 and Path(r.last).is_dir()
     # Moodle zips the printed directory and unzips it elsewhere before import.
     moved = tmp_path / "unzipped"
     shutil.copytree(r.last, moved)
-    r = moodle("import", "course2", tmp_path / "imported", moved)
+    r = moodle_in_process("import", "course2", tmp_path / "imported", moved)
     assert r.rc == 0 and r.last == "Ok"
-    a = moodle("prediction", "course1", trained, binary_data["predict"]).json
-    b = moodle("prediction", "course2", tmp_path / "imported", binary_data["predict"]).json
+    a = moodle_in_process("prediction", "course1", trained, binary_data["predict"]).json
+    b = moodle_in_process("prediction", "course2", tmp_path / "imported", binary_data["predict"]).json
     assert a["predictions"] == b["predictions"]
 
 
 def test_export_without_model_fails(tmp_path):
-    r = moodle("export", "x", tmp_path / "none", tmp_path / "out")
+    r = moodle_in_process("export", "x", tmp_path / "none", tmp_path / "out")
     assert r.rc == 1 and r.json["status"] == 1
 
 
@@ -169,7 +173,7 @@ def test_import_of_garbage_keeps_the_model(trained, tmp_path, binary_data):
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "model.npz").write_bytes(b"PK\x03\x04 this is not a model")
-    r = moodle("import", "course1", trained, bad)
+    r = moodle_in_process("import", "course1", trained, bad)
     assert r.rc == 1 and "cannot be read" in r.json["info"][0]
     assert (trained / "classifier" / "model.npz").read_bytes() == before
 
@@ -199,7 +203,7 @@ def test_missing_arguments(tmp_path):
 
 
 def test_bad_number_argument_is_a_json_error(tmp_path, binary_data):
-    r = moodle("evaluation", "x", tmp_path, binary_data["train"], "high", 0.05, 3)
+    r = moodle_in_process("evaluation", "x", tmp_path, binary_data["train"], "high", 0.05, 3)
     assert r.rc == 1 and "min-score" in r.json["info"][0]
 
 
@@ -223,7 +227,7 @@ def test_bad_training_file_answers_status_1_and_keeps_the_model(case, trained, t
     path = tmp_path / "bad.csv"
     if text is not None:
         path.write_text(text)
-    r = moodle("training", "course1", trained, path)
+    r = moodle_in_process("training", "course1", trained, path)
     assert r.rc == 1, r.stdout
     assert r.json["status"] == 1 and r.json["info"][0]
     assert "Traceback" not in r.stdout and "Traceback" not in r.stderr
@@ -232,7 +236,7 @@ def test_bad_training_file_answers_status_1_and_keeps_the_model(case, trained, t
 
 def test_prediction_file_with_other_features_than_the_model(trained, tmp_path):
     path = write(tmp_path / "p.csv", HEAD + "sampleid,f1,f2,f3\ns1,1,0,1\n")
-    r = moodle("prediction", "course1", trained, path)
+    r = moodle_in_process("prediction", "course1", trained, path)
     assert r.rc == 1
     assert "3 features but this model was trained with 20" in r.json["info"][0]
 
@@ -241,5 +245,5 @@ def test_bad_prediction_file_names_the_line(trained, tmp_path):
     text = 'nfeatures,targetclasses\n20,"[0,1]"\nsampleid,' + ",".join(
         f"f{i}" for i in range(20)) + "\ns1," + ",".join(["0"] * 20) + "\ns2," + ",".join(
         ["0"] * 19) + ",x\n"
-    r = moodle("prediction", "course1", trained, write(tmp_path / "p.csv", text))
+    r = moodle_in_process("prediction", "course1", trained, write(tmp_path / "p.csv", text))
     assert r.rc == 1 and r.json["info"][0].startswith("Line 5 of the dataset")

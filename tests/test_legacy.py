@@ -27,7 +27,7 @@ from unittest import mock
 import numpy as np
 import pytest
 
-from conftest import moodle
+from conftest import moodle, moodle_in_process
 from mlbackend import dataset, legacy, store
 from mlbackend.contract import BackendError
 from mlbackend.inference import Model
@@ -227,10 +227,13 @@ def test_the_fixture_writer_reproduces_a_real_moodlemlbackend_pickle() -> None:
 
 
 def test_reads_the_fixture_without_moodlemlbackend_or_joblib(legacy3: dict[str, Any]) -> None:
+    before = set(sys.modules)
     state = legacy.read_pickle(str(legacy3["dir"] / "classifier.pkl"))
     assert state["n_hidden_layers"] == 2 and state["n_features"] == len(VARIABLE_COLUMNS)
     assert state["variable_columns"].tolist() == VARIABLE_COLUMNS
-    assert "moodlemlbackend" not in sys.modules and "joblib" not in sys.modules
+    # (joblib may be installed beside the tests: scikit-learn for the bench)
+    imported = {m.split(".")[0] for m in set(sys.modules) - before}
+    assert not imported & {"moodlemlbackend", "joblib"}, imported
 
 
 # --------------------------------------------------------------------------
@@ -240,7 +243,7 @@ def test_reads_the_fixture_without_moodlemlbackend_or_joblib(legacy3: dict[str, 
 def test_prediction_converts_a_3x_model_once_and_keeps_the_old_files(
         tmp_path: Path, legacy3: dict[str, Any], binary_data: dict[str, Any]) -> None:
     out = outputdir_with(tmp_path, legacy3["dir"])
-    r = moodle("prediction", "m1", out, binary_data["predict"])
+    r = moodle_in_process("prediction", "m1", out, binary_data["predict"])
     assert r.rc == 0, r.stderr
     check_predictions(r.json, legacy3["proba"], legacy3["ids"])
     assert "converted" in r.stderr
@@ -255,7 +258,7 @@ def test_prediction_converts_a_3x_model_once_and_keeps_the_old_files(
     assert model is not None and model.nfeatures == 20 and model.classes == [0, 1]
     assert model.columns.tolist() == VARIABLE_COLUMNS and model.activation == "relu"
 
-    again = moodle("prediction", "m1", out, binary_data["predict"])
+    again = moodle_in_process("prediction", "m1", out, binary_data["predict"])
     assert again.rc == 0 and again.json == r.json
     assert "converted" not in again.stderr
 
@@ -263,7 +266,7 @@ def test_prediction_converts_a_3x_model_once_and_keeps_the_old_files(
 def test_training_continues_from_a_3x_model(tmp_path: Path, legacy3: dict[str, Any],
                                             binary_data: dict[str, Any]) -> None:
     out = outputdir_with(tmp_path, legacy3["dir"])
-    r = moodle("training", "m1", out, binary_data["train"])
+    r = moodle_in_process("training", "m1", out, binary_data["train"])
     assert r.rc == 0 and r.json == {"status": 0, "info": []}, r.stderr
     model = store.load(str(out))
     assert model is not None and model.history["trainings"] == 1
@@ -271,14 +274,14 @@ def test_training_continues_from_a_3x_model(tmp_path: Path, legacy3: dict[str, A
     assert model.hidden_units == [HIDDEN, HIDDEN]
     assert model.columns.tolist() == VARIABLE_COLUMNS
     assert (out / "classifier" / legacy.ASIDE_DIR / "classifier.pkl").is_file()
-    p = moodle("prediction", "m1", out, binary_data["predict"])
+    p = moodle_in_process("prediction", "m1", out, binary_data["predict"])
     assert p.rc == 0 and len(p.json["predictions"]) == len(legacy3["ids"])
 
 
 def test_evaluation_of_a_trained_3x_model(tmp_path: Path, legacy3: dict[str, Any],
                                           binary_data: dict[str, Any]) -> None:
     trained = outputdir_with(tmp_path, legacy3["dir"])
-    r = moodle("evaluation", "m1", tmp_path / "eval", binary_data["train"], 0.7, 0.05, 10,
+    r = moodle_in_process("evaluation", "m1", tmp_path / "eval", binary_data["train"], 0.7, 0.05, 10,
                trained)
     assert r.rc in (0, 4), r.stderr
     answer = r.json
@@ -293,7 +296,7 @@ def test_a_3x_model_needs_the_columns_it_used(tmp_path: Path, legacy3: dict[str,
     path = str(tmp_path / "ten.csv")
     synthetic.write_prediction(path, small)
     out = outputdir_with(tmp_path, legacy3["dir"])
-    r = moodle("prediction", "m1", out, path)
+    r = moodle_in_process("prediction", "m1", out, path)
     assert r.rc == 1 and r.json["status"] == 1
     assert "uses feature number 19" in r.json["info"][0]
     assert (out / "classifier" / "classifier.pkl").is_file()  # not converted
@@ -306,11 +309,11 @@ def test_a_3x_model_needs_the_columns_it_used(tmp_path: Path, legacy3: dict[str,
 def test_import_of_a_2x_export_converts_it(tmp_path: Path, export2: dict[str, Any],
                                            binary_data: dict[str, Any]) -> None:
     out = tmp_path / "model"
-    r = moodle("import", "m2", out, export2["dir"])
+    r = moodle_in_process("import", "m2", out, export2["dir"])
     assert r.rc == 0 and r.last == "Ok", r.stderr
     model = store.load(str(out))
     assert model is not None and model.activation == "tanh" and model.nfeatures == 20
-    p = moodle("prediction", "m2", out, binary_data["predict"])
+    p = moodle_in_process("prediction", "m2", out, binary_data["predict"])
     assert p.rc == 0, p.stderr
     check_predictions(p.json, export2["proba"], export2["ids"])
 
@@ -318,16 +321,16 @@ def test_import_of_a_2x_export_converts_it(tmp_path: Path, export2: dict[str, An
 def test_import_of_a_3x_model_then_export_and_import_again(
         tmp_path: Path, legacy3: dict[str, Any], binary_data: dict[str, Any]) -> None:
     out = tmp_path / "model"
-    r = moodle("import", "m3", out, legacy3["dir"])
+    r = moodle_in_process("import", "m3", out, legacy3["dir"])
     assert r.rc == 0 and r.last == "Ok", r.stderr
     # Checked, stored as it is: converted with the first dataset.
     assert (out / "classifier" / "classifier.pkl").is_file()
-    exported = moodle("export", "m3", out, tmp_path / "export")
+    exported = moodle_in_process("export", "m3", out, tmp_path / "export")
     assert exported.rc == 0 and exported.last == str(tmp_path / "export")
     again = tmp_path / "again"
-    r = moodle("import", "m3", again, tmp_path / "export")
+    r = moodle_in_process("import", "m3", again, tmp_path / "export")
     assert r.rc == 0 and r.last == "Ok", r.stderr
-    p = moodle("prediction", "m3", again, binary_data["predict"])
+    p = moodle_in_process("prediction", "m3", again, binary_data["predict"])
     assert p.rc == 0, p.stderr
     check_predictions(p.json, legacy3["proba"], legacy3["ids"])
 
