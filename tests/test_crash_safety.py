@@ -360,6 +360,13 @@ def test_a_full_disk_keeps_the_previous_model(small_disk, data):
     assert r.rc == 1 and "could not write its logs" in r.json["info"][0], r.stdout
     assert "disk is full" in r.json["info"][0] and "Traceback" not in r.stderr
 
+    # An export to the full disk says so, and leaves no temporary file behind.
+    exported = small_disk / "export"
+    r = moodle("export", "full", outdir, exported)
+    assert r.rc == 1 and "could not be exported" in r.last and "disk is full" in r.last, r.stdout
+    assert "Traceback" not in r.stderr
+    assert not exported.exists() or os.listdir(exported) == []
+
     filler.unlink()  # room again: training goes on from the same model
     assert moodle("training", "full", outdir, data["batches"][0]["path"]).rc == 0
     assert meta_of(model_file.read_bytes())["history"]["trainings"] == 2
