@@ -265,8 +265,7 @@ def writer_lock(model_dir: str) -> Iterator[None]:
     if key in held:
         yield
         return
-    with open(os.path.join(target_dir, LOCK_FILE), "a+b") as lock:
-        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+    with _locked_file(target_dir) as lock:
         held.add(key)
         try:
             _remove_strays(target_dir)
@@ -274,6 +273,55 @@ def writer_lock(model_dir: str) -> Iterator[None]:
         finally:
             held.discard(key)
             fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def _locked_file(target_dir: str) -> Iterator[BinaryIO]:
+    """The lock file of `target_dir`, opened and flock'ed exclusively.
+
+    `delete_model` removes the directory, lock file included, while it holds
+    the lock. A writer that was waiting on that file then holds a lock on a
+    file nobody else will ever open, while a newcomer locks a new file at
+    the same path: both would write at once. So, once the lock is ours, the
+    file must still be the one at the path; if not, start again.
+    """
+    path = os.path.join(target_dir, LOCK_FILE)
+    while True:
+        _makedirs(target_dir)
+        try:
+            lock = open(path, "a+b")
+        except FileNotFoundError:  # the directory was removed in between
+            continue
+        try:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+            try:
+                current = os.stat(path)
+            except FileNotFoundError:
+                current = None
+            mine = os.fstat(lock.fileno())
+            if current is not None and (current.st_dev, current.st_ino) == (mine.st_dev,
+                                                                            mine.st_ino):
+                yield lock
+                return
+        finally:
+            lock.close()
+
+
+def delete_model(model_dir: str) -> bool:
+    """Remove a model directory, in turn with its writers; True if it existed.
+
+    The writer lock is taken first, so a training of this model that is
+    running finishes (and is then deleted with the rest) instead of saving
+    its result after the delete, and no training can start while the files
+    go. The lock file goes with the directory; `writer_lock` notices that
+    and waiters lock the new one.
+    """
+    if not os.path.isdir(model_dir):
+        return False
+    with writer_lock(model_dir):
+        shutil.rmtree(model_dir, ignore_errors=True)
+    # A writer that was waiting re-creates the directory for its own model.
+    return True
 
 
 def clean_strays(model_dir: str) -> None:

@@ -143,9 +143,9 @@ class MoodleApp:
         uniqueid, dirhash = _ids(request)
         with _request_dir() as tmp:
             dataset = _upload(request, "dataset", tmp)
-            with self._training_slot(), \
-                    self.storage.model(uniqueid, dirhash, fetch=True, push=True) as model_dir:
-                return _json(actions.train(model_dir, dataset))
+            with self._training_slot():
+                return _json(self.storage.update(
+                    uniqueid, dirhash, lambda model_dir: actions.train(model_dir, dataset)))
 
     def on_prediction(self, request: Request) -> Response:
         uniqueid, dirhash = _ids(request)
@@ -172,6 +172,11 @@ class MoodleApp:
                         result = actions.evaluate(model_dir, dataset, min_score, max_deviation,
                                                   iterations)
                 self.storage.keep_run_logs(uniqueid, dirhash, model_dir, result["runid"])
+            if not self.storage.keeps_model_dirs:
+                # That directory is gone when the request ends: the logs are
+                # in the storage, for /evaluationlog; Moodle adds no
+                # TensorBoard hint for an empty `dir`.
+                result["dir"] = ""
             return _json(result)
 
     def on_evaluationlog(self, request: Request) -> Response:
@@ -199,8 +204,9 @@ class MoodleApp:
             archive = _upload(request, "importzip", tmp)
             unpacked = os.path.join(tmp, "import")
             uploads.safe_extract(archive, unpacked, self.config.max_unzipped_bytes)
-            with self.storage.model(uniqueid, dirhash, fetch=False, push=True) as model_dir:
-                actions.import_(model_dir, unpacked)
+            self.storage.update(uniqueid, dirhash,
+                                lambda model_dir: actions.import_(model_dir, unpacked),
+                                replace=True)
         return _text("Ok")
 
     def on_deletemodel(self, request: Request) -> Response:
