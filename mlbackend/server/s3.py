@@ -338,6 +338,7 @@ class S3Storage(Storage):
         claim = None
         if base is None and not replace:
             base = claim = self._claim(key)
+        log.info("changing %s from version %s", key, base.etag if base is not None else "none")
         lineage = base.lineage if base is not None else None
         work_dir = self._cache.new_dir()
         try:
