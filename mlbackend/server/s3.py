@@ -41,7 +41,6 @@ that conflicts are only ever between servers.
 """
 from __future__ import annotations
 
-import atexit
 import collections
 import contextlib
 import io
@@ -201,14 +200,22 @@ class S3Storage(Storage):
         self._locks: collections.defaultdict[str, threading.Lock] = (
             collections.defaultdict(threading.Lock))
         self._locks_guard = threading.Lock()
-        # Private to this process: two servers on one machine never share it.
-        self.cache_dir = tempfile.mkdtemp(prefix="mlbackend-s3-cache-")
-        self._cache = _VersionCache(self.cache_dir, CACHE_VERSIONS)
-        atexit.register(self.close)  # the server stops on SIGTERM with SystemExit
+        self._cache_dir: str | None = None
+        self._cache_instance: _VersionCache | None = None
+
+    @property
+    def _cache(self) -> _VersionCache:
+        """Made at first use (after `check`): a server that does not start leaves none."""
+        with self._locks_guard:
+            if self._cache_instance is None:
+                # Private to this process: two servers on one machine never share it.
+                self._cache_dir = tempfile.mkdtemp(prefix="mlbackend-s3-cache-")
+                self._cache_instance = _VersionCache(self._cache_dir, CACHE_VERSIONS)
+            return self._cache_instance
 
     def describe(self) -> str:
         where = f" at {self.endpoint_url}" if self.endpoint_url else ""
-        return f"S3 bucket {self.bucket}{where} (cache {self.cache_dir})"
+        return f"S3 bucket {self.bucket}{where}"
 
     def check(self) -> None:
         try:
@@ -218,10 +225,38 @@ class S3Storage(Storage):
                                "the bucket name, the credentials (AWS_ACCESS_KEY_ID, "
                                "AWS_SECRET_ACCESS_KEY or a profile) and the endpoint "
                                "(--s3-endpoint-url or AWS_ENDPOINT_URL).") from None
+        self._check_conditional_writes()
+
+    def _check_conditional_writes(self) -> None:
+        """Refuse a store that ignores `If-None-Match` on PUT (some older S3-compatible
+        stores): there, servers would silently overwrite each other's trainings.
+
+        The probe object's name has a '.', which no reduced UNIQUEID has.
+        """
+        key = f".mlbackend/conditional-write-check-{secrets.token_hex(8)}"
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=key, Body=b"", IfNoneMatch="*")
+            try:
+                self.client.put_object(Bucket=self.bucket, Key=key, Body=b"", IfNoneMatch="*")
+            except botocore.exceptions.ClientError as exc:
+                if _code(exc) in _CONFLICT or _status(exc) in (409, 412):
+                    return
+                raise
+            finally:
+                self.client.delete_object(Bucket=self.bucket, Key=key)
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+            raise StorageError(f"The S3 bucket {self.bucket} cannot be used: writing a check "
+                               f"object failed ({exc}). The server needs s3:PutObject and "
+                               "s3:DeleteObject on the bucket.") from None
+        raise StorageError(f"The S3 store of bucket {self.bucket} ignores conditional writes "
+                           "(PUT with If-None-Match), which keep servers sharing the bucket "
+                           "from overwriting each other's models. Use a store that supports "
+                           "them (AWS S3 and current MinIO releases do).")
 
     def close(self) -> None:
         log.info("S3 requests: %s", self.requests.summary())
-        store.remove_tree(self.cache_dir)
+        if self._cache_dir is not None:
+            store.remove_tree(self._cache_dir)
 
     @contextlib.contextmanager
     def model(self, uniqueid: str, dirhash: str, *, fetch: bool = True) -> Iterator[str]:
