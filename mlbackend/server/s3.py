@@ -119,6 +119,7 @@ class _VersionCache:
     def install(self, version: _Version) -> _Version:
         """Make `version` (its directory already filled) the current one of its
         key, checked out; a newer one installed meanwhile by another request wins."""
+        evicted = []
         with self._lock:
             current = self._entries.get(version.key)
             if current is not None and current.etag == version.etag:
@@ -135,7 +136,8 @@ class _VersionCache:
                 while len(self._entries) > self.size:
                     _, old = self._entries.popitem(last=False)
                     old.retired = True
-            doomed = [v for v in (current, version) if v is not None and v.retired
+                    evicted.append(old)
+            doomed = [v for v in (current, version, *evicted) if v is not None and v.retired
                       and v.users == 0]
         for v in doomed:
             store.remove_tree(v.model_dir)
@@ -378,9 +380,11 @@ class S3Storage(Storage):
         work_dir = self._cache.new_dir()
         try:
             if base is not None and not replace:
-                source = store.classifier_dir(base.model_dir)
-                if os.path.isdir(source):
-                    shutil.copytree(source, store.classifier_dir(work_dir),
+                # Under the copy's writer lock: a prediction may be converting a
+                # moodlemlbackend model in it (store.load) at this moment.
+                with store.writer_lock(base.model_dir):
+                    shutil.copytree(store.classifier_dir(base.model_dir),
+                                    store.classifier_dir(work_dir),
                                     ignore=shutil.ignore_patterns(store.LOCK_FILE,
                                                                   store.TEMP_PREFIX + "*"))
             result = change(work_dir)
