@@ -294,13 +294,7 @@ def _locked_file(target_dir: str) -> Iterator[BinaryIO]:
             continue
         try:
             fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
-            try:
-                current = os.stat(path)
-            except FileNotFoundError:
-                current = None
-            mine = os.fstat(lock.fileno())
-            if current is not None and (current.st_dev, current.st_ino) == (mine.st_dev,
-                                                                            mine.st_ino):
+            if _is_current(lock, path):
                 yield lock
                 return
         finally:
@@ -345,9 +339,20 @@ def clean_strays(model_dir: str) -> None:
         except OSError:  # a writer is at work (in this process too: flock is per open)
             return
         try:
-            _remove_strays(target_dir)
+            if _is_current(lock, os.path.join(target_dir, LOCK_FILE)):  # not deleted meanwhile
+                _remove_strays(target_dir)
         finally:
             fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+
+def _is_current(lock: BinaryIO, path: str) -> bool:
+    """Whether the open lock file is still the one at `path` (see `_locked_file`)."""
+    try:
+        current = os.stat(path)
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(lock.fileno())
+    return (current.st_dev, current.st_ino) == (mine.st_dev, mine.st_ino)
 
 
 def _remove_strays(target_dir: str) -> None:
