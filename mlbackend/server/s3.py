@@ -211,7 +211,8 @@ class S3Storage(Storage):
         with self._locks_guard:
             if self._cache_instance is None:
                 # Private to this process: two servers on one machine never share it.
-                self._cache_dir = tempfile.mkdtemp(prefix="mlbackend-s3-cache-")
+                # The pid in the name tells a killed server's leftover from a live one's.
+                self._cache_dir = tempfile.mkdtemp(prefix=f"mlbackend-s3-cache-{os.getpid()}-")
                 self._cache_instance = _VersionCache(self._cache_dir, CACHE_VERSIONS)
             return self._cache_instance
 
