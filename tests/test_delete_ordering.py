@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
+from serverutil import PASSWORD, USER, Server, dirhash, start_server, stop
 
 from mlbackend import store, synthetic
-from serverutil import PASSWORD, USER, Server, dirhash, start_server, stop
 
 
 def test_delete_waits_for_the_writer_and_removes_what_it_saved(tmp_path: Path) -> None:

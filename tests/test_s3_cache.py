@@ -9,7 +9,7 @@ import pytest
 
 pytest.importorskip("boto3")
 
-from mlbackend.server.s3 import _Version, _VersionCache  # noqa: E402
+from mlbackend.server.s3 import _Version, _VersionCache
 
 
 def version(cache: _VersionCache, key: str, etag: str) -> _Version:

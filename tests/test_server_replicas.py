@@ -19,11 +19,20 @@ from typing import Any, Iterator
 
 import numpy as np
 import pytest
+from serverutil import (
+    S3Endpoint,
+    Server,
+    dirhash,
+    make_zip,
+    start_s3,
+    start_server,
+    stop,
+    wait_for_log,
+    zip_names,
+)
+from test_legacy import check_predictions, export2, legacy3  # noqa: F401 - fixtures
 
 from mlbackend import synthetic
-from serverutil import (S3Endpoint, Server, dirhash, make_zip, start_s3, start_server, stop,
-                        wait_for_log, zip_names)
-from test_legacy import check_predictions, export2, legacy3  # noqa: F401 - fixtures
 
 pytest.importorskip("moto")
 pytest.importorskip("boto3")
@@ -128,6 +137,19 @@ def test_imports_of_every_format_reach_s3_and_replace_the_model(
     # and training on it continues from the 3.x model, on another replica
     assert a.train("replaced", h, binary_data["train"])["status"] == 0
     assert history(s3, f"replaced/{h}")["trainings"] == 1
+
+
+def test_an_import_replaces_a_stored_object_nobody_can_read(
+        s3, replicas, binary_data, export2):  # noqa: F811 - fixtures
+    a, b, _ = replicas
+    h = dirhash("/moodledata/models/damaged/v1")
+    s3.client.put_object(Bucket=BUCKET, Key=f"damaged/{h}", Body=b"not a zip")
+    with open(binary_data["predict"], "rb") as f:
+        r = b.post("prediction", {"uniqueid": "damaged", "dirhash": h}, {"dataset": f})
+    assert r.status_code == 500
+    import_zip(a, "damaged", h, zip_of(export2["dir"]))
+    check_predictions(b.predict("damaged", h, binary_data["predict"]), export2["proba"],
+                      export2["ids"])
 
 
 # --------------------------------------------------------------------------

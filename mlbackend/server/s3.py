@@ -279,7 +279,9 @@ class S3Storage(Storage):
         key = f"{uniqueid}/{dirhash}"
         with self._lock(key):
             for attempt in range(1, MAX_ATTEMPTS + 1):
-                base = self._current(key)
+                # A replacement needs only the version it replaces, not its
+                # content: so an import also replaces an object nobody can read.
+                base = self._head(key) if replace else self._current(key)
                 try:
                     return self._change(key, base, change, replace)
                 except _Conflict:
@@ -288,7 +290,7 @@ class S3Storage(Storage):
                                 "; running the change again on the new version"
                                 if attempt < MAX_ATTEMPTS else "")
                 finally:
-                    if base is not None:
+                    if base is not None and not replace:
                         self._cache.release(base)
         raise ModelChanged(f"The model changed on other servers {MAX_ATTEMPTS} times while "
                            "this server worked on it; this change was not saved. The stored "
@@ -369,6 +371,18 @@ class S3Storage(Storage):
             raise
         lineage = (obj.get("Metadata") or {}).get(LINEAGE)
         return self._cache.install(_Version(key, obj["ETag"], lineage, model_dir))
+
+    def _head(self, key: str) -> _Version | None:
+        """The stored version of `key` without its content (not in the cache)."""
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=key)
+        except botocore.exceptions.ClientError as exc:
+            if _code(exc) in _MISSING:
+                return None
+            raise StorageError(f"The S3 object {key} could not be read ({exc}).") from None
+        except botocore.exceptions.BotoCoreError as exc:
+            raise StorageError(f"The S3 object {key} could not be read ({exc}).") from None
+        return _Version(key, str(head["ETag"]), (head.get("Metadata") or {}).get(LINEAGE), "")
 
     def _change(self, key: str, base: _Version | None, change: Callable[[str], T],
                 replace: bool) -> T:
