@@ -281,8 +281,7 @@ def writer_lock(model_dir: str) -> Iterator[None]:
     if key in held:
         yield
         return
-    with open(os.path.join(target_dir, LOCK_FILE), "a+b") as lock:
-        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+    with _locked_file(target_dir) as lock:
         held.add(key)
         try:
             _remove_strays(target_dir)
@@ -290,6 +289,49 @@ def writer_lock(model_dir: str) -> Iterator[None]:
         finally:
             held.discard(key)
             fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def _locked_file(target_dir: str) -> Iterator[BinaryIO]:
+    """The lock file of `target_dir`, opened and flock'ed exclusively.
+
+    `delete_model` removes the directory, lock file included, while it holds
+    the lock. A writer that was waiting on that file then holds a lock on a
+    file nobody else will ever open, while a newcomer locks a new file at
+    the same path: both would write at once. So, once the lock is ours, the
+    file must still be the one at the path; if not, start again.
+    """
+    path = os.path.join(target_dir, LOCK_FILE)
+    while True:
+        _makedirs(target_dir)
+        try:
+            lock = open(path, "a+b")
+        except FileNotFoundError:  # the directory was removed in between
+            continue
+        try:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+            if _is_current(lock, path):
+                yield lock
+                return
+        finally:
+            lock.close()
+
+
+def delete_model(model_dir: str) -> bool:
+    """Remove a model directory, in turn with its writers; True if it existed.
+
+    The writer lock is taken first, so a training of this model that is
+    running finishes (and is then deleted with the rest) instead of saving
+    its result after the delete, and no training can start while the files
+    go. The lock file goes with the directory; `writer_lock` notices that
+    and waiters lock the new one.
+    """
+    if not os.path.isdir(model_dir):
+        return False
+    with writer_lock(model_dir):
+        shutil.rmtree(model_dir, ignore_errors=True)
+    # A writer that was waiting re-creates the directory for its own model.
+    return True
 
 
 def clean_strays(model_dir: str) -> None:
@@ -313,9 +355,20 @@ def clean_strays(model_dir: str) -> None:
         except OSError:  # a writer is at work (in this process too: flock is per open)
             return
         try:
-            _remove_strays(target_dir)
+            if _is_current(lock, os.path.join(target_dir, LOCK_FILE)):  # not deleted meanwhile
+                _remove_strays(target_dir)
         finally:
             fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+
+def _is_current(lock: BinaryIO, path: str) -> bool:
+    """Whether the open lock file is still the one at `path` (see `_locked_file`)."""
+    try:
+        current = os.stat(path)
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(lock.fileno())
+    return (current.st_dev, current.st_ino) == (mine.st_dev, mine.st_ino)
 
 
 def _remove_strays(target_dir: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -154,3 +155,63 @@ def make_zip(entries: list[tuple[str | zipfile.ZipInfo, bytes]]) -> bytes:
 
 def files_under(path: Path) -> list[Path]:
     return sorted(p for p in path.rglob("*") if p.is_file()) if path.exists() else []
+
+
+@dataclass
+class S3Endpoint:
+    """moto's S3 server with one bucket, and a client of it for the tests' own checks."""
+
+    url: str
+    proc: subprocess.Popen[bytes]
+    client: Any
+    env: dict[str, str]
+    bucket: str
+    log: Path
+
+    def keys(self, prefix: str = "") -> list[str]:
+        answer = self.client.list_objects_v2(Bucket=self.bucket, Prefix=prefix)
+        return sorted(o["Key"] for o in answer.get("Contents", []))
+
+    def get(self, key: str) -> bytes:
+        return bytes(self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read())
+
+    def requests_for(self, key: str) -> list[tuple[str, int]]:
+        """(method, HTTP status) of every request moto served for `key`, from its log."""
+        pattern = re.compile(rf'"([A-Z]+) /{re.escape(self.bucket)}/{re.escape(key)}'
+                             r'(?:\?[^ ]*)? HTTP/1\.1" (\d{3})')
+        text = re.sub(r"\x1b\[[0-9;]*m", "", self.log.read_text())  # werkzeug's colours
+        return [(m[1], int(m[2])) for m in pattern.finditer(text)]
+
+    def server_env(self, **extra: str) -> dict[str, str]:
+        """The environment of `mlbackend serve` replicas sharing this bucket."""
+        return {**self.env, "MOODLE_MLBACKEND_PYTHON_USERS": f"{USER}:{PASSWORD}",
+                "MOODLE_MLBACKEND_PYTHON_S3_BUCKET_NAME": self.bucket, **extra}
+
+
+def start_s3(tmp: Path, bucket: str) -> S3Endpoint:
+    import boto3
+
+    url, proc = start_moto(tmp)
+    env = aws_env(tmp)
+    client = boto3.session.Session().client(
+        "s3", endpoint_url=url, aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"], region_name=env["AWS_DEFAULT_REGION"])
+    client.create_bucket(Bucket=bucket)
+    return S3Endpoint(url=url, proc=proc, client=client, env=env, bucket=bucket,
+                      log=tmp / "moto.log")
+
+
+def wait_for_log(server: Server, text: str, count: int = 1, timeout: float = 600) -> None:
+    """Poll the server's log until `text` appears `count` times; fails if the server died.
+
+    Bounded, so that a broken server fails the test instead of hanging it; the
+    bound is not a performance assertion.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.log_text().count(text) >= count:
+            return
+        if server.proc.poll() is not None:
+            raise RuntimeError(f"the server exited:\n{server.log_text()}")
+        time.sleep(0.05)
+    raise RuntimeError(f"{text!r} did not appear in the server log:\n{server.log_text()}")

@@ -52,9 +52,12 @@ def keys(s3: dict[str, Any], prefix: str = "") -> list[str]:
 
 
 def assert_stateless(*servers: Server) -> None:
-    """Nothing stays on the servers' machine between requests."""
+    """Nothing stays on the servers' machine between requests but each
+    server's cache of the model versions it has read (checked on every use)."""
     for server in servers:
-        assert files_under(server.tempdir) == []
+        caches = [p for p in server.tempdir.iterdir() if p.name.startswith("mlbackend-s3-cache-")]
+        assert len(caches) == 1
+        assert [p for p in files_under(server.tempdir) if caches[0] not in p.parents] == []
 
 
 def test_a_model_trained_through_one_server_predicts_through_the_other(s3, servers, binary_data):

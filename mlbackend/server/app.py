@@ -47,7 +47,7 @@ from mlbackend.contract import (
 from mlbackend.server import uploads
 from mlbackend.server.auth import Users, basic_credentials
 from mlbackend.server.config import ServerConfig
-from mlbackend.server.storage import Storage, StorageError
+from mlbackend.server.storage import ModelChanged, Storage, StorageError
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,8 @@ def http_status(endpoint: str, exc: BackendError) -> int:
 
     The JSON endpoints answer the backend's errors with a 200, so that Moodle
     shows the admin the message; elsewhere an error is the request's fault
-    (400), a missing model's (503, export) or the server's (500).
+    (400), a missing model's (503, export), a concurrent change's (409,
+    import) or the server's (500).
     """
     if isinstance(exc, RequestError):
         return exc.http_status
@@ -82,6 +83,8 @@ def http_status(endpoint: str, exc: BackendError) -> int:
         return 200
     if isinstance(exc, NotTrainedError):
         return 503
+    if isinstance(exc, ModelChanged):  # deleted or changed by another server meanwhile
+        return 409
     if isinstance(exc, WriteError):
         return 500
     return 400
@@ -166,9 +169,9 @@ class MoodleApp:
         uniqueid, dirhash = _ids(request)
         with _request_dir() as tmp:
             dataset = _upload(request, "dataset", tmp)
-            with self._training_slot(), \
-                    self.storage.model(uniqueid, dirhash, fetch=True, push=True) as model_dir:
-                return _json(actions.train(model_dir, dataset))
+            with self._training_slot():
+                return _json(self.storage.update(
+                    uniqueid, dirhash, lambda model_dir: actions.train(model_dir, dataset)))
 
     def on_prediction(self, request: Request) -> Response:
         uniqueid, dirhash = _ids(request)
@@ -195,6 +198,11 @@ class MoodleApp:
                         result = actions.evaluate(model_dir, dataset, min_score, max_deviation,
                                                   iterations)
                 self.storage.keep_run_logs(uniqueid, dirhash, model_dir, result["runid"])
+            if not self.storage.keeps_model_dirs:
+                # That directory is gone when the request ends: the logs are
+                # in the storage, for /evaluationlog; Moodle adds no
+                # TensorBoard hint for an empty `dir`.
+                result["dir"] = ""
             return _json(result)
 
     def on_evaluationlog(self, request: Request) -> Response:
@@ -217,8 +225,9 @@ class MoodleApp:
             archive = _upload(request, "importzip", tmp)
             unpacked = os.path.join(tmp, "import")
             uploads.safe_extract(archive, unpacked, self.config.max_unzipped_bytes)
-            with self.storage.model(uniqueid, dirhash, fetch=False, push=True) as model_dir:
-                actions.import_(model_dir, unpacked)
+            self.storage.update(uniqueid, dirhash,
+                                lambda model_dir: actions.import_(model_dir, unpacked),
+                                replace=True)
         return _text("Ok")
 
     def on_deletemodel(self, request: Request) -> Response:

@@ -4,12 +4,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
-from typing import Iterator
+from typing import Callable, Iterator
 
-from mlbackend.server import uploads
 from mlbackend import store
-from mlbackend.server.storage import Storage, StorageError
+from mlbackend.server import uploads
+from mlbackend.server.storage import Storage, StorageError, T
 
 log = logging.getLogger(__name__)
 
@@ -29,18 +28,38 @@ class LocalStorage(Storage):
             raise StorageError(f"The storage directory {self.base_dir} is not writable.")
 
     @contextlib.contextmanager
-    def model(self, uniqueid: str, dirhash: str, *, fetch: bool = True,
-              push: bool = False) -> Iterator[str]:
+    def model(self, uniqueid: str, dirhash: str, *, fetch: bool = True) -> Iterator[str]:
         yield self._dir(uniqueid, dirhash)
 
     def run_logs_zip(self, uniqueid: str, dirhash: str, runid: str) -> bytes:
         return uploads.zip_directory(store.run_log_dir(self._dir(uniqueid, dirhash), runid))
 
+    def update(self, uniqueid: str, dirhash: str, change: Callable[[str], T], *,
+               replace: bool = False) -> T:
+        # The store's writer lock makes each change one step (see store.writer_lock).
+        return change(self._dir(uniqueid, dirhash))
+
     def delete(self, uniqueid: str) -> None:
+        """Each version in turn with its writers (`store.delete_model`), then the
+        model's directory if nothing new appeared in it meanwhile."""
         path = os.path.join(self.base_dir, uniqueid)
-        if os.path.isdir(path):
-            shutil.rmtree(path, ignore_errors=True)
-            log.info("deleted %s", path)
+        try:
+            versions = sorted(os.listdir(path))
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise StorageError(f"The model {uniqueid} could not be deleted "
+                               f"({exc.strerror}).") from None
+        for name in versions:
+            version = os.path.join(path, name)
+            if os.path.isdir(version) and not os.path.islink(version):
+                store.delete_model(version)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(version)
+        with contextlib.suppress(OSError):  # not empty: a training started since
+            os.rmdir(path)
+        log.info("deleted %s", path)
 
     def _dir(self, uniqueid: str, dirhash: str) -> str:
         return os.path.join(self.base_dir, uniqueid, dirhash)

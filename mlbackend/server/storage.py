@@ -5,10 +5,15 @@ OUTPUTDIR layout. A storage hands a request such a directory:
 
 - `LocalStorage` (in `mlbackend.server.local`) gives `BASEDIR/UNIQUEID/DIRHASH` itself; the store's
   atomic saves and writer locks make concurrent requests safe.
-- `S3Storage` (in `mlbackend.server.s3`) fills a temporary directory from
-  the bucket and writes the model back after training or import, so the
-  server keeps nothing between requests and any number of servers behind a
-  load balancer can share one bucket.
+- `S3Storage` (in `mlbackend.server.s3`) keeps each model as one object in a
+  bucket shared by any number of servers behind a load balancer. A server
+  keeps the versions it has read in a local cache, checked against the
+  bucket on every request; a change (training, import) is written with a
+  conditional PUT, so it applies to the version it started from or not at
+  all (then it runs again on the newer version).
+
+A change of a model goes through `update`, which may run it more than
+once: that is why it takes a function, not a block.
 
 Identifiers reaching here were already reduced by `store.safe_name`. The
 server picks one in `mlbackend.server.wsgi.open_storage`: this module knows
@@ -17,16 +22,27 @@ neither, so that they can import it.
 from __future__ import annotations
 
 import abc
-from typing import ContextManager
+from typing import Callable, ContextManager, TypeVar
 
 from mlbackend.contract import BackendError
+
+T = TypeVar("T")
+
 
 class StorageError(BackendError):
     """The storage failed (S3 unreachable, a disk error); not the client's fault."""
 
 
+class ModelChanged(BackendError):
+    """The model was deleted, or changed too often, while a change of it ran:
+    the change was not kept. Not a failure of the server; the answer says why."""
+
+
 class Storage(abc.ABC):
     """What the routes need from a place that keeps models."""
+
+    #: Whether model directories (and so an evaluation's `dir`) outlive the request.
+    keeps_model_dirs = True
 
     @abc.abstractmethod
     def describe(self) -> str:
@@ -35,13 +51,27 @@ class Storage(abc.ABC):
     def check(self) -> None:
         """Fail at start-up, not at the first request, when the storage is unusable."""
 
-    @abc.abstractmethod
-    def model(self, uniqueid: str, dirhash: str, *, fetch: bool = True,
-              push: bool = False) -> ContextManager[str]:
-        """A model directory for one request (a context manager).
+    def close(self) -> None:
+        """The server stops: release what the storage holds on this machine."""
 
-        `fetch`: the request reads the stored model. `push`: the request may
-        change it, and the change is kept when the block ends without error.
+    @abc.abstractmethod
+    def model(self, uniqueid: str, dirhash: str, *, fetch: bool = True) -> ContextManager[str]:
+        """A model directory for one request that reads the model (a context manager).
+
+        `fetch`: the request reads the stored model; without it, a directory
+        for what the request writes beside it (an evaluation's logs).
+        Changes made to the model there are not kept: use `update`.
+        """
+
+    @abc.abstractmethod
+    def update(self, uniqueid: str, dirhash: str, change: Callable[[str], T], *,
+               replace: bool = False) -> T:
+        """Run `change(model_dir)` and keep what it leaves there, as one step.
+
+        `replace`: the change does not read the stored model (an import),
+        so it gets an empty directory. The change may run again when another
+        server changed the model meanwhile; raises `ModelChanged` when the
+        model was deleted meanwhile, or when it kept changing.
         """
 
     def keep_run_logs(self, uniqueid: str, dirhash: str, model_dir: str, runid: int) -> None:

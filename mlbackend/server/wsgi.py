@@ -66,10 +66,11 @@ class AccessLog:
                             time.perf_counter() - started)
 
 
-def build_app(config: ServerConfig) -> WSGIApp:
+def build_app(config: ServerConfig, storage: Storage | None = None) -> WSGIApp:
     """The whole application for this configuration; checks users and storage first."""
     users = Users.from_env()
-    storage = open_storage(config.storage_dir, config.s3_bucket, config.s3_endpoint_url)
+    if storage is None:
+        storage = open_storage(config.storage_dir, config.s3_bucket, config.s3_endpoint_url)
     storage.check()
     log.info("%d user(s); models in %s; at most %d training(s) at once", len(users),
              storage.describe(), config.max_trainings)
@@ -83,7 +84,8 @@ def serve(config: ServerConfig) -> None:
     _configure_logging()
     if config.temp_dir:
         tempfile.tempdir = config.temp_dir   # uploads, waitress' spooled bodies, S3 copies
-    app = build_app(config)
+    storage = open_storage(config.storage_dir, config.s3_bucket, config.s3_endpoint_url)
+    app = build_app(config, storage)
     options: dict[str, Any] = dict(
         host=config.host, port=config.port, threads=config.workers, ident="mlbackend",
         max_request_body_size=config.max_upload_bytes + BODY_SLACK)
@@ -103,6 +105,7 @@ def serve(config: ServerConfig) -> None:
         server.run()
     finally:
         server.close()
+        storage.close()  # S3: its cache of model versions, and its request counts
         log.info("stopped")
 
 
