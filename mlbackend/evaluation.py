@@ -16,6 +16,7 @@ import errno
 import json
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -121,6 +122,10 @@ def _evaluate(ds: Dataset, output_dir: str, min_score: float, accepted_deviation
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     root = logging.getLogger("mlbackend")
     handler.setLevel(logging.INFO)
+    # This run's lines only: a server runs other requests (other evaluations
+    # too) in other threads at the same time, all logging to "mlbackend".
+    thread = threading.get_ident()
+    handler.addFilter(lambda record: record.thread == thread)
     root.addHandler(handler)
     if root.getEffectiveLevel() > logging.INFO:
         root.setLevel(logging.INFO)  # the stderr handler keeps its own level

@@ -131,6 +131,9 @@ def parse_users(text: str | None) -> dict[str, Credential]:
         if not sep or not user:
             raise UsersError(f"Entry {number} of {USERS_ENV} is not user:password. "
                              f"{HOW_TO_CREATE}")
+        if not password:
+            raise UsersError(f"The password of user {user!r} in {USERS_ENV} is empty; a user "
+                             f"without a password is refused. {HOW_TO_CREATE}")
         if user in users:
             log.warning("user %r appears twice in %s; the later entry counts", user, USERS_ENV)
         users[user] = parse_credential(user, password)

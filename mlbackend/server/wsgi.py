@@ -8,6 +8,8 @@ application sees it, so a slow client never holds a training slot.
 from __future__ import annotations
 
 import logging
+import os
+import re
 import signal
 import sys
 import tempfile
@@ -16,7 +18,7 @@ from typing import Any, Callable, Iterable
 
 from mlbackend import reported_version
 from mlbackend.contract import BackendError
-from mlbackend.server.app import USER_KEY, MoodleApp, WSGIApp
+from mlbackend.server.app import USER_KEY, MoodleApp, WSGIApp, clean_request_dirs
 from mlbackend.server.auth import Users
 from mlbackend.server.config import ServerConfig
 from mlbackend.server.local import LocalStorage
@@ -60,10 +62,25 @@ class AccessLog:
                 if close is not None:
                     close()
         finally:
-            access_log.info('%s %s "%s %s" %s %d %.3fs', environ.get("REMOTE_ADDR", "-"),
-                            environ.get(USER_KEY) or "-", environ.get("REQUEST_METHOD", "-"),
-                            environ.get("PATH_INFO", "-"), state["status"], state["bytes"],
+            access_log.info('%s %s "%s %s" %s %d %.3fs', log_safe(environ.get("REMOTE_ADDR")),
+                            log_safe(environ.get(USER_KEY)),
+                            log_safe(environ.get("REQUEST_METHOD")),
+                            log_safe(environ.get("PATH_INFO")), state["status"], state["bytes"],
                             time.perf_counter() - started)
+
+
+_UNSAFE = re.compile(r'[\x00-\x20\x7f-\x9f"\\\u2028\u2029]')
+
+
+def log_safe(value: str | None, limit: int = 512) -> str:
+    """A client-controlled value for one access-log line: control characters
+    (a `%0A` in the path would start a forged line), spaces, quotes and
+    backslashes escaped as \\xNN, and the whole cut at `limit` characters."""
+    if not value:
+        return "-"
+    text = _UNSAFE.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 256
+                       else f"\\u{ord(m.group()):04x}", value[:limit])
+    return text + ("..." if len(value) > limit else "")
 
 
 def build_app(config: ServerConfig) -> WSGIApp:
@@ -84,6 +101,10 @@ def serve(config: ServerConfig) -> None:
     if config.temp_dir:
         tempfile.tempdir = config.temp_dir   # uploads, waitress' spooled bodies, S3 copies
     app = build_app(config)
+    removed = clean_request_dirs(tempfile.gettempdir())
+    if removed:
+        log.warning("removed %d request directories that a stopped server left in %s",
+                    removed, tempfile.gettempdir())
     options: dict[str, Any] = dict(
         host=config.host, port=config.port, threads=config.workers, ident="mlbackend",
         max_request_body_size=config.max_upload_bytes + BODY_SLACK)
