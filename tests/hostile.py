@@ -174,3 +174,78 @@ def check_predictions(answer: dict[str, Any], nclasses: int, classes: list[str])
         assert row[1] in classes, row
         p = float(row[2])
         assert math.isfinite(p) and 1 / nclasses - 1e-6 <= p <= 1.0, row
+
+
+# --------------------------------------------------------------------------
+# Old-format model files: pickled NumPy dtypes and TensorFlow checkpoints
+
+
+class DtypeWithState:
+    """Pickles as `numpy.dtype(name)` followed by a BUILD that sets `state`:
+    what a crafted classifier.pkl can ask NumPy to do."""
+
+    def __init__(self, name: str, state: tuple[Any, ...]) -> None:
+        self.name, self.state = name, state
+
+    def __reduce__(self) -> Any:
+        return (np.dtype, (self.name, False, True), self.state)
+
+
+#: dtype states a crafted pickle may give; only the first is what NumPy writes.
+DTYPE_STATES = {
+    "subarray (the 272-byte crash)": ("f8", (3, "<", (np.dtype("f8"), (200_000_000,)), None,
+                                             None, 8, 1, 0)),
+    "item size larger than the type": ("f8", (3, "<", None, None, None, 1 << 30, 1, 0)),
+    "fields": ("f8", (3, "|", None, ("a",), {"a": (np.dtype("f8"), 0)}, 8, 1, 16)),
+    "big-endian": ("f8", (3, ">", None, None, None, -1, -1, 0)),
+    "metadata (version 4)": ("f8", (4, "<", None, None, None, -1, -1, 0, {"x": 1})),
+    "not a tuple": ("f8", {"a": 1}),
+}
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    n &= (1 << 64) - 1
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def proto_field(number: int, value: int | bytes) -> bytes:
+    """One protobuf field: a varint (int) or length-delimited (bytes)."""
+    if isinstance(value, int):
+        return _varint(number << 3) + _varint(value)
+    return _varint(number << 3 | 2) + _varint(len(value)) + value
+
+
+def bundle_entry(dtype: int, dims: list[int], offset: int, size: int, shard: int = 0) -> bytes:
+    """A BundleEntryProto as TensorFlow writes it."""
+    shape = b"".join(proto_field(2, proto_field(1, d)) for d in dims)
+    return (proto_field(1, dtype) + proto_field(2, shape) + proto_field(3, shard)
+            + proto_field(4, offset) + proto_field(5, size))
+
+
+def write_table(path: Path, entries: dict[str, bytes]) -> None:
+    """A LevelDB-style table (a checkpoint's .index) holding `entries`,
+    keys sorted, one data block, as TensorFlow lays it out."""
+    def block(items: list[tuple[bytes, bytes]]) -> bytes:
+        body = b"".join(_varint(0) + _varint(len(k)) + _varint(len(v)) + k + v
+                        for k, v in items)
+        return body + (0).to_bytes(4, "little") + (1).to_bytes(4, "little")
+
+    items = sorted((k.encode(), v) for k, v in entries.items())
+    data = block(items)
+    out = data + b"\0\0\0\0\0"
+    meta_offset = len(out)
+    meta = block([])
+    out += meta + b"\0\0\0\0\0"
+    index_offset = len(out)
+    index = block([(items[-1][0] + b"\0", _varint(0) + _varint(len(data)))])
+    out += index + b"\0\0\0\0\0"
+    handles = _varint(meta_offset) + _varint(len(meta)) + _varint(index_offset) + \
+        _varint(len(index))
+    out += handles + bytes(40 - len(handles)) + (0xDB4775248B80FB57).to_bytes(8, "little")
+    path.write_bytes(out)
