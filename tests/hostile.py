@@ -249,3 +249,75 @@ def write_table(path: Path, entries: dict[str, bytes]) -> None:
         _varint(len(index))
     out += handles + bytes(40 - len(handles)) + (0xDB4775248B80FB57).to_bytes(8, "little")
     path.write_bytes(out)
+
+
+# --------------------------------------------------------------------------
+# Model files (model.npz), bent at random
+
+
+def small_model_arrays(nfeatures: int = 3, hidden: int = 4, seed: int = 0
+                       ) -> dict[str, np.ndarray]:
+    """The arrays of a valid model.npz, made without training."""
+    from mlbackend.inference import Model
+
+    rng = np.random.default_rng(seed)
+    sizes = [nfeatures, hidden, 2]
+    weights = []
+    for a, b in zip(sizes, sizes[1:]):
+        weights += [rng.normal(size=(a, b)).astype(np.float32),
+                    rng.normal(size=b).astype(np.float32)]
+    return Model(classes=[0, 1], nfeatures=nfeatures, columns=np.arange(nfeatures),
+                 mean=np.zeros(nfeatures, np.float32), scale=np.ones(nfeatures, np.float32),
+                 weights=weights, feature_names=[f"f{i}" for i in range(nfeatures)]).to_arrays()
+
+
+HOSTILE_JSON = st.sampled_from([
+    None, True, 5, -1, 0, 1.5, float("nan"), 10 ** 30, "x", "", [], [1, 2], {}, {"a": 1},
+    [[[[[]]]]], "relu", "tanh", "softmax", "mlbackend-classifier", [0, 1], [0, 1, 1],
+    [True, False], ["0", "1"], [0.5, 1], 2, 3, 10_001, 99, [10], [16_000_000], [0],
+    list(range(20)), ["a"] * 3, "\u0663"])
+META_KEYS = ["format", "format_version", "classes", "nfeatures", "hidden_units", "activation",
+             "output", "feature_names", "history"]
+HOSTILE_ARRAYS = st.sampled_from([
+    np.zeros(0, np.float32), np.zeros((3, 4, 1), np.float32), np.zeros(3, np.int64) - 5,
+    np.array(5.0), np.full(3, np.nan, np.float32), np.zeros(3, np.complex64),
+    np.array(["a", "b", "c"]), np.zeros(3, dtype=[("a", "f4")]), np.zeros(3, bool),
+    np.zeros((3, 4), ">f4"), np.zeros((4, 2), np.float16), np.array([1e39, 0, 0]),
+    np.arange(3) + 10, np.ones((3, 5000), np.float32)])
+
+
+@st.composite
+def model_files(draw: Any) -> bytes:
+    """A model.npz: valid, or with its metadata, arrays or bytes bent."""
+    arrays = small_model_arrays(draw(st.integers(1, 4)), draw(st.integers(1, 5)))
+    kind = draw(st.sampled_from(["valid", "meta", "meta", "arrays", "arrays", "bytes",
+                                 "cut"]))
+    if kind == "meta":
+        meta = json.loads(str(arrays["meta"]))
+        if draw(st.integers(0, 5)) == 0:
+            meta = draw(HOSTILE_JSON)
+        else:
+            for _ in range(draw(st.integers(1, 3))):
+                key = draw(st.sampled_from(META_KEYS))
+                if draw(st.booleans()):
+                    meta[key] = draw(HOSTILE_JSON)
+                else:
+                    meta.pop(key, None)
+        arrays["meta"] = np.array(json.dumps(meta))
+    elif kind == "arrays":
+        for _ in range(draw(st.integers(1, 2))):
+            key = draw(st.sampled_from(sorted(arrays)))
+            if draw(st.integers(0, 3)) == 0:
+                del arrays[key]
+            else:
+                arrays[key] = draw(HOSTILE_ARRAYS)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    data = buf.getvalue()
+    if kind == "bytes":
+        for _ in range(draw(st.integers(1, 4))):
+            at = draw(st.integers(0, len(data) - 1))
+            data = data[:at] + bytes([draw(st.integers(0, 255))]) + data[at + 1:]
+    elif kind == "cut":
+        data = data[:draw(st.integers(0, len(data)))]
+    return data
