@@ -134,7 +134,7 @@ def test_a_file_that_is_not_a_dataset_is_not_echoed(tmp_path, run_main):
     """Run as root on /etc/shadow, the first line was in the answer."""
     secret = "root:$6$saltsalt$hashhashhash:19000:0:99999:7:::"
     path = write(tmp_path / "shadow", secret + "\ndaemon:*:19000:0:99999:7:::\n" * 3)
-    for module in ("training", "prediction"):
+    for module in ("training", "evaluation"):
         r = run_main(module, path, "--model-dir", tmp_path / "m")
         assert r.rc == 1 and "Is this a Moodle analytics dataset?" in r.json["info"][0]
         assert "root" not in r.stdout and "hash" not in r.stdout and "hash" not in r.stderr
