@@ -27,6 +27,7 @@ from __future__ import annotations
 import collections
 import logging
 import queue
+import re
 import threading
 import time
 from typing import Any, Callable
@@ -38,12 +39,34 @@ from waitress.utilities import Error
 from mlbackend.server.auth import Users, basic_credentials
 
 log = logging.getLogger("mlbackend.server")
+access_log = logging.getLogger("mlbackend.access")
 
 HEADER_SECONDS = 20
 MAX_CONNECTIONS_PER_CLIENT = 32
 MAX_WAITING = 64
 #: Paths answered without credentials (as in `mlbackend.server.app`).
 OPEN_PATHS = ("/version",)
+
+
+_UNSAFE = re.compile(r'[\x00-\x20\x7f-\x9f"\\\u2028\u2029]')
+
+
+def log_safe(value: str | None, limit: int = 512) -> str:
+    """A client-controlled value for one access-log line: control characters
+    (a `%0A` in the path would start a forged line), spaces, quotes and
+    backslashes escaped as \\xNN, and the whole cut at `limit` characters."""
+    if not value:
+        return "-"
+    text = _UNSAFE.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 256
+                       else f"\\u{ord(m.group()):04x}", value[:limit])
+    return text + ("..." if len(value) > limit else "")
+
+
+def log_refusal(channel: "GatedChannel", parser: "GatedParser") -> None:
+    """The access-log line of a request refused here (the application,
+    which writes the others, never sees it)."""
+    access_log.info('%s - "%s %s" 401 0 -', log_safe(channel.client),
+                    log_safe(parser.command), log_safe(parser.path))
 
 
 class Unauthorized(Error):
@@ -112,6 +135,7 @@ class GatedParser(HTTPRequestParser):
             if self.error is None:
                 verdict = self.channel.gate.verdict(self)
                 if verdict == "refuse":
+                    log_refusal(self.channel, self)
                     self.error = Unauthorized("")
                     self.completed = True
                     return len(data)  # the body is never read: the connection closes
@@ -196,6 +220,7 @@ class GatedChannel(HTTPChannel):
         if ok:
             parser.completed = parser.completed_after_check
         else:
+            log_refusal(self, parser)
             parser.error = Unauthorized("")
             parser.completed = True
             held = b""

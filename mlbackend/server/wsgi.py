@@ -10,7 +10,6 @@ and limits what an unauthenticated client can hold.
 from __future__ import annotations
 
 import logging
-import re
 import signal
 import sys
 import tempfile
@@ -20,6 +19,7 @@ from typing import Any, Callable, Iterable
 from mlbackend import reported_version
 from mlbackend.contract import BackendError
 from mlbackend.server import gate
+from mlbackend.server.gate import access_log, log_safe
 from mlbackend.server.app import USER_KEY, MoodleApp, WSGIApp, clean_request_dirs
 from mlbackend.server.auth import Users
 from mlbackend.server.config import ServerConfig
@@ -27,7 +27,6 @@ from mlbackend.server.local import LocalStorage
 from mlbackend.server.storage import Storage
 
 log = logging.getLogger("mlbackend.server")
-access_log = logging.getLogger("mlbackend.access")
 
 #: Room for the multipart framing around an upload of the maximum size.
 BODY_SLACK = 1 << 20
@@ -73,20 +72,6 @@ class AccessLog:
                             log_safe(environ.get("REQUEST_METHOD")),
                             log_safe(environ.get("PATH_INFO")), state["status"], state["bytes"],
                             time.perf_counter() - started)
-
-
-_UNSAFE = re.compile(r'[\x00-\x20\x7f-\x9f"\\\u2028\u2029]')
-
-
-def log_safe(value: str | None, limit: int = 512) -> str:
-    """A client-controlled value for one access-log line: control characters
-    (a `%0A` in the path would start a forged line), spaces, quotes and
-    backslashes escaped as \\xNN, and the whole cut at `limit` characters."""
-    if not value:
-        return "-"
-    text = _UNSAFE.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 256
-                       else f"\\u{ord(m.group()):04x}", value[:limit])
-    return text + ("..." if len(value) > limit else "")
 
 
 def build_app(config: ServerConfig, users: Users | None = None) -> WSGIApp:
