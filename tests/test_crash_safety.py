@@ -485,3 +485,31 @@ def test_prediction_in_row_blocks_gives_the_same_answers(monkeypatch):
     assert model.block_rows == 1
     # float32 products summed in another order differ in the last bits only
     np.testing.assert_allclose(model.predict_proba(X), whole, atol=1e-6)
+
+
+def test_an_evaluation_log_holds_its_own_run_only(tmp_path, data, run_main):
+    """A server runs other requests while an evaluation writes its info.log;
+    their lines (other models' ids) went into it. Now only the run's own."""
+    import logging
+
+    outdir = tmp_path / "model"
+    assert run_main("training", data["first"], "--model-dir", outdir).rc == 0
+    stop = threading.Event()
+    other = logging.getLogger("mlbackend.server.app")
+
+    def another_request() -> None:
+        while not stop.is_set():
+            other.info("OTHER REQUEST of model other-model-id")
+            time.sleep(0.001)
+
+    thread = threading.Thread(target=another_request)
+    thread.start()
+    try:
+        result = actions.evaluate(str(tmp_path / "eval"), data["first"], 0.5, 0.5, 1,
+                                  trained_model_dir=str(outdir))
+    finally:
+        stop.set()
+        thread.join()
+    text = (Path(result["dir"]) / "info.log").read_text()
+    assert f"evaluation {result['runid']}" in text and "result:" in text
+    assert "OTHER REQUEST" not in text
