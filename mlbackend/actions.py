@@ -30,6 +30,8 @@ def train(model_dir: str, dataset_path: str, progress: bool = False) -> dict[str
     ds = dataset.read_training(dataset_path, tensorflow=True)
     with store.writer_lock(model_dir):
         previous = store.load(model_dir, nfeatures=ds.nfeatures, replace_damaged=True)
+        if previous is not None:
+            previous.check_work(ds.nrows)
         options = training.TrainingOptions(progress=progress)
         trained = training.train(ds.X, ds.y, ds.classes, ds.feature_names, previous=previous,
                               options=options)

@@ -40,6 +40,11 @@ MAX_PARAMETERS = 16_000_000          # 64 MB of float32 weights
 #: Memory one block of predicted rows may take for the network's layers:
 #: rows are predicted in blocks sized from the model's widths.
 PREDICT_BLOCK_BYTES = 64 << 20
+#: Most multiply-adds (rows x weights) one call may ask of a model: time,
+#: not memory, is what a large model costs per row. A real model (74,000
+#: weights for 450 features) predicts 100,000 rows in 7.4e9; this is about
+#: a minute of two cores.
+MAX_WORK = 500_000_000_000
 
 #: Hidden-layer activations, by the name stored in the model file.
 ACTIVATIONS = {
@@ -86,6 +91,7 @@ class Model:
         whose output is still not a number is refused: a probability of
         "nan" would reach Moodle as an answer."""
         self.check_features(X.shape[1])
+        self.check_work(X.shape[0])
         proba = np.empty((X.shape[0], len(self.classes)), dtype=np.float64)
         step = self.block_rows
         for start in range(0, X.shape[0], step):
@@ -100,6 +106,15 @@ class Model:
                     "The model's output is not a number for some rows: its weights are "
                     "damaged or out of range. Train the model again or import a good copy.")
         return proba
+
+    def check_work(self, rows: int) -> None:
+        """Refuse a call that would take this model far longer than a real one."""
+        if rows * self.parameters > MAX_WORK:
+            raise BackendError(
+                f"{rows} rows through this model's {self.parameters} weights would take "
+                f"{rows * self.parameters:.2g} multiply-adds, more than the {MAX_WORK:.0e} "
+                "allowed: the model is far larger than the ones this program trains. Send "
+                "fewer rows at a time, or train a new model.")
 
     @property
     def parameters(self) -> int:

@@ -328,8 +328,8 @@ def test_every_legacy_pickle_is_read_or_refused(tmp_path_factory, changes, damag
 
 
 @settings(max_examples=examples(100, 3000))
-@given(dtype=st.integers(-3, 300), dims=st.lists(st.integers(-(1 << 62), 1 << 62) | st.integers(0, 9),
-                                                 max_size=10),
+@given(dtype=st.integers(-3, 300),
+       dims=st.lists(st.integers(-(1 << 62), 1 << 62) | st.integers(0, 9), max_size=10),
        offset=st.integers(-5, 1 << 62) | st.integers(0, 200),
        size=st.integers(-5, 1 << 62) | st.integers(0, 200), shard=st.integers(-2, 3),
        garbage=st.one_of(st.none(), st.binary(max_size=40)))
