@@ -321,7 +321,8 @@ def pbkdf2_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     from mlbackend.server.auth import make_entry
 
     tmp = tmp_path_factory.mktemp("pbkdf2-server")
-    srv = start_server(tmp, {"MOODLE_MLBACKEND_PYTHON_USERS": make_entry(USER, PASSWORD, 20_000),
+    users = f"{make_entry(USER, PASSWORD, 20_000)},{make_entry('second', PASSWORD, 20_000)}"
+    srv = start_server(tmp, {"MOODLE_MLBACKEND_PYTHON_USERS": users,
                              "MOODLE_MLBACKEND_PYTHON_DIR": str(tmp / "models")},
                        "--max-upload-mb", "8")
     yield srv
@@ -472,3 +473,33 @@ def test_request_directories_of_a_dead_server_are_removed_at_start(tmp_path):
         assert not stale.exists() and live.exists()
     finally:
         stop(srv.proc)
+
+
+def test_no_100_continue_before_the_credentials_are_checked(server, pbkdf2_server, trained):
+    """curl (Moodle's PHP) asks `Expect: 100-continue` before a large body:
+    a wrong password gets the 401, never an invitation to send the body; a
+    right one (known, or checked while the request waits) gets it."""
+    for srv in (server, pbkdf2_server):
+        head = post_head(f"{USER}:wrong", 7 << 20).replace(
+            "\r\n\r\n", "\r\nExpect: 100-continue\r\n\r\n")
+        with send_head(srv, head) as sock:
+            assert read_response(sock).startswith(b"HTTP/1.1 401")
+    with open(Path(trained["predict"]).parent / "train.csv", "rb") as f:
+        body = multipart(f.read())
+    # known good at start-up; checked while the request waits (only this
+    # test uses "second"); a wrong password checked while it waits
+    for srv, user, password in ((server, USER, PASSWORD), (pbkdf2_server, "second", PASSWORD),
+                                (pbkdf2_server, "second", "wrong")):
+        token = base64.b64encode(f"{user}:{password}".encode()).decode()
+        head = (f"POST /training HTTP/1.1\r\nHost: {HOST}\r\nAuthorization: Basic {token}\r\n"
+                "Content-Type: multipart/form-data; boundary=XyZ\r\nExpect: 100-continue\r\n"
+                f"Connection: close\r\nContent-Length: {len(body)}\r\n\r\n")
+        with send_head(srv, head) as sock:
+            first = sock.recv(100)
+            if password == "wrong":
+                assert first.startswith(b"HTTP/1.1 401"), first
+                continue
+            assert first.startswith(b"HTTP/1.1 100 Continue"), first
+            sock.sendall(body)
+            answer = first + read_response(sock)
+        assert b"HTTP/1.1 200" in answer, answer[:300]

@@ -124,6 +124,7 @@ class GatedParser(HTTPRequestParser):
         #: Bytes received while the credentials are being checked (None: not waiting).
         self.held: bytes | None = None
         self.completed_after_check = False
+        self.wants_continue = False
 
     def received(self, data: bytes) -> int:
         if self.held is not None:
@@ -134,6 +135,10 @@ class GatedParser(HTTPRequestParser):
             self.gated = True
             if self.error is None:
                 verdict = self.channel.gate.verdict(self)
+                if verdict != "pass":
+                    # No "100 Continue" (curl asks for it before a large body)
+                    # until the credentials are known good.
+                    self.wants_continue, self.expect_continue = self.expect_continue, False
                 if verdict == "refuse":
                     log_refusal(self.channel, self)
                     self.error = Unauthorized("")
@@ -219,6 +224,8 @@ class GatedChannel(HTTPChannel):
         held, parser.held = parser.held, None
         if ok:
             parser.completed = parser.completed_after_check
+            if parser.wants_continue and not parser.completed and not self.requests:
+                self.send_continue()
         else:
             log_refusal(self, parser)
             parser.error = Unauthorized("")
