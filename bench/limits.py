@@ -116,7 +116,8 @@ def main() -> None:
             fill(tmp / "narrow-train.csv", header(2, False), "0,1,1\n0,0,0\n")),
         "train: 10 MB of 10,000-feature rows": lambda: run(
             "training", "tw", tmp / "train-wide",
-            fill(tmp / "wide-train10.csv", header(10_000, False), "0," * 10_000 + "1\n")),
+            fill(tmp / "wide-train10.csv", header(10_000, False),
+                 "0," * 10_000 + "1\n" + "1," * 10_000 + "0\n")),
         "evaluate x10: 10 MB of 2-feature rows": lambda: run(
             "evaluation", "e", tmp / "eval-narrow",
             fill(tmp / "narrow-train.csv", header(2, False), "0,1,1\n0,0,0\n"), 0.7, 0.05, 10),

@@ -42,7 +42,7 @@ MAX_INDEX_BYTES = 4 << 20
 MAX_DIMS = 8
 
 #: TensorFlow's DataType values for the tensors a model's weights may be.
-DTYPES = {1: np.dtype("<f4"), 2: np.dtype("<f8")}
+DTYPES: dict[int, np.dtype] = {1: np.dtype("<f4"), 2: np.dtype("<f8")}
 
 
 class CheckpointError(BackendError):
