@@ -34,6 +34,7 @@ import os
 import pickle
 import re
 import shutil
+import struct
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -403,7 +404,7 @@ def read_pickle_bytes(data: bytes, path: str) -> dict[str, Any]:
         raise BackendError(f"The old model file {path} cannot be read: {exc.message}.") from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError,
             AttributeError, UnicodeDecodeError, OverflowError, MemoryError,
-            RecursionError) as exc:
+            RecursionError, struct.error, LookupError, ArithmeticError) as exc:
         raise BackendError(f"The old model file {path} cannot be read: it is damaged or "
                            f"truncated ({type(exc).__name__}: {shown(str(exc))}).") from None
     if not isinstance(obj, LegacyRecord):
