@@ -513,3 +513,26 @@ def test_an_evaluation_log_holds_its_own_run_only(tmp_path, data, run_main):
     text = (Path(result["dir"]) / "info.log").read_text()
     assert f"evaluation {result['runid']}" in text and "result:" in text
     assert "OTHER REQUEST" not in text
+
+
+def test_evaluation_trains_its_iterations_in_bounded_groups(tmp_path, data, monkeypatch):
+    """Memory must not grow with niterations: networks train in groups of
+    SIDE_BY_SIDE (2 here), each iteration still gets its own split and logs."""
+    from mlbackend import evaluation, training
+
+    widths = []
+    real = training.train_splits
+
+    def counting(X, y, classes, names, splits, options):
+        widths.append(len(splits))
+        return real(X, y, classes, names, splits, options)
+
+    monkeypatch.setattr(evaluation, "SIDE_BY_SIDE", 2)
+    monkeypatch.setattr(training, "train_splits", counting)
+    result = actions.evaluate(str(tmp_path / "eval"), data["first"], 0.5, 0.5, 5)
+    assert result["status"] in (0, 4, 8) and widths == [2, 2, 1]
+    doc = json.loads((Path(result["dir"]) / "metrics.json").read_text())
+    assert [it["iteration"] for it in doc["iterations"]] == [1, 2, 3, 4, 5]
+    assert len({it["test_rows"] for it in doc["iterations"]}) == 1
+    assert sorted(p.name for p in (Path(result["dir"]) / "tensor").iterdir()) == \
+        ["evaluation"] + [f"iteration-{i}" for i in range(1, 6)]
