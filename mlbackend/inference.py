@@ -180,7 +180,7 @@ class Model:
         """Rebuild a model, checking every shape: a damaged file must not load."""
         def bad(why: str) -> BackendError:
             return BackendError(f"The stored model {source} is damaged or not an mlbackend "
-                                f"model ({why}). Train the model again or import a good copy.")
+                                f"model ({why}).")
         try:
             meta = json.loads(str(arrays["meta"]))
             if not isinstance(meta, dict):

@@ -218,7 +218,7 @@ def _read(f: BinaryIO, path: str) -> Model:
     try:
         return Model.from_arrays(arrays, path)
     except BackendError as exc:
-        raise DamagedModel(exc.message) from None
+        raise DamagedModel(f"{exc.message} {REPAIR_ADVICE}") from None
 
 
 def _check_members(archive: zipfile.ZipFile, path: str) -> None:
