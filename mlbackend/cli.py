@@ -21,7 +21,7 @@ import traceback
 from typing import Any, Iterator
 
 from mlbackend import reported_version, VERSION_OVERRIDE_ENV
-from mlbackend.contract import GENERAL_ERROR, BackendError, shown, to_json_line
+from mlbackend.contract import GENERAL_ERROR, BackendError, to_json_line
 
 log = logging.getLogger("mlbackend")
 
@@ -210,8 +210,9 @@ def main(argv: list[str] | None = None) -> int:
         return GENERAL_ERROR
     except Exception as exc:  # noqa: BLE001 - the contract wants an answer, always
         log.error("unexpected error:\n%s", traceback.format_exc())
-        message = (f"Unexpected error ({type(exc).__name__}: {shown(str(exc))}). See the log on "
-                   "stderr.")
+        text = str(exc)
+        text = text[:200] + "..." if len(text) > 200 else text  # bounded, as every message
+        message = f"Unexpected error ({type(exc).__name__}: {text}). See the log on stderr."
         _emit(to_json_line({"status": GENERAL_ERROR, "info": [message]}))
         return GENERAL_ERROR
 
