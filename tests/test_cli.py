@@ -92,7 +92,7 @@ def test_absurd_evaluation_settings_are_refused_before_it_runs(run_main, tmp_pat
                                                                 binary_data, option, value,
                                                                 message):
     """Refused before the dataset is read or anything trains: no log directory."""
-    r = run_main("evaluation", binary_data["train"], "--model-dir", tmp_path, option, value)
+    r = run_main("evaluation", binary_data["train"], "--model-dir", tmp_path, f"{option}={value}")
     assert r.rc == 1 and message in r.json["info"][0], r.json
     assert "Unexpected" not in r.stdout and not (tmp_path / "logs").exists()
 
