@@ -178,7 +178,8 @@ def moodle_argv(argv: list[str]) -> list[str]:
                          runid=str(int(time.time())))
     out = [module]
     for name, value in zip(names + MOODLE_OPTIONAL_ARGS.get(module, []), values):
-        out += [name, value] if name.startswith("--") else [value]
+        # NAME=VALUE: a value that starts with '-' ("-inf") is not read as an option
+        out += [f"{name}={value}"] if name.startswith("--") else [value]
     return out
 
 

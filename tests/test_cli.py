@@ -95,6 +95,11 @@ def test_absurd_evaluation_settings_are_refused_before_it_runs(run_main, tmp_pat
     r = run_main("evaluation", binary_data["train"], "--model-dir", tmp_path, f"{option}={value}")
     assert r.rc == 1 and message in r.json["info"][0], r.json
     assert "Unexpected" not in r.stdout and not (tmp_path / "logs").exists()
+    if option != "--iterations":  # Moodle's argv: MINSCORE and MAXDEVIATION, positional
+        args = ["0.7", value] if option == "--max-deviation" else [value, "0.05"]
+        r = run_main("-m", "moodlemlbackend.evaluation", "m", tmp_path, binary_data["train"],
+                     *args, "10")
+        assert r.rc == 1 and message in r.json["info"][0], r.json
 
 
 def test_unexpected_errors_become_a_json_answer(run_main, monkeypatch, tmp_path):
