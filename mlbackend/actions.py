@@ -8,6 +8,7 @@ the caller's business.
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from mlbackend import dataset, store
@@ -16,6 +17,11 @@ from mlbackend.inference import Model
 
 log = logging.getLogger(__name__)
 
+#: Most evaluation iterations accepted. Moodle asks for 10; every iteration
+#: trains a network side by side with the others (memory grows with their
+#: number) and writes its own TensorBoard directory.
+MAX_ITERATIONS = 100
+
 
 def train(model_dir: str, dataset_path: str, progress: bool = False) -> dict[str, Any]:
     """Train the model in `model_dir`, continuing from it when it exists."""
@@ -23,7 +29,9 @@ def train(model_dir: str, dataset_path: str, progress: bool = False) -> dict[str
 
     ds = dataset.read_training(dataset_path, tensorflow=True)
     with store.writer_lock(model_dir):
-        previous = store.load(model_dir, nfeatures=ds.nfeatures)
+        previous = store.load(model_dir, nfeatures=ds.nfeatures, replace_damaged=True)
+        if previous is not None:
+            previous.check_work(ds.nrows)
         options = training.TrainingOptions(progress=progress)
         trained = training.train(ds.X, ds.y, ds.classes, ds.feature_names, previous=previous,
                               options=options)
@@ -51,8 +59,12 @@ def evaluate(model_dir: str, dataset_path: str, min_score: float, max_deviation:
              progress: bool = False) -> dict[str, Any]:
     from mlbackend import evaluation
 
-    if iterations < 1:
-        raise BackendError(f"The number of iterations must be at least 1, not {iterations}.")
+    if not 1 <= iterations <= MAX_ITERATIONS:
+        raise BackendError(f"The number of iterations must be from 1 to {MAX_ITERATIONS}, not "
+                           f"{iterations} (Moodle asks for 10).")
+    for name, value in (("minimum score", min_score), ("accepted deviation", max_deviation)):
+        if not math.isfinite(value):
+            raise BackendError(f"The {name} must be a finite number, not {value}.")
     if trained_model_dir and not store.has_model(trained_model_dir):
         raise NotTrainedError()
     ds = dataset.read_training(dataset_path, tensorflow=True)

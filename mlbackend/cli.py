@@ -205,7 +205,8 @@ def moodle_argv(argv: list[str], parser: argparse.ArgumentParser) -> list[str]:
                          runid=str(int(time.time())))
     out = [module]
     for name, value in zip(names + optional, values):
-        out += [name, value] if name.startswith("--") else [value]
+        # NAME=VALUE: a value that starts with '-' ("-inf") is not read as an option
+        out += [f"{name}={value}"] if name.startswith("--") else [value]
     return out
 
 
@@ -241,7 +242,9 @@ def main(argv: list[str] | None = None) -> int:
         return GENERAL_ERROR
     except Exception as exc:  # noqa: BLE001 - the contract wants an answer, always
         log.error("unexpected error:\n%s", traceback.format_exc())
-        message = f"Unexpected error ({type(exc).__name__}: {exc}). See the log on stderr."
+        text = str(exc)
+        text = text[:200] + "..." if len(text) > 200 else text  # bounded, as every message
+        message = f"Unexpected error ({type(exc).__name__}: {text}). See the log on stderr."
         _emit(to_json_line({"status": GENERAL_ERROR, "info": [message]}))
         return GENERAL_ERROR
 

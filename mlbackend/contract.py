@@ -64,3 +64,61 @@ def answer(status: int = OK, info: list[str] | None = None, **fields: Any) -> di
 def to_json_line(obj: dict[str, Any]) -> str:
     """One line of JSON: Moodle keeps only the last line of stdout."""
     return json.dumps(obj, separators=(", ", ": "), allow_nan=False)
+
+
+#: Most characters of a value from a file (or a request) quoted in a message.
+SHOWN_CHARS = 60
+
+
+class _BoundedRepr:
+    """repr() whose work and length are bounded whatever the value: nested
+    lists whose levels share one object (a pickle's memo makes them from a few
+    hundred bytes) are cut at a small depth and width, and integers too long
+    for repr() (over 4,300 digits) are described by their size."""
+
+    def __init__(self, limit: int) -> None:
+        import reprlib
+
+        class R(reprlib.Repr):
+            def repr_int(self, x: int, level: int) -> str:
+                if x.bit_length() > 128:
+                    return f"<an integer of {x.bit_length()} bits>"
+                return super().repr_int(x, level)
+
+            def repr_instance(self, x: object, level: int) -> str:
+                if x is None or isinstance(x, (float, complex, bool)):
+                    return repr(x)
+                shape = getattr(x, "shape", None)
+                if shape == () and type(x).__module__.startswith("numpy"):
+                    return repr(x)[:limit + 1]  # a NumPy scalar or dtype: short
+                if isinstance(shape, tuple) and len(shape) <= 8:
+                    return f"<{type(x).__name__} of shape {shape}>"
+                return f"<{type(x).__name__}>"
+
+        self.r = R()
+        self.r.maxlevel = 3
+        self.r.maxtuple = self.r.maxlist = self.r.maxarray = self.r.maxdict = 4
+        self.r.maxset = self.r.maxfrozenset = self.r.maxdeque = 4
+        self.r.maxstring = self.r.maxother = limit
+        self.r.maxlong = 40
+        self.limit = limit
+
+    def __call__(self, value: object) -> str:
+        try:
+            text = self.r.repr(value)
+        except Exception:  # noqa: BLE001 - a value whose repr fails is still named
+            text = f"<{type(value).__name__}>"
+        return text if len(text) <= self.limit else text[:self.limit] + "..."
+
+
+_shown = _BoundedRepr(SHOWN_CHARS)
+
+
+def shown(value: object) -> str:
+    """A value taken from an input file or request, for a message: a bounded
+    repr(), so that no input can make an answer (or the work of writing it)
+    large. Every message that quotes input goes through this."""
+    if isinstance(value, str):
+        cut = value[:SHOWN_CHARS] + ("..." if len(value) > SHOWN_CHARS else "")
+        return repr(cut)
+    return _shown(value)

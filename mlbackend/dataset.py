@@ -163,18 +163,23 @@ def _parse_header(names: list[str], values: list[str], colnames: list[str],
                   training: bool) -> tuple[int, list[int], list[str]]:
     names = [n.strip() for n in names]
     if "nfeatures" not in names:
+        # Nothing of the line is quoted: a file that is not a dataset (a
+        # mistyped path, /etc/shadow run as root) must not be echoed.
         raise _fail("the first line must name the metadata (nfeatures, targetclasses, "
-                    f"targettype, ...) but it is {_show(','.join(names), 80)}. Is this a Moodle "
-                    "analytics dataset?", 1)
+                    "targettype, ...) but it does not. Is this a Moodle analytics dataset?", 1)
     if len(values) != len(names):
         raise _fail(f"the metadata names {len(names)} fields on line 1 but gives "
                     f"{len(values)} values.", 2)
     meta = dict(zip(names, (v.strip() for v in values)))
-    try:
-        nfeatures = int(meta["nfeatures"])
-    except ValueError:
-        raise _fail(f"nfeatures must be a whole number, not {_show(meta['nfeatures'])}.",
-                    2) from None
+    # ASCII digits only: int() also takes other scripts' digits ('\u0663' is 3).
+    negative = meta["nfeatures"].startswith("-")
+    text = meta["nfeatures"][negative:]
+    if not (text.isascii() and text.isdigit()):
+        raise _fail(f"nfeatures must be a whole number, not {_show(meta['nfeatures'])}.", 2)
+    if len(text) > 12:  # not parsed: a 5,000-digit number is no feature count
+        raise _fail(f"nfeatures is {_show(text)}; at most {MAX_FEATURES} features are "
+                    "accepted (Moodle's datasets have a few hundred).", 2)
+    nfeatures = -int(text) if negative else int(text)
     if nfeatures < 1:
         raise _fail(f"nfeatures must be at least 1, not {_show(nfeatures)}.", 2)
     if nfeatures > MAX_FEATURES:
@@ -309,10 +314,13 @@ def _plain(lines: list[str]) -> bool:
 
 
 def _cell_number(cell: str) -> float | None:
-    """One cell as both decoders read it: empty is 0, else a plain ASCII number."""
+    """One cell as both decoders read it: empty is 0, else a plain ASCII number
+    (spaces around it allowed; spaces alone are not a number)."""
+    if not cell:
+        return 0.0
     c = cell.strip()
     if not c:
-        return 0.0
+        return None
     if not cell.isascii() or "_" in c or "x" in c or "X" in c:
         return None
     try:

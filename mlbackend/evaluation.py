@@ -16,6 +16,7 @@ import errno
 import json
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +29,12 @@ from mlbackend.dataset import Dataset
 from mlbackend.inference import Model
 
 log = logging.getLogger(__name__)
+
+#: Networks trained at once (Moodle asks for 10 iterations); more iterations
+#: are trained in groups of this many, one group after the other.
+SIDE_BY_SIDE = 10
+#: Points kept of each iteration's ROC curve.
+ROC_POINTS = 2000
 
 LOW_SCORE_MESSAGE = ("The evaluated model prediction accuracy is not very good: score {score:.4f} "
                      "is below the minimum {min_score}.")
@@ -82,10 +89,19 @@ def score(model: Model, X: np.ndarray, y_idx: np.ndarray) -> Iteration:
         is_pos = y_idx == positive
         auc = metrics.roc_auc(is_pos, proba[:, positive])
         if auc is not None:
-            roc = metrics.roc_curve(is_pos, proba[:, positive])
+            roc = _thin(*metrics.roc_curve(is_pos, proba[:, positive]))
     return Iteration(scores=metrics.classification_scores(y_idx, yhat, nclasses),
                      confusion=metrics.confusion_matrix(y_idx, yhat, nclasses), auc=auc, roc=roc,
                      train_rows=0, test_rows=len(y_idx))
+
+
+def _thin(fpr: np.ndarray, tpr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """At most ROC_POINTS points of a ROC curve (kept for the plot, one per
+    iteration): a curve has a point per distinct score, up to one per row."""
+    if len(fpr) <= ROC_POINTS:
+        return fpr, tpr
+    keep = np.unique(np.linspace(0, len(fpr) - 1, ROC_POINTS).round().astype(np.int64))
+    return fpr[keep], tpr[keep]
 
 
 def evaluate(ds: Dataset, output_dir: str, min_score: float, accepted_deviation: float,
@@ -116,6 +132,10 @@ def _evaluate(ds: Dataset, output_dir: str, min_score: float, accepted_deviation
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     root = logging.getLogger("mlbackend")
     handler.setLevel(logging.INFO)
+    # This run's lines only: a server runs other requests (other evaluations
+    # too) in other threads at the same time, all logging to "mlbackend".
+    thread = threading.get_ident()
+    handler.addFilter(lambda record: record.thread == thread)
     root.addHandler(handler)
     if root.getEffectiveLevel() > logging.INFO:
         root.setLevel(logging.INFO)  # the stderr handler keeps its own level
@@ -129,21 +149,26 @@ def _evaluate(ds: Dataset, output_dir: str, min_score: float, accepted_deviation
             results.append(score(trained, ds.X, y_idx))
         else:
             rng = np.random.default_rng(runid)
-            splits = [stratified_split(y_idx, 0.2, rng) for _ in range(iterations)]
-            log.info("training %d networks side by side on %d rows each", iterations,
-                     len(splits[0][0]))
-            dirs = [os.path.join(run_dir, "tensor", f"iteration-{i + 1}")
-                    for i in range(iterations)]
-            options = training.TrainingOptions(progress=progress, tensorboard_dirs=dirs)
-            models = training.train_splits(ds.X, ds.y, ds.classes, ds.feature_names,
-                                           [train for train, _ in splits], options)
-            for i, (m, (train_idx, test_idx)) in enumerate(zip(models, splits)):
-                it = score(m, ds.X[test_idx], y_idx[test_idx])
-                it.train_rows = len(train_idx)
-                results.append(it)
-                log.info("iteration %d: %s auc=%s epochs=%d", i + 1,
-                         json.dumps({k: round(v, 4) for k, v in it.scores.items()}), it.auc,
-                         m.history["last_epochs"])
+            # At most SIDE_BY_SIDE networks train at once, their splits made
+            # and dropped group by group: memory does not grow with the
+            # number of iterations (up to actions.MAX_ITERATIONS).
+            for first in range(0, iterations, SIDE_BY_SIDE):
+                group = range(first, min(first + SIDE_BY_SIDE, iterations))
+                splits = [stratified_split(y_idx, 0.2, rng) for _ in group]
+                log.info("training %d networks side by side on %d rows each", len(group),
+                         len(splits[0][0]))
+                dirs = [os.path.join(run_dir, "tensor", f"iteration-{i + 1}") for i in group]
+                options = training.TrainingOptions(progress=progress, tensorboard_dirs=dirs)
+                models = training.train_splits(ds.X, ds.y, ds.classes, ds.feature_names,
+                                               [train for train, _ in splits], options)
+                for i, m, (train_idx, test_idx) in zip(group, models, splits):
+                    it = score(m, ds.X[test_idx], y_idx[test_idx])
+                    it.train_rows = len(train_idx)
+                    results.append(it)
+                    log.info("iteration %d: %s auc=%s epochs=%d", i + 1,
+                             json.dumps({k: round(v, 4) for k, v in it.scores.items()}),
+                             it.auc, m.history["last_epochs"])
+                del models, splits
         out = _summarise(results, min_score, accepted_deviation, len(ds.classes) == 2)
         out.update(runid=runid, dir=run_dir)
         _write_logs(run_dir, runid, ds, results, out, trained is not None)

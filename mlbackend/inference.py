@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from mlbackend import __version__
-from mlbackend.contract import BackendError
+from mlbackend.contract import BackendError, shown
 
 FORMAT_NAME = "mlbackend-classifier"
 #: The newest format version this program reads. Version 1 files are ReLU
@@ -25,6 +25,27 @@ FORMAT_NAME = "mlbackend-classifier"
 #: so that a program that only knows version 1 (and would silently use ReLU)
 #: refuses it instead of predicting nonsense.
 FORMAT_VERSION = 2
+
+#: What a model may ask of the machine. A model file is small, but the work
+#: it causes grows with its shape: prediction allocates every layer's width
+#: for each row, and a loaded model stays in memory. Real models have at most
+#: a few hundred features wide (10,000 is the dataset limit), hidden layers
+#: of at most 128 units (moodlemlbackend's: a few hundred), 2 or 3 layers and
+#: a handful of classes; these bounds are far above that and far below what
+#: would exhaust a server.
+MAX_FEATURES = 10_000
+MAX_HIDDEN_WIDTH = 4096
+MAX_HIDDEN_LAYERS = 16
+MAX_CLASSES = 1000
+MAX_PARAMETERS = 16_000_000          # 64 MB of float32 weights
+#: Memory one block of predicted rows may take for the network's layers:
+#: rows are predicted in blocks sized from the model's widths.
+PREDICT_BLOCK_BYTES = 64 << 20
+#: Most multiply-adds (rows x weights) one call may ask of a model: time,
+#: not memory, is what a large model costs per row. A real model (74,000
+#: weights for 450 features) predicts 100,000 rows in 7.4e9; this is about
+#: a minute of two cores.
+MAX_WORK = 500_000_000_000
 
 #: Hidden-layer activations, by the name stored in the model file.
 ACTIVATIONS = {
@@ -71,15 +92,47 @@ class Model:
         whose output is still not a number is refused: a probability of
         "nan" would reach Moodle as an answer."""
         self.check_features(X.shape[1])
-        proba = self._forward(X, np.float32)
-        bad = ~np.isfinite(proba).all(axis=1)
-        if bad.any():
-            proba[bad] = self._forward(X[bad], np.float64)
+        self.check_work(X.shape[0])
+        proba = np.empty((X.shape[0], len(self.classes)), dtype=np.float64)
+        step = self.block_rows
+        for start in range(0, X.shape[0], step):
+            proba[start:start + step] = self._forward(X[start:start + step], np.float32)
+        bad = np.flatnonzero(~np.isfinite(proba).all(axis=1))
+        for start in range(0, bad.size, step):
+            rows = bad[start:start + step]
+            proba[rows] = self._forward(X[rows], np.float64)
+        if bad.size:
             if not np.isfinite(proba).all():
                 raise BackendError(
                     "The model's output is not a number for some rows: its weights are "
                     "damaged or out of range. Train the model again or import a good copy.")
         return proba
+
+    def check_work(self, rows: int) -> None:
+        """Refuse a call that would take this model far longer than a real one."""
+        if rows * self.parameters > MAX_WORK:
+            raise BackendError(
+                f"{rows} rows through this model's {self.parameters} weights would take "
+                f"{rows * self.parameters:.2g} multiply-adds, more than the {MAX_WORK:.0e} "
+                "allowed: the model is far larger than the ones this program trains. Send "
+                "fewer rows at a time, or train a new model.")
+
+    @property
+    def parameters(self) -> int:
+        return sum(int(w.size) for w in self.weights)
+
+    @property
+    def nbytes(self) -> int:
+        """Memory the loaded model takes (its arrays)."""
+        return sum(int(a.nbytes) for a in [self.columns, self.mean, self.scale, *self.weights])
+
+    @property
+    def block_rows(self) -> int:
+        """Rows predicted at once: each row takes, in float64, its input, and
+        every layer's output twice (the product and the activation)."""
+        widths = [int(self.columns.size)] + [int(w.shape[1]) for w in self.weights[0::2]]
+        per_row = 8 * (self.nfeatures + 2 * sum(widths))
+        return max(1, PREDICT_BLOCK_BYTES // per_row)
 
     def standardised(self, X: np.ndarray, dtype: type = np.float32) -> np.ndarray:
         """The network's inputs: the kept columns, centred and scaled."""
@@ -130,33 +183,54 @@ class Model:
         """Rebuild a model, checking every shape: a damaged file must not load."""
         def bad(why: str) -> BackendError:
             return BackendError(f"The stored model {source} is damaged or not an mlbackend "
-                                f"model ({why}). Train the model again or import a good copy.")
+                                f"model ({why}).")
         try:
             meta = json.loads(str(arrays["meta"]))
+            if not isinstance(meta, dict):
+                raise bad(f"its metadata is a {type(meta).__name__}, not an object")
             if meta.get("format") != FORMAT_NAME:
                 raise bad("unknown format")
             if int(meta.get("format_version", 0)) > FORMAT_VERSION:
-                raise bad(f"format version {meta['format_version']} is newer than this "
+                raise bad(f"format version {shown(meta['format_version'])} is newer than this "
                           f"program understands")
             activation = str(meta.get("activation", "relu"))
             if activation not in ACTIVATIONS:
-                raise bad(f"unknown activation {activation!r}")
+                raise bad(f"unknown activation {shown(activation)}")
             if meta.get("output", "softmax") != "softmax":
-                raise bad(f"unknown output {meta['output']!r}")
-            classes = [int(c) for c in meta["classes"]]
-            nfeatures = int(meta["nfeatures"])
+                raise bad(f"unknown output {shown(meta['output'])}")
+            classes, nfeatures = meta["classes"], meta["nfeatures"]
+            hidden = meta["hidden_units"]
+            feature_names = meta.get("feature_names", [])
+            history = meta.get("history", {})
+            if not isinstance(classes, list) or not 2 <= len(classes) <= MAX_CLASSES \
+                    or not all(_whole(c) for c in classes):
+                raise bad(f"classes must be 2 to {MAX_CLASSES} whole numbers, not "
+                          f"{shown(classes)}")
+            classes = [int(c) for c in classes]
+            if not _whole(nfeatures) or not 1 <= nfeatures <= MAX_FEATURES:
+                raise bad(f"nfeatures must be a whole number from 1 to {MAX_FEATURES}, not "
+                          f"{shown(nfeatures)}")
+            nfeatures = int(nfeatures)
+            if not isinstance(hidden, list) or len(hidden) > MAX_HIDDEN_LAYERS:
+                raise bad(f"hidden_units must list at most {MAX_HIDDEN_LAYERS} layers, not "
+                          f"{shown(hidden)}")
+            if not isinstance(feature_names, list) \
+                    or not all(isinstance(n, str) for n in feature_names):
+                raise bad(f"feature_names must be a list of names, not {shown(feature_names)}")
+            if not isinstance(history, dict):
+                raise bad(f"history must be an object, not {shown(history)}")
             columns = np.asarray(arrays["columns"], dtype=np.int64)
             mean = np.asarray(arrays["mean"], dtype=np.float32)
             scale = np.asarray(arrays["scale"], dtype=np.float32)
-            nlayers = len(meta["hidden_units"]) + 1
+            nlayers = len(hidden) + 1
             weights = []
             for i in range(nlayers):
                 weights.append(np.asarray(arrays[f"layer{i}_kernel"], dtype=np.float32))
                 weights.append(np.asarray(arrays[f"layer{i}_bias"], dtype=np.float32))
         except BackendError:
             raise
-        except (KeyError, ValueError, TypeError) as exc:
-            raise bad(f"missing or unreadable part: {exc}") from None
+        except (KeyError, ValueError, TypeError, RecursionError, OverflowError) as exc:
+            raise bad(f"missing or unreadable part: {shown(str(exc))}") from None
         if columns.ndim != 1 or (columns.size and (columns.min() < 0 or columns.max() >= nfeatures)):
             raise bad("column indices out of range")
         if mean.shape != columns.shape or scale.shape != columns.shape or not np.all(scale > 0):
@@ -169,10 +243,21 @@ class Model:
             if kernel.ndim != 2 or kernel.shape[0] != width or bias.shape != (kernel.shape[1],):
                 raise bad(f"layer {i} has the wrong shape")
             width = kernel.shape[1]
+            if i < nlayers - 1 and not 1 <= width <= MAX_HIDDEN_WIDTH:
+                raise bad(f"hidden layer {i + 1} has {width} units; at most "
+                          f"{MAX_HIDDEN_WIDTH} are accepted")
+        parameters = sum(int(w.size) for w in weights)
+        if parameters > MAX_PARAMETERS:
+            raise bad(f"{parameters} weights; at most {MAX_PARAMETERS} are accepted")
         if width != len(classes):
             raise bad("the output layer does not match the classes")
         if not all(np.all(np.isfinite(w)) for w in weights):
             raise bad("weights are not finite numbers")
         return cls(classes=classes, nfeatures=nfeatures, columns=columns, mean=mean,
-                   scale=scale, weights=weights, feature_names=list(meta.get("feature_names", [])),
-                   history=dict(meta.get("history", {})), activation=activation)
+                   scale=scale, weights=weights, feature_names=list(feature_names),
+                   history=dict(history), activation=activation)
+
+
+def _whole(value: Any) -> bool:
+    """A JSON whole number (not a bool, not a float with a fraction)."""
+    return isinstance(value, int) and not isinstance(value, bool)

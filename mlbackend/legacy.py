@@ -18,8 +18,8 @@ A pickle is a program, not data: loading one as is lets whoever wrote the
 file run code as the web server. So the pickle is read by `SafeUnpickler`,
 which knows the few names the format uses and refuses any other before
 anything runs; the weights come from the SavedModel's variables checkpoint
-(read as tensors with `tf.train.load_checkpoint`), never from its graph,
-which is code too. The result is a plain `mlbackend.inference.Model`.
+(parsed and checked by `mlbackend.checkpoint`, without TensorFlow), never
+from its graph, which is code too. The result is a plain `mlbackend.inference.Model`.
 
 The old backend named its predictions by class *index* (0, 1, ...), so a
 converted model's classes are `0..n_classes-1`: it answers what it answered.
@@ -34,13 +34,14 @@ import os
 import pickle
 import re
 import shutil
+import struct
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
 
-from mlbackend.contract import BackendError
-from mlbackend.inference import Model
+from mlbackend.contract import BackendError, shown
+from mlbackend.inference import MAX_CLASSES, MAX_FEATURES, MAX_HIDDEN_LAYERS, Model
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,8 @@ MAX_JSON_BYTES = 256 << 20
 #: Largest weight matrix accepted, in numbers (about 450 features squared is
 #: the most a real Moodle model needs).
 MAX_WEIGHTS = 50_000_000
+#: Largest whole-number setting (features, classes, layers...) accepted.
+MAX_SETTING = 1 << 31
 
 _CKPT_KEY = "layer_with_weights-{i}/{part}/.ATTRIBUTES/VARIABLE_VALUE"
 _JSON_KEYS = ("initialise-vars/input-to-hidden-weights", "initialise-vars/hidden-bias",
@@ -197,15 +200,16 @@ class JoblibArray:
     def read_array(self, read: Callable[[int], bytes], limit: int) -> np.ndarray:
         st = self.state
         if st.get("subclass") is not np.ndarray:
-            raise _refuse(f"a joblib array of type {st.get('subclass')!r}, not a plain array")
+            raise _refuse(f"a joblib array of type {shown(st.get('subclass'))}, not a plain "
+                          "array")
         dtype, shape, order = st.get("dtype"), st.get("shape"), st.get("order", "C")
-        if not isinstance(dtype, np.dtype) or dtype.kind not in _NUMERIC_KINDS:
-            raise _refuse(f"a joblib array of dtype {dtype!r}")
+        if not isinstance(dtype, np.dtype) or not _plain_dtype(dtype):
+            raise _refuse(f"a joblib array of dtype {shown(dtype)}")
         if (not isinstance(shape, tuple) or len(shape) > 8
                 or not all(isinstance(n, int) and n >= 0 for n in shape)):
-            raise _refuse(f"a joblib array of shape {shape!r}")
+            raise _refuse(f"a joblib array of shape {shown(shape)}")
         if order not in ("C", "F"):
-            raise _refuse(f"a joblib array of order {order!r}")
+            raise _refuse(f"a joblib array of order {shown(order)}")
         if st.get("numpy_array_alignment_bytes") is not None:  # joblib >= 1.2
             pad = read(1)
             if len(pad) != 1:
@@ -226,6 +230,25 @@ class JoblibArray:
 
 
 _NUMERIC_KINDS = "biuf"
+#: The state NumPy pickles for a plain number dtype (`np.dtype('f8').__reduce__()`):
+#: version 3, byte order, no subarray, no field names, no fields, item size
+#: and alignment -1 (implied by the type), no flags. A pickle's BUILD step
+#: may set a dtype's state to nothing else: NumPy takes a state with a
+#: subarray or an item size that contradict the type, and an array read with
+#: such a dtype reads past its buffer (a crash, not an exception).
+_PLAIN_DTYPE_STATE = (3, None, None, None, -1, -1, 0)
+
+
+def _plain_dtype(dtype: np.dtype) -> bool:
+    """A little-endian (or single-byte) number type, as moodlemlbackend's
+    arrays have: no subarray, no fields, the item size its type implies."""
+    if dtype.kind not in _NUMERIC_KINDS or dtype.fields is not None \
+            or dtype.subdtype is not None or dtype.byteorder not in ("<", "|", "="):
+        return False
+    try:
+        return dtype.itemsize == np.dtype(dtype.str).itemsize > 0
+    except TypeError:
+        return False
 
 
 def _safe_dtype(obj: Any, align: Any = False, copy: Any = False) -> np.dtype:
@@ -235,10 +258,10 @@ def _safe_dtype(obj: Any, align: Any = False, copy: Any = False) -> np.dtype:
         raise _refuse(f"a NumPy dtype built from {type(obj).__name__}")
     try:
         dtype = np.dtype(obj)
-    except TypeError:
-        raise _refuse(f"the NumPy dtype {obj!r}") from None
-    if dtype.kind not in _NUMERIC_KINDS or dtype.fields is not None:
-        raise _refuse(f"the NumPy dtype {obj!r}")
+    except (TypeError, ValueError, SyntaxError):
+        raise _refuse(f"the NumPy dtype {shown(obj)}") from None
+    if not _plain_dtype(dtype):
+        raise _refuse(f"the NumPy dtype {shown(obj)}")
     return np.dtype(obj, align=bool(align), copy=bool(copy))
 
 
@@ -246,9 +269,9 @@ def _safe_reconstruct(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
     """`numpy.core.multiarray._reconstruct`, for plain arrays: it makes an
     empty array that the BUILD opcode then fills from bytes."""
     if subtype is not np.ndarray:
-        raise _refuse(f"an array of type {subtype!r}, not a plain array")
+        raise _refuse(f"an array of type {shown(subtype)}, not a plain array")
     if not isinstance(shape, tuple) or shape != (0,):
-        raise _refuse(f"an array placeholder of shape {shape!r}")
+        raise _refuse(f"an array placeholder of shape {shown(shape)}")
     return np.empty(0, dtype=np.uint8)
 
 
@@ -318,7 +341,16 @@ class SafeUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
         inst = self.stack[-2]
         if not isinstance(inst, _BUILDABLE):
             raise _refuse(f"setting the state of {_describe(inst)}")
+        if isinstance(inst, np.dtype):
+            state = self.stack[-1]
+            if (not isinstance(state, tuple) or len(state) != 8
+                    or state[1] not in ("<", "|", "=")
+                    or tuple(state[:1]) + tuple(state[2:]) != _PLAIN_DTYPE_STATE):
+                raise _refuse(f"the NumPy dtype state {shown(state)} (a moodlemlbackend "
+                              "model's arrays are plain numbers)")
         pickle._Unpickler.load_build(self)  # type: ignore[attr-defined]
+        if isinstance(inst, np.dtype) and not _plain_dtype(inst):
+            raise _refuse(f"the NumPy dtype {shown(inst)}")
         top = self.stack[-1]
         if isinstance(top, JoblibArray):
             self.stack[-1] = top.read_array(self.read, self._limit)
@@ -372,9 +404,9 @@ def read_pickle_bytes(data: bytes, path: str) -> dict[str, Any]:
         raise BackendError(f"The old model file {path} cannot be read: {exc.message}.") from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError,
             AttributeError, UnicodeDecodeError, OverflowError, MemoryError,
-            RecursionError) as exc:
+            RecursionError, struct.error, LookupError, ArithmeticError) as exc:
         raise BackendError(f"The old model file {path} cannot be read: it is damaged or "
-                           f"truncated ({type(exc).__name__}: {exc}).") from None
+                           f"truncated ({type(exc).__name__}: {shown(str(exc))}).") from None
     if not isinstance(obj, LegacyRecord):
         raise BackendError(f"The old model file {path} does not hold a moodlemlbackend "
                            f"classifier (found {type(obj).__name__}).")
@@ -382,12 +414,32 @@ def read_pickle_bytes(data: bytes, path: str) -> dict[str, Any]:
 
 
 def _int_setting(state: dict[str, Any], key: str, path: str, minimum: int,
-                 default: int | None = None) -> int:
+                 default: int | None = None, maximum: int = MAX_SETTING) -> int:
     value = state.get(key, default)
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) \
             or value < minimum:
-        raise BackendError(f"The old model file {path} has an invalid {key}: {value!r}.")
+        raise BackendError(f"The old model file {path} has an invalid {key}: {shown(value)}.")
+    if value > maximum:
+        raise BackendError(f"The old model file {path} has an invalid {key}: {shown(value)} "
+                           f"(more than {maximum}).")
     return int(value)
+
+
+def _plain_settings(state: dict[str, Any]) -> dict[str, Any]:
+    """The pickle's simple settings, kept in the converted model's history
+    (JSON): only text keys and values that JSON writes back as they were
+    (no integer too long for JSON, no text longer than a setting's)."""
+    out: dict[str, Any] = {}
+    for k, v in state.items():
+        if not isinstance(k, str) or len(k) > 100:
+            continue
+        if v is None or isinstance(v, bool) or (isinstance(v, str) and len(v) <= 200):
+            out[k] = v
+        elif isinstance(v, int) and abs(v) <= MAX_SETTING:
+            out[k] = v
+        elif isinstance(v, float) and math.isfinite(v):
+            out[k] = v
+    return out
 
 
 # --------------------------------------------------------------------------
@@ -405,9 +457,10 @@ def read_3x(directory: str) -> LegacyNetwork:
         raise BackendError(f"The old model in {directory} is incomplete: {SAVEDMODEL_DIR}/ "
                            f"is missing beside {PICKLE_FILE}.")
     state = read_pickle(pkl)
-    n_classes = _int_setting(state, "n_classes", pkl, 2)
-    n_layers = _int_setting(state, "n_hidden_layers", pkl, 0, default=2) + 1
-    n_inputs = _int_setting(state, "n_features", pkl, 1)
+    n_classes = _int_setting(state, "n_classes", pkl, 2, maximum=MAX_CLASSES)
+    n_layers = _int_setting(state, "n_hidden_layers", pkl, 0, default=2,
+                            maximum=MAX_HIDDEN_LAYERS) + 1
+    n_inputs = _int_setting(state, "n_features", pkl, 1, maximum=MAX_FEATURES)
     columns = state.get("variable_columns")
     if columns is not None:
         if (not isinstance(columns, np.ndarray) or columns.ndim != 1
@@ -423,8 +476,7 @@ def read_3x(directory: str) -> LegacyNetwork:
     _check_activations(saved)
     weights = read_checkpoint(os.path.join(saved, CHECKPOINT_PREFIX), n_layers)
     _check_chain(weights, n_inputs, n_classes, saved)
-    settings = {k: v for k, v in state.items()
-                if isinstance(v, (int, float, str, bool)) or v is None}
+    settings = _plain_settings(state)
     return LegacyNetwork(source=directory, fmt=FORMAT_3X, columns=columns, weights=weights,
                          n_classes=n_classes, activation="relu",
                          nfeatures=None if columns is not None else n_inputs,
@@ -454,37 +506,35 @@ def _check_activations(saved: str) -> None:
 
 def read_checkpoint(prefix: str, n_layers: int) -> list[np.ndarray]:
     """Kernels and biases of `n_layers` Dense layers from a TensorFlow
-    checkpoint: tensors only, the SavedModel's graph is never loaded."""
+    checkpoint: tensors only, the SavedModel's graph is never loaded, and
+    the checkpoint is parsed and checked by `mlbackend.checkpoint`, never by
+    TensorFlow (which aborts the process on a crafted index)."""
+    from mlbackend.checkpoint import Checkpoint, CheckpointError
+
     if not os.path.isfile(prefix + ".index"):
         raise BackendError(f"The old model's weights are missing: no {prefix}.index.")
-    from mlbackend.tf import import_tensorflow
-
-    tf = import_tensorflow()
-
     try:
-        reader = tf.train.load_checkpoint(prefix)
-        shapes = reader.get_variable_to_shape_map()
+        reader = Checkpoint(prefix)
+        names = reader.names()
         wanted = [_CKPT_KEY.format(i=i, part=part)
                   for i in range(n_layers) for part in ("kernel", "bias")]
-        missing = [k for k in wanted if k not in shapes]
+        missing = [k for k in wanted if k not in names]
         if missing:
             raise BackendError(f"The old model's weights in {prefix} do not match its "
                                f"settings ({n_layers} layers): {missing[0]} is missing.")
         extra = _CKPT_KEY.format(i=n_layers, part="kernel")
-        if extra in shapes:
+        if extra in names:
             raise BackendError(f"The old model's weights in {prefix} have more layers than "
                                f"its settings say ({n_layers}).")
         for key in wanted:
-            if math.prod(shapes[key]) > MAX_WEIGHTS:
+            shape = reader.shape(key)
+            if math.prod(shape) > MAX_WEIGHTS:
                 raise BackendError(f"The old model's weights in {prefix} are too large "
-                                   f"({key}: {shapes[key]}).")
-        return [np.asarray(reader.get_tensor(k)) for k in wanted]
-    except BackendError:
-        raise
-    except (tf.errors.OpError, ValueError, TypeError, OSError, IndexError, KeyError,
-            RuntimeError) as exc:  # TensorFlow maps some of its errors onto these
+                                   f"({key}: {shown(shape)}).")
+        return [reader.tensor(k) for k in wanted]
+    except CheckpointError as exc:
         raise BackendError(f"The old model's weights in {prefix} cannot be read: they are "
-                           f"damaged or truncated ({type(exc).__name__}).") from None
+                           f"damaged or truncated ({exc.message}).") from None
 
 
 def _check_chain(weights: list[np.ndarray], n_inputs: int, n_classes: int,
@@ -520,7 +570,8 @@ def read_2x_export(path: str) -> LegacyNetwork:
     try:
         doc = json.loads(raw)
     except (ValueError, RecursionError) as exc:
-        raise BackendError(f"The exported model {path} is not valid JSON ({exc}); it is "
+        raise BackendError(f"The exported model {path} is not valid JSON "
+                           f"({shown(str(exc))}); it is "
                            "damaged or truncated.") from None
     if not isinstance(doc, dict):
         raise BackendError(f"The exported model {path} is not a moodlemlbackend export.")
@@ -528,8 +579,9 @@ def read_2x_export(path: str) -> LegacyNetwork:
     if missing:
         raise BackendError(f"The exported model {path} is not a moodlemlbackend export: "
                            f"{missing[0]} is missing.")
-    n_features = _int_setting(doc, "n_features", path, 1)
-    n_classes = _int_setting(doc, "n_classes", path, 2, default=2)  # as 2.x import did
+    n_features = _int_setting(doc, "n_features", path, 1, maximum=MAX_FEATURES)
+    n_classes = _int_setting(doc, "n_classes", path, 2, default=2,  # as 2.x import did
+                             maximum=MAX_CLASSES)
     weights = []
     for key in _JSON_KEYS:
         try:
@@ -541,7 +593,7 @@ def read_2x_export(path: str) -> LegacyNetwork:
     _check_chain(weights, n_features, n_classes, path)
     if "n_hidden" in doc and _int_setting(doc, "n_hidden", path, 1) != weights[0].shape[1]:
         raise BackendError(f"The exported model {path} is inconsistent: n_hidden is "
-                           f"{doc['n_hidden']} but the weights have {weights[0].shape[1]}.")
+                           f"{shown(doc['n_hidden'])} but the weights have {weights[0].shape[1]}.")
     return LegacyNetwork(source=path, fmt=FORMAT_2X_EXPORT, columns=None, weights=weights,
                          n_classes=n_classes, activation="tanh", nfeatures=n_features,
                          settings={"n_hidden": int(weights[0].shape[1])})

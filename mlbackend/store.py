@@ -26,11 +26,14 @@ import contextlib
 import errno
 import fcntl
 import logging
+import math
 import os
 import re
+import secrets
 import shutil
 import tempfile
 import threading
+import time
 import zipfile
 from collections import OrderedDict
 from typing import BinaryIO, Iterator
@@ -38,8 +41,14 @@ from typing import BinaryIO, Iterator
 import numpy as np
 
 from mlbackend import legacy
-from mlbackend.contract import GENERAL_ERROR, BackendError, NotTrainedError, WriteError
-from mlbackend.inference import Model
+from mlbackend.contract import (
+    GENERAL_ERROR,
+    BackendError,
+    NotTrainedError,
+    WriteError,
+    shown,
+)
+from mlbackend.inference import MAX_PARAMETERS, Model
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +60,23 @@ LOCK_FILE = ".lock"
 TEMP_PREFIX = ".tmp-"
 #: Loaded models kept in memory (one per model file); a few hundred KB each.
 CACHE_SIZE = 64
-#: Most bytes a model file's arrays may take once unpacked. Real models take
-#: a few hundred KB (one of 10,000 features about 6 MB). A crafted file's
-#: compressed members can declare gigabytes that NumPy would allocate and
-#: fill: such a file is refused before any array is read.
-MAX_MODEL_BYTES = 256 << 20
+#: Most memory the loaded models kept in memory may take together; the
+#: least recently used are dropped first (a model larger than this is used
+#: and not kept).
+CACHE_BYTES = 256 << 20
+#: Most bytes a model file's arrays may take once unpacked: the largest
+#: model accepted (`inference.MAX_PARAMETERS` float32 weights) and room for
+#: its other arrays. Real models take a few hundred KB (one of 10,000
+#: features about 6 MB). A crafted file's compressed members can declare
+#: gigabytes that NumPy would allocate and fill: such a file is refused
+#: before any array is read.
+MAX_MODEL_BYTES = 4 * MAX_PARAMETERS + (16 << 20)
+#: Suffix of a model file that could not be read, kept aside by training.
+DAMAGED_SUFFIX = ".damaged-"
+
+
+class DamagedModel(BackendError):
+    """Our model file exists but cannot be read or is not a usable model."""
 
 
 def classifier_dir(model_dir: str) -> str:
@@ -92,18 +113,47 @@ def has_model(model_dir: str) -> bool:
             or legacy.detect(classifier_dir(model_dir)) is not None)
 
 
-def load(model_dir: str, nfeatures: int | None = None) -> Model | None:
+def load(model_dir: str, nfeatures: int | None = None,
+         replace_damaged: bool = False) -> Model | None:
     """The stored model, or None when this directory was never trained.
 
     `nfeatures` is the feature count of the dataset the caller is about to
     use. An old-format model is converted with it (moodlemlbackend 3.x did
     not record the count) and saved in our format, so this happens once.
+
+    `replace_damaged` is for training, which holds the writer lock: a model
+    file that cannot be read is renamed `model.npz.damaged-TIMESTAMP` (kept,
+    for whoever wants to look at it) and the model counts as untrained, so
+    that training makes a new one instead of failing for ever.
     """
     clean_strays(model_dir)
-    model = _load_cached(model_path(model_dir))
+    try:
+        model = _load_cached(model_path(model_dir))
+    except DamagedModel as exc:
+        if not replace_damaged:
+            raise
+        aside = _set_aside(model_path(model_dir))
+        log.warning("%s The damaged file is kept as %s; training makes a new model.",
+                    exc.message, aside)
+        model = None
     if model is not None or legacy.detect(classifier_dir(model_dir)) is None:
         return model
     return _convert_legacy(model_dir, nfeatures)
+
+
+def _set_aside(path: str) -> str:
+    """Rename a damaged model file beside itself, with the time in its name."""
+    aside = f"{path}{DAMAGED_SUFFIX}{time.strftime('%Y%m%d-%H%M%S')}"
+    n = 1
+    while os.path.lexists(aside):
+        n += 1
+        aside = f"{path}{DAMAGED_SUFFIX}{time.strftime('%Y%m%d-%H%M%S')}.{n}"
+    try:
+        os.rename(path, aside)
+    except OSError as exc:
+        raise BackendError(f"The stored model {path} cannot be read, and it could not be "
+                           f"moved aside to train a new one ({exc.strerror}).") from None
+    return aside
 
 
 def _convert_legacy(model_dir: str, nfeatures: int | None) -> Model | None:
@@ -168,28 +218,55 @@ def load_file(path: str, missing_ok: bool = False) -> Model | None:
 def _read(f: BinaryIO, path: str) -> Model:
     try:
         with zipfile.ZipFile(f) as archive:
-            unpacked = sum(info.file_size for info in archive.infolist())
-        if unpacked > MAX_MODEL_BYTES:
-            raise BackendError(f"The stored model {path} cannot be read: it unpacks to "
-                               f"{unpacked} bytes, more than a model can take "
-                               f"({MAX_MODEL_BYTES}). Train the model again or import a "
-                               "good copy.")
+            _check_members(archive, path)
         f.seek(0)
         with np.load(f, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
     except BackendError:
         raise
     except Exception as exc:  # noqa: BLE001 - any damage (bad zip, bad zlib, bad header)
-        raise BackendError(f"The stored model {path} cannot be read ({exc}). Train the model "
-                           "again or import a good copy.") from None
-    return Model.from_arrays(arrays, path)
+        raise DamagedModel(f"The stored model {path} cannot be read "
+                           f"({shown(str(exc))}). {REPAIR_ADVICE}") from None
+    try:
+        return Model.from_arrays(arrays, path)
+    except BackendError as exc:
+        raise DamagedModel(f"{exc.message} {REPAIR_ADVICE}") from None
+
+
+def _check_members(archive: zipfile.ZipFile, path: str) -> None:
+    """Every member's declared array must fit in the bytes it unpacks to,
+    and they all in `MAX_MODEL_BYTES`: NumPy allocates what a header
+    declares before it reads the data."""
+    unpacked = 0
+    for info in archive.infolist():
+        unpacked += info.file_size
+        if unpacked > MAX_MODEL_BYTES:
+            raise DamagedModel(f"The stored model {path} cannot be read: it unpacks to more "
+                               f"than a model can take ({MAX_MODEL_BYTES} bytes). "
+                               f"{REPAIR_ADVICE}")
+        with archive.open(info) as member:
+            version = np.lib.format.read_magic(member)
+            if version == (1, 0):
+                shape, _, dtype = np.lib.format.read_array_header_1_0(member)
+            else:
+                shape, _, dtype = np.lib.format.read_array_header_2_0(member)
+        if dtype.hasobject or math.prod(shape) * dtype.itemsize > info.file_size:
+            raise DamagedModel(f"The stored model {path} cannot be read: its part "
+                               f"{shown(info.filename)} declares more data than it holds. "
+                               f"{REPAIR_ADVICE}")
+
+
+#: What to do about a model file that cannot be read (training does this).
+REPAIR_ADVICE = ("Train the model again (training replaces a model that cannot be read and "
+                 "keeps the damaged file beside it) or import a good copy.")
 
 
 class _ModelCache:
     """Path -> (file stamp, Model), least recently used dropped first; thread-safe."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, max_bytes: int = CACHE_BYTES) -> None:
         self.size = size
+        self.max_bytes = max_bytes
         self._entries: OrderedDict[str, tuple[tuple[int, ...], Model]] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -203,10 +280,14 @@ class _ModelCache:
 
     def put(self, key: str, stamp: tuple[int, ...], model: Model) -> None:
         with self._lock:
+            self._entries.pop(key, None)
+            if model.nbytes > self.max_bytes:
+                return
             self._entries[key] = (stamp, model)
-            self._entries.move_to_end(key)
-            while len(self._entries) > self.size:
-                self._entries.popitem(last=False)
+            total = sum(m.nbytes for _, m in self._entries.values())
+            while len(self._entries) > self.size or total > self.max_bytes:
+                _, (_, dropped) = self._entries.popitem(last=False)
+                total -= dropped.nbytes
 
 
 _cache = _ModelCache(CACHE_SIZE)
@@ -238,7 +319,7 @@ def _write_atomically(target: str, arrays: dict[str, np.ndarray], failure: str,
     target_dir = os.path.dirname(target)
     try:
         os.makedirs(target_dir, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=".npz", dir=target_dir)
+        fd, tmp = _new_file(target_dir, ".npz")
     except OSError as exc:
         raise _write_error(exc, failure, target_dir, unchanged) from None
     try:
@@ -305,7 +386,7 @@ def _locked_file(target_dir: str) -> Iterator[BinaryIO]:
     while True:
         _makedirs(target_dir)
         try:
-            lock = open(path, "a+b")
+            lock = _open_lock(target_dir)
         except FileNotFoundError:  # the directory was removed in between
             continue
         try:
@@ -346,8 +427,8 @@ def clean_strays(model_dir: str) -> None:
     try:
         if not any(name.startswith(TEMP_PREFIX) for name in os.listdir(target_dir)):
             return
-        lock = open(os.path.join(target_dir, LOCK_FILE), "a+b")
-    except OSError:  # no directory, or read-only: nothing we may do
+        lock = _open_lock(target_dir)
+    except (OSError, BackendError):  # no directory, read-only, a link: nothing we may do
         return
     with lock:
         try:
@@ -369,6 +450,36 @@ def _is_current(lock: BinaryIO, path: str) -> bool:
         return False
     mine = os.fstat(lock.fileno())
     return (current.st_dev, current.st_ino) == (mine.st_dev, mine.st_ino)
+
+
+def _open_lock(target_dir: str) -> BinaryIO:
+    """The lock file, never through a symbolic link: whoever can write the
+    model directory must not make us create or lock a file elsewhere."""
+    path = os.path.join(target_dir, LOCK_FILE)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise BackendError(f"The lock file {path} is a symbolic link; it is not followed. "
+                               "Remove it (the program makes a plain file).") from None
+        raise
+    return os.fdopen(fd, "a+b")
+
+
+def _new_file(directory: str, suffix: str) -> tuple[int, str]:
+    """A new temporary file in `directory`, opened for writing.
+
+    Unlike `tempfile.mkstemp` (always mode 0600), it is created with mode
+    0666 less the umask, like any file the program writes: where cron and
+    the web server run as different users, the umask says who may read a
+    model, not us."""
+    while True:
+        path = os.path.join(directory, f"{TEMP_PREFIX}{secrets.token_hex(8)}{suffix}")
+        try:
+            return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                           | os.O_CLOEXEC, 0o666), path
+        except FileExistsError:
+            continue
 
 
 def _remove_strays(target_dir: str) -> None:

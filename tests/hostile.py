@@ -174,3 +174,150 @@ def check_predictions(answer: dict[str, Any], nclasses: int, classes: list[str])
         assert row[1] in classes, row
         p = float(row[2])
         assert math.isfinite(p) and 1 / nclasses - 1e-6 <= p <= 1.0, row
+
+
+# --------------------------------------------------------------------------
+# Old-format model files: pickled NumPy dtypes and TensorFlow checkpoints
+
+
+class DtypeWithState:
+    """Pickles as `numpy.dtype(name)` followed by a BUILD that sets `state`:
+    what a crafted classifier.pkl can ask NumPy to do."""
+
+    def __init__(self, name: str, state: tuple[Any, ...]) -> None:
+        self.name, self.state = name, state
+
+    def __reduce__(self) -> Any:
+        return (np.dtype, (self.name, False, True), self.state)
+
+
+#: dtype states a crafted pickle may give; only the first is what NumPy writes.
+DTYPE_STATES = {
+    "subarray (the 272-byte crash)": ("f8", (3, "<", (np.dtype("f8"), (200_000_000,)), None,
+                                             None, 8, 1, 0)),
+    "item size larger than the type": ("f8", (3, "<", None, None, None, 1 << 30, 1, 0)),
+    "fields": ("f8", (3, "|", None, ("a",), {"a": (np.dtype("f8"), 0)}, 8, 1, 16)),
+    "big-endian": ("f8", (3, ">", None, None, None, -1, -1, 0)),
+    "metadata (version 4)": ("f8", (4, "<", None, None, None, -1, -1, 0, {"x": 1})),
+    "not a tuple": ("f8", {"a": 1}),
+}
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    n &= (1 << 64) - 1
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def proto_field(number: int, value: int | bytes) -> bytes:
+    """One protobuf field: a varint (int) or length-delimited (bytes)."""
+    if isinstance(value, int):
+        return _varint(number << 3) + _varint(value)
+    return _varint(number << 3 | 2) + _varint(len(value)) + value
+
+
+def bundle_entry(dtype: int, dims: list[int], offset: int, size: int, shard: int = 0) -> bytes:
+    """A BundleEntryProto as TensorFlow writes it."""
+    shape = b"".join(proto_field(2, proto_field(1, d)) for d in dims)
+    return (proto_field(1, dtype) + proto_field(2, shape) + proto_field(3, shard)
+            + proto_field(4, offset) + proto_field(5, size))
+
+
+def write_table(path: Path, entries: dict[str, bytes]) -> None:
+    """A LevelDB-style table (a checkpoint's .index) holding `entries`,
+    keys sorted, one data block, as TensorFlow lays it out."""
+    def block(items: list[tuple[bytes, bytes]]) -> bytes:
+        body = b"".join(_varint(0) + _varint(len(k)) + _varint(len(v)) + k + v
+                        for k, v in items)
+        return body + (0).to_bytes(4, "little") + (1).to_bytes(4, "little")
+
+    items = sorted((k.encode(), v) for k, v in entries.items())
+    data = block(items)
+    out = data + b"\0\0\0\0\0"
+    meta_offset = len(out)
+    meta = block([])
+    out += meta + b"\0\0\0\0\0"
+    index_offset = len(out)
+    index = block([(items[-1][0] + b"\0", _varint(0) + _varint(len(data)))])
+    out += index + b"\0\0\0\0\0"
+    handles = _varint(meta_offset) + _varint(len(meta)) + _varint(index_offset) + \
+        _varint(len(index))
+    out += handles + bytes(40 - len(handles)) + (0xDB4775248B80FB57).to_bytes(8, "little")
+    path.write_bytes(out)
+
+
+# --------------------------------------------------------------------------
+# Model files (model.npz), bent at random
+
+
+def small_model_arrays(nfeatures: int = 3, hidden: int = 4, seed: int = 0
+                       ) -> dict[str, np.ndarray]:
+    """The arrays of a valid model.npz, made without training."""
+    from mlbackend.inference import Model
+
+    rng = np.random.default_rng(seed)
+    sizes = [nfeatures, hidden, 2]
+    weights = []
+    for a, b in zip(sizes, sizes[1:]):
+        weights += [rng.normal(size=(a, b)).astype(np.float32),
+                    rng.normal(size=b).astype(np.float32)]
+    return Model(classes=[0, 1], nfeatures=nfeatures, columns=np.arange(nfeatures),
+                 mean=np.zeros(nfeatures, np.float32), scale=np.ones(nfeatures, np.float32),
+                 weights=weights, feature_names=[f"f{i}" for i in range(nfeatures)]).to_arrays()
+
+
+HOSTILE_JSON = st.sampled_from([
+    None, True, 5, -1, 0, 1.5, float("nan"), 10 ** 30, "x", "", [], [1, 2], {}, {"a": 1},
+    [[[[[]]]]], "relu", "tanh", "softmax", "mlbackend-classifier", [0, 1], [0, 1, 1],
+    [True, False], ["0", "1"], [0.5, 1], 2, 3, 10_001, 99, [10], [16_000_000], [0],
+    list(range(20)), ["a"] * 3, "\u0663"])
+META_KEYS = ["format", "format_version", "classes", "nfeatures", "hidden_units", "activation",
+             "output", "feature_names", "history"]
+HOSTILE_ARRAYS = st.sampled_from([
+    np.zeros(0, np.float32), np.zeros((3, 4, 1), np.float32), np.zeros(3, np.int64) - 5,
+    np.array(5.0), np.full(3, np.nan, np.float32), np.zeros(3, np.complex64),
+    np.array(["a", "b", "c"]), np.zeros(3, dtype=[("a", "f4")]), np.zeros(3, bool),
+    np.zeros((3, 4), ">f4"), np.zeros((4, 2), np.float16), np.array([1e39, 0, 0]),
+    np.arange(3) + 10, np.ones((3, 5000), np.float32)])
+
+
+@st.composite
+def model_files(draw: Any) -> bytes:
+    """A model.npz: valid, or with its metadata, arrays or bytes bent."""
+    arrays = small_model_arrays(draw(st.integers(1, 4)), draw(st.integers(1, 5)))
+    kind = draw(st.sampled_from(["valid", "meta", "meta", "arrays", "arrays", "bytes",
+                                 "cut"]))
+    if kind == "meta":
+        meta = json.loads(str(arrays["meta"]))
+        if draw(st.integers(0, 5)) == 0:
+            meta = draw(HOSTILE_JSON)
+        else:
+            for _ in range(draw(st.integers(1, 3))):
+                key = draw(st.sampled_from(META_KEYS))
+                if draw(st.booleans()):
+                    meta[key] = draw(HOSTILE_JSON)
+                else:
+                    meta.pop(key, None)
+        arrays["meta"] = np.array(json.dumps(meta))
+    elif kind == "arrays":
+        for _ in range(draw(st.integers(1, 2))):
+            key = draw(st.sampled_from(sorted(arrays)))
+            if draw(st.integers(0, 3)) == 0:
+                del arrays[key]
+            else:
+                arrays[key] = draw(HOSTILE_ARRAYS)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    data = buf.getvalue()
+    if kind == "bytes":
+        for _ in range(draw(st.integers(1, 4))):
+            at = draw(st.integers(0, len(data) - 1))
+            data = data[:at] + bytes([draw(st.integers(0, 255))]) + data[at + 1:]
+    elif kind == "cut":
+        data = data[:draw(st.integers(0, len(data)))]
+    return data

@@ -78,7 +78,28 @@ def test_usage_errors_are_json(run_main, tmp_path):
     r = run_main("-m", "moodlemlbackend.nonsense", "a")
     assert r.rc == 1 and "Unknown module" in r.json["info"][0]
     r = run_main("evaluation", "d.csv", "--iterations", "0", "--model-dir", tmp_path)
-    assert r.rc == 1 and "at least 1" in r.json["info"][0]
+    assert r.rc == 1 and "from 1 to 100" in r.json["info"][0]
+
+
+@pytest.mark.parametrize("option,value,message", [
+    ("--iterations", "101", "from 1 to 100"),
+    ("--iterations", "1000000", "from 1 to 100"),
+    ("--min-score", "nan", "minimum score must be a finite number"),
+    ("--max-deviation", "inf", "accepted deviation must be a finite number"),
+    ("--min-score", "-inf", "minimum score must be a finite number"),
+])
+def test_absurd_evaluation_settings_are_refused_before_it_runs(run_main, tmp_path,
+                                                                binary_data, option, value,
+                                                                message):
+    """Refused before the dataset is read or anything trains: no log directory."""
+    r = run_main("evaluation", binary_data["train"], "--model-dir", tmp_path, f"{option}={value}")
+    assert r.rc == 1 and message in r.json["info"][0], r.json
+    assert "Unexpected" not in r.stdout and not (tmp_path / "logs").exists()
+    if option != "--iterations":  # Moodle's argv: MINSCORE and MAXDEVIATION, positional
+        args = ["0.7", value] if option == "--max-deviation" else [value, "0.05"]
+        r = run_main("-m", "moodlemlbackend.evaluation", "m", tmp_path, binary_data["train"],
+                     *args, "10")
+        assert r.rc == 1 and message in r.json["info"][0], r.json
 
 
 def test_unexpected_errors_become_a_json_answer(run_main, monkeypatch, tmp_path):

@@ -409,3 +409,154 @@ def test_a_model_that_would_not_load_is_never_saved(tmp_path, data, run_main):
     assert (outdir / "classifier" / "model.npz").read_bytes() == before
     assert strays(outdir) == []
     assert run_main("prediction", data["predict"], "--model-dir", outdir).rc == 0
+
+
+# ---------------------------------------------------------------------------
+# Hostile or damaged model directories (issue 12)
+
+
+def test_training_replaces_a_damaged_model_and_keeps_it_aside(tmp_path, data):
+    """The message said "Train the model again" but training read the old
+    model first and failed the same way: now training makes a new one."""
+    outdir = tmp_path / "model"
+    (outdir / "classifier").mkdir(parents=True)
+    damaged = b"PK\x03\x04 not a model any more"
+    (outdir / "classifier" / "model.npz").write_bytes(damaged)
+    r = moodle("prediction", "damaged", outdir, data["predict"])
+    assert r.rc == 1 and "training replaces a model that cannot be read" in r.json["info"][0]
+    r = moodle("training", "damaged", outdir, data["first"])
+    assert r.rc == 0, r.stdout + r.stderr[-2000:]
+    kept = [p for p in (outdir / "classifier").iterdir() if ".damaged-" in p.name]
+    assert len(kept) == 1 and kept[0].read_bytes() == damaged
+    assert moodle("prediction", "damaged", outdir, data["predict"]).rc == 0
+
+
+@pytest.mark.parametrize("meta,words", [
+    ([1, 2], "metadata is a list"),
+    ({"feature_names": 5}, "feature_names must be a list"),
+    ({"history": [1, 2]}, "history must be an object"),
+    ({"classes": [0, "x"]}, "classes must be"),
+    ({"nfeatures": "\u0663"}, "nfeatures must be"),
+])
+def test_a_model_with_odd_metadata_is_a_clean_error(tmp_path, data, run_main, meta, words):
+    outdir = tmp_path / "model"
+    assert run_main("training", data["first"], "--model-dir", outdir).rc == 0
+    path = outdir / "classifier" / "model.npz"
+    with np.load(path, allow_pickle=False) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    doc = json.loads(str(arrays["meta"]))
+    doc = meta if isinstance(meta, list) else {**doc, **meta}
+    arrays["meta"] = np.array(json.dumps(doc))
+    np.savez(path, **arrays)
+    r = run_main("prediction", data["predict"], "--model-dir", outdir)
+    assert r.rc == 1 and words in r.json["info"][0] and "Unexpected" not in r.stdout
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027, 0o002])
+def test_model_files_and_exports_respect_the_umask(tmp_path, data, run_main, umask):
+    """mkstemp made every model 0600: cron and the web server, different
+    users, could not share models. Now the umask decides."""
+    old = os.umask(umask)
+    try:
+        outdir = tmp_path / "model"
+        assert run_main("training", data["first"], "--model-dir", outdir).rc == 0
+        assert run_main("export", tmp_path / "export", "--model-dir", outdir).rc == 0
+    finally:
+        os.umask(old)
+    for path in (outdir / "classifier" / "model.npz", tmp_path / "export" / "model.npz"):
+        assert path.stat().st_mode & 0o777 == 0o666 & ~umask, oct(path.stat().st_mode)
+
+
+def test_a_lock_file_that_is_a_symbolic_link_is_not_followed(tmp_path, data, run_main):
+    outdir = tmp_path / "model"
+    (outdir / "classifier").mkdir(parents=True)
+    target = tmp_path / "elsewhere"
+    (outdir / "classifier" / ".lock").symlink_to(target)
+    r = run_main("training", data["first"], "--model-dir", outdir)
+    assert r.rc == 1 and "symbolic link" in r.json["info"][0]
+    assert not target.exists() and not (outdir / "classifier" / "model.npz").exists()
+
+
+def test_a_wide_model_is_refused_by_the_work_it_causes(tmp_path):
+    """2 KB zipped, 16 million hidden units: ~125 MB per predicted row. The
+    file is small, the network is not: refused when read."""
+    from hostile import small_model_arrays
+
+    arrays = small_model_arrays(nfeatures=1, hidden=1)
+    width = 16_000_000
+    arrays["layer0_kernel"] = np.zeros((1, width), np.float32)
+    arrays["layer0_bias"] = np.zeros(width, np.float32)
+    arrays["layer1_kernel"] = np.zeros((width, 2), np.float32)
+    meta = json.loads(str(arrays["meta"]))
+    meta["hidden_units"] = [width]
+    arrays["meta"] = np.array(json.dumps(meta))
+    path = tmp_path / "model.npz"
+    np.savez_compressed(path, **arrays)
+    with pytest.raises(store.BackendError, match="more than a model can take|units") as err:
+        store.load_file(str(path))
+    assert err.value.status == 1
+
+
+def test_prediction_in_row_blocks_gives_the_same_answers(monkeypatch):
+    from hostile import small_model_arrays
+    from mlbackend import inference
+
+    model = inference.Model.from_arrays(small_model_arrays(nfeatures=5, hidden=7), "m")
+    X = np.random.default_rng(1).normal(size=(1000, 5)).astype(np.float32)
+    X[::97] = 3e38  # rows that overflow float32 go through the float64 path
+    whole = model.predict_proba(X)
+    monkeypatch.setattr(inference, "PREDICT_BLOCK_BYTES", 1)  # one row at a time
+    assert model.block_rows == 1
+    # float32 products summed in another order differ in the last bits only
+    np.testing.assert_allclose(model.predict_proba(X), whole, atol=1e-6)
+
+
+def test_an_evaluation_log_holds_its_own_run_only(tmp_path, data, run_main):
+    """A server runs other requests while an evaluation writes its info.log;
+    their lines (other models' ids) went into it. Now only the run's own."""
+    import logging
+
+    outdir = tmp_path / "model"
+    assert run_main("training", data["first"], "--model-dir", outdir).rc == 0
+    stop = threading.Event()
+    other = logging.getLogger("mlbackend.server.app")
+
+    def another_request() -> None:
+        while not stop.is_set():
+            other.info("OTHER REQUEST of model other-model-id")
+            time.sleep(0.001)
+
+    thread = threading.Thread(target=another_request)
+    thread.start()
+    try:
+        result = actions.evaluate(str(tmp_path / "eval"), data["first"], 0.5, 0.5, 1,
+                                  trained_model_dir=str(outdir))
+    finally:
+        stop.set()
+        thread.join()
+    text = (Path(result["dir"]) / "info.log").read_text()
+    assert f"evaluation {result['runid']}" in text and "result:" in text
+    assert "OTHER REQUEST" not in text
+
+
+def test_evaluation_trains_its_iterations_in_bounded_groups(tmp_path, data, monkeypatch):
+    """Memory must not grow with niterations: networks train in groups of
+    SIDE_BY_SIDE (2 here), each iteration still gets its own split and logs."""
+    from mlbackend import evaluation, training
+
+    widths = []
+    real = training.train_splits
+
+    def counting(X, y, classes, names, splits, options):
+        widths.append(len(splits))
+        return real(X, y, classes, names, splits, options)
+
+    monkeypatch.setattr(evaluation, "SIDE_BY_SIDE", 2)
+    monkeypatch.setattr(training, "train_splits", counting)
+    result = actions.evaluate(str(tmp_path / "eval"), data["first"], 0.5, 0.5, 5)
+    assert result["status"] in (0, 4, 8) and widths == [2, 2, 1]
+    doc = json.loads((Path(result["dir"]) / "metrics.json").read_text())
+    assert [it["iteration"] for it in doc["iterations"]] == [1, 2, 3, 4, 5]
+    assert len({it["test_rows"] for it in doc["iterations"]}) == 1
+    assert sorted(p.name for p in (Path(result["dir"]) / "tensor").iterdir()) == \
+        ["evaluation"] + [f"iteration-{i}" for i in range(1, 6)]

@@ -87,6 +87,13 @@ def test_large_file_spans_many_blocks_and_both_decoders_agree(tmp_path, monkeypa
      "not supported"),
     ("metadata values missing", 'nfeatures,targetclasses,targettype\n3,"[0,1]"\nf1,f2,f3,t\n', 2,
      "3 fields"),
+    ("whitespace-only cell", HEAD + "f1,f2,f3,t\n1,0,1,0\n1, ,1,0\n", 5,
+     "column 2 (f2) holds ' '"),
+    ("tab-only cell", HEAD + "f1,f2,f3,t\n1,0,\t,0\n", 4, "column 3 (f3) holds '\\t'"),
+    ("nfeatures in Arabic-Indic digits", 'nfeatures,targetclasses\n\u0663,"[0,1]"\nf1,f2,f3,t\n'
+     '1,0,1,0\n', 2, "whole number"),
+    ("nfeatures of 5,000 digits", 'nfeatures,targetclasses\n' + "9" * 5000 + ',"[0,1]"\nf,t\n'
+     '1,0\n', 2, "at most 10000 features"),
 ])
 @pytest.mark.parametrize("tensorflow", [False, True], ids=["numpy", "tensorflow"])
 def test_malformed_training_files(tmp_path, name, text, line, words, tensorflow):
@@ -121,3 +128,13 @@ def test_prediction_row_without_id(tmp_path):
     path = write(tmp_path / "p.csv", HEAD + "sampleid,f1,f2,f3\n,1,0,1\n")
     with pytest.raises(BackendError, match="Line 4 .*sample id"):
         dataset.read_prediction(path)
+
+
+def test_a_file_that_is_not_a_dataset_is_not_echoed(tmp_path, run_main):
+    """Run as root on /etc/shadow, the first line was in the answer."""
+    secret = "root:$6$saltsalt$hashhashhash:19000:0:99999:7:::"
+    path = write(tmp_path / "shadow", secret + "\ndaemon:*:19000:0:99999:7:::\n" * 3)
+    for module in ("training", "evaluation"):
+        r = run_main(module, path, "--model-dir", tmp_path / "m")
+        assert r.rc == 1 and "Is this a Moodle analytics dataset?" in r.json["info"][0]
+        assert "root" not in r.stdout and "hash" not in r.stdout and "hash" not in r.stderr

@@ -6,6 +6,7 @@ program answers a contract JSON, never a traceback; memory stays bounded.
 """
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -19,8 +20,8 @@ from hypothesis import event, example, given, settings
 from hypothesis import strategies as st
 
 from conftest import backend_env, moodle
-from hostile import (any_bytes, check_answer, check_predictions, datasets, deflated_npz,
-                     examples)
+from hostile import (any_bytes, bundle_entry, check_answer, check_predictions, datasets,
+                     deflated_npz, examples, model_files, proto_field, write_table)
 from mlbackend import dataset
 from mlbackend.contract import BackendError
 
@@ -242,3 +243,113 @@ def test_inputs_that_overflow_float32_still_get_probabilities(model_3, tmp_path)
     r = moodle("prediction", "fuzz", model_3["dir"], path)
     answer = check_answer(r.rc, r.stdout, r.stderr, (0,))
     check_predictions(answer, 2, ["0", "1"])
+
+
+# --------------------------------------------------------------------------
+# Model files, property-based: ours (model.npz) and the old backend's
+# (pickles and TensorFlow checkpoints). Each reader gives a usable model or a
+# BackendError with a bounded message; never a crash, never unbounded memory.
+
+
+def bounded_refusal(exc: BackendError) -> None:
+    assert exc.status == 1
+    assert isinstance(exc.message, str) and 0 < len(exc.message) <= 1500, exc.message
+
+
+@settings(max_examples=examples(150, 3000))
+@given(data=model_files())
+@example(data=b"PK\x05\x06" + bytes(18))
+def test_every_model_file_loads_checked_or_is_refused(traced, tmp_path_factory, data):
+    from mlbackend import store
+
+    path = tmp_path_factory.mktemp("npz") / "model.npz"
+    path.write_bytes(data)
+    tracemalloc.reset_peak()
+    before = tracemalloc.get_traced_memory()[0]
+    try:
+        model = store.load_file(str(path))
+    except BackendError as exc:
+        bounded_refusal(exc)
+        event("refused: " + exc.message.split("(", 1)[-1][:30])
+        return
+    assert model is not None
+    X = np.random.default_rng(0).normal(size=(50, model.nfeatures)).astype(np.float32)
+    try:
+        proba = model.predict_proba(X)
+    except BackendError as exc:
+        bounded_refusal(exc)
+        event("refused at prediction")
+    else:
+        event("predicts")
+        assert proba.shape == (50, len(model.classes)) and np.all(np.isfinite(proba))
+        np.testing.assert_allclose(proba.sum(axis=1), 1, atol=1e-5)
+    peak = tracemalloc.get_traced_memory()[1] - before
+    assert peak <= 8 * len(data) + (16 << 20), f"{peak} bytes for a {len(data)}-byte model"
+
+
+def shared_list(levels: int) -> Any:
+    value: Any = []
+    for _ in range(levels):
+        value = [value, value]
+    return value
+
+
+PICKLE_VALUES = st.sampled_from([
+    None, True, 0, 2, -1, 1 << 40, 10 ** 5000, 1.5, float("nan"), "x", "x" * 10_000,
+    b"bytes", (1, 2), {"a": 1}, {(1, 2): 3}, shared_list(50), np.arange(3),
+    np.zeros((2, 2)), np.float64(2.0), np.int64(2), np.zeros(3, np.uint8)])
+
+
+@settings(max_examples=examples(100, 2000))
+@given(changes=st.dictionaries(st.sampled_from(["n_classes", "n_hidden_layers", "n_features",
+                                                "variable_columns", "n_epoch", "other"]),
+                               PICKLE_VALUES, max_size=3),
+       damage=st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), max_size=3),
+       cut=st.one_of(st.none(), st.integers(0, 10_000)))
+@example(changes={}, damage=[], cut=40)  # cut inside a 4-byte integer: struct.error
+def test_every_legacy_pickle_is_read_or_refused(tmp_path_factory, changes, damage, cut):
+    from mlbackend import legacy
+    from test_legacy import legacy_pickle, tf_state
+
+    data = bytearray(legacy_pickle(tf_state(3, [0, 1, 2], **changes)))
+    for at, value in damage:
+        data[at % len(data)] = value
+    if cut is not None:
+        data = data[:cut]
+    path = tmp_path_factory.mktemp("pkl") / "classifier.pkl"
+    path.write_bytes(bytes(data))
+    try:
+        state = legacy.read_pickle(str(path))
+    except BackendError as exc:
+        bounded_refusal(exc)
+        event("refused")
+        return
+    event("read")
+    json.dumps(legacy._plain_settings(state))  # what a converted model keeps is JSON
+
+
+@settings(max_examples=examples(100, 3000))
+@given(dtype=st.integers(-3, 300),
+       dims=st.lists(st.integers(-(1 << 62), 1 << 62) | st.integers(0, 9), max_size=10),
+       offset=st.integers(-5, 1 << 62) | st.integers(0, 200),
+       size=st.integers(-5, 1 << 62) | st.integers(0, 200), shard=st.integers(-2, 3),
+       garbage=st.one_of(st.none(), st.binary(max_size=40)))
+def test_every_checkpoint_entry_is_read_or_refused(tmp_path_factory, dtype, dims, offset, size,
+                                                   shard, garbage):
+    """TensorFlow aborted on such entries; our reader answers each."""
+    from mlbackend import checkpoint
+
+    d = tmp_path_factory.mktemp("ckpt")
+    prefix = d / "variables"
+    (d / "variables.data-00000-of-00001").write_bytes(bytes(range(200)))
+    header = proto_field(1, 1)
+    entry = garbage if garbage is not None else bundle_entry(dtype, dims, offset, size, shard)
+    write_table(Path(str(prefix) + ".index"), {"": header, "w": entry})
+    try:
+        tensor = checkpoint.Checkpoint(str(prefix)).tensor("w")
+    except BackendError as exc:
+        bounded_refusal(exc)
+        event("refused")
+        return
+    event("read")
+    assert tensor.dtype.kind == "f" and tensor.nbytes <= 200

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import os
 import pickle
 import shutil
@@ -28,6 +29,7 @@ import numpy as np
 import pytest
 
 from conftest import moodle, moodle_in_process
+from hostile import DTYPE_STATES, DtypeWithState, bundle_entry, write_table
 from mlbackend import dataset, legacy, store
 from mlbackend.contract import BackendError
 from mlbackend.inference import Model
@@ -542,3 +544,159 @@ def test_a_truncated_2x_export_is_refused_through_moodle(tmp_path: Path,
     (tmp_path / "model.json").write_text(text[: len(text) // 2])
     r = moodle("import", "m2", tmp_path / "model", tmp_path)
     assert r.rc == 1 and "not valid JSON" in r.json["info"][0]
+
+
+# --------------------------------------------------------------------------
+# Hostile old-format files that crashed or exhausted the process (issue 12)
+
+
+def pickle_with_dtype(name: str, state: tuple[Any, ...]) -> bytes:
+    """A classifier.pkl whose variable_columns array has a crafted dtype
+    state, its 16 data bytes after it as joblib writes them."""
+    with old_module_names() as cls:
+        wrapper = cls["NumpyArrayWrapper"]()
+        wrapper.__dict__.update(subclass=np.ndarray, shape=(2,), order="C",
+                                dtype=DtypeWithState(name, state), allow_mmap=True)
+        obj = cls["TF"]()
+        obj.__dict__.update(tf_state(2))
+        obj.variable_columns = wrapper
+        buf = io.BytesIO()
+        pickler = pickle._Pickler(buf, protocol=4)  # type: ignore[attr-defined]
+        pickler.dump(obj)
+    data = buf.getvalue()
+    # The array's bytes follow the wrapper's BUILD in joblib's stream; here
+    # they simply follow the pickle, which is as far as a reader gets.
+    return data[:-1] + bytes(16) + data[-1:]
+
+
+@pytest.mark.parametrize("case", sorted(DTYPE_STATES))
+def test_a_crafted_dtype_state_is_refused(tmp_path: Path, case: str) -> None:
+    name, state = DTYPE_STATES[case]
+    path = tmp_path / "classifier.pkl"
+    path.write_bytes(pickle_with_dtype(name, state))
+    with pytest.raises(BackendError, match="refused") as err:
+        legacy.read_pickle(str(path))
+    assert err.value.status == 1 and len(err.value.message) < 1000
+
+
+def test_the_272_byte_dtype_pickle_answers_status_1_through_moodle(
+        tmp_path: Path, legacy3: dict[str, Any], binary_data: dict[str, Any]) -> None:
+    """It was a SIGSEGV; now the contract's answer, for import and prediction."""
+    out = outputdir_with(tmp_path, legacy3["dir"])
+    name, state = DTYPE_STATES["subarray (the 272-byte crash)"]
+    (out / "classifier" / "classifier.pkl").write_bytes(pickle_with_dtype(name, state))
+    r = moodle("prediction", "m", out, binary_data["predict"])
+    assert r.rc == 1 and r.json["status"] == 1 and "refused" in r.json["info"][0], r.stderr
+    r = moodle("import", "m", tmp_path / "other", out / "classifier")
+    assert r.rc == 1 and r.json["status"] == 1 and "refused" in r.json["info"][0], r.stderr
+
+
+def shared_nesting(levels: int) -> list[Any]:
+    """A list of 2**levels leaves in a pickle of a few hundred bytes (the memo)."""
+    value: list[Any] = []
+    for _ in range(levels):
+        value = [value, value]
+    return value
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("n_classes", shared_nesting(60), "invalid n_classes"),
+    ("n_classes", 10 ** 5000, "invalid n_classes: <an integer of"),
+    ("n_hidden_layers", 10 ** 9, "more than 16"),
+    ("n_features", 1 << 40, "invalid n_features"),
+], ids=["shared nesting", "5,000 digits", "a billion layers", "2^40 features"])
+def test_settings_from_the_pickle_are_quoted_bounded(tmp_path: Path, legacy3: dict[str, Any],
+                                                     key: str, value: Any, message: str
+                                                     ) -> None:
+    out = outputdir_with(tmp_path, legacy3["dir"])
+    data = legacy_pickle(tf_state(len(VARIABLE_COLUMNS), VARIABLE_COLUMNS, **{key: value}))
+    assert len(data) < 4000
+    (out / "classifier" / "classifier.pkl").write_bytes(data)
+    with pytest.raises(BackendError, match=message) as err:
+        store.load(str(out), nfeatures=20)
+    assert len(err.value.message) < 1000
+
+
+def test_settings_json_cannot_write_are_left_out_of_the_converted_model(
+        tmp_path: Path, legacy3: dict[str, Any]) -> None:
+    """An integer over 4,300 digits and a tuple key made json.dumps fail
+    ("Unexpected error"); they are not settings, so they are not kept."""
+    out = outputdir_with(tmp_path, legacy3["dir"])
+    state = tf_state(len(VARIABLE_COLUMNS), VARIABLE_COLUMNS, n_epoch=10 ** 5000)
+    state[("a", 1)] = 2
+    (out / "classifier" / "classifier.pkl").write_bytes(legacy_pickle(state))
+    model = store.load(str(out), nfeatures=20)
+    assert model is not None
+    kept = model.history["legacy_settings"]
+    assert "n_epoch" not in kept and kept["n_hidden_layers"] == 2
+    assert store.load(str(out), nfeatures=20) is not None  # saved and read back
+
+
+def crafted_checkpoint(d: Path, how: str) -> None:
+    """Rewrite variables.index of the SavedModel in classifier/ `d`: one
+    entry changed as a crafted file would, the rest as TensorFlow wrote it."""
+    from mlbackend import checkpoint
+
+    prefix = d / "model.ckpt" / "variables" / "variables"
+    entries = checkpoint.read_index(str(prefix) + ".index")
+    key = "layer_with_weights-0/kernel/.ATTRIBUTES/VARIABLE_VALUE"
+    shape = checkpoint.Checkpoint(str(prefix)).shape(key)
+    data_size = (prefix.parent / "variables.data-00000-of-00001").stat().st_size
+    entries[key] = {
+        "dims [-1, 8]": bundle_entry(1, [-1, 8], 0, 64),
+        "dims [2^40, 2^40]": bundle_entry(1, [1 << 40, 1 << 40], 0, 1 << 42),
+        "dtype 0": bundle_entry(0, list(shape), 0, 4 * math.prod(shape)),
+        "dtype 200": bundle_entry(200, list(shape), 0, 4 * math.prod(shape)),
+        "dtype string": bundle_entry(7, list(shape), 0, 4 * math.prod(shape)),
+        "empty entry": b"",
+        "not a protobuf": b"\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\x07garbage",
+        "past the data file": bundle_entry(1, list(shape), data_size,
+                                           4 * math.prod(shape)),
+        "size does not match the shape": bundle_entry(1, list(shape), 0, 8),
+        "another shard": bundle_entry(1, list(shape), 0, 4 * math.prod(shape), shard=7),
+        "nine dimensions": bundle_entry(1, [1] * 9, 0, 4),
+    }[how]
+    write_table(Path(str(prefix) + ".index"), entries)
+
+
+CHECKPOINT_DAMAGE = ["dims [-1, 8]", "dims [2^40, 2^40]", "dtype 0", "dtype 200",
+                     "dtype string", "empty entry", "not a protobuf", "past the data file",
+                     "size does not match the shape", "another shard", "nine dimensions"]
+
+
+def test_the_table_writer_writes_what_the_reader_reads(tmp_path: Path,
+                                                       legacy3: dict[str, Any]) -> None:
+    """Control: the index rewritten unchanged still converts to the same model."""
+    from mlbackend import checkpoint
+
+    out = outputdir_with(tmp_path, legacy3["dir"])
+    prefix = out / "classifier" / "model.ckpt" / "variables" / "variables"
+    write_table(Path(str(prefix) + ".index"), checkpoint.read_index(str(prefix) + ".index"))
+    network = legacy.read(str(out / "classifier"))
+    for got, want in zip(network.weights, legacy3["weights"]):
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("how", CHECKPOINT_DAMAGE)
+def test_a_crafted_checkpoint_index_is_refused_without_tensorflow(
+        tmp_path: Path, legacy3: dict[str, Any], how: str) -> None:
+    out = outputdir_with(tmp_path, legacy3["dir"])
+    crafted_checkpoint(out / "classifier", how)
+    with pytest.raises(BackendError, match="cannot be read|wrong shape|too large") as err:
+        store.load(str(out), nfeatures=20)
+    assert err.value.status == 1 and len(err.value.message) < 1000
+    assert not (out / "classifier" / "model.npz").exists()
+
+
+@pytest.mark.parametrize("how", ["dims [-1, 8]", "dtype 200", "not a protobuf"])
+def test_a_crafted_checkpoint_answers_status_1_through_moodle(
+        tmp_path: Path, legacy3: dict[str, Any], binary_data: dict[str, Any],
+        how: str) -> None:
+    """These aborted the process in TensorFlow (SIGABRT): now an answer."""
+    out = outputdir_with(tmp_path, legacy3["dir"])
+    crafted_checkpoint(out / "classifier", how)
+    r = moodle("prediction", "m", out, binary_data["predict"])
+    assert r.rc == 1 and r.json["status"] == 1, (r.rc, r.stderr[-2000:])
+    assert "cannot be read" in r.json["info"][0]
+    r = moodle("import", "m", tmp_path / "other", out / "classifier")
+    assert r.rc == 1 and r.json["status"] == 1, (r.rc, r.stderr[-2000:])

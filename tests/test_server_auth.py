@@ -58,6 +58,8 @@ def test_unicode_passwords():
     ("u:pbkdf2_sha256:100:salt:" + "ab" * 32, "iterations"),
     ("u:pbkdf2_sha256:x:salt:ab", "ITERATIONS"),
     ("u:pass:word", "not a known hash"),
+    ("nopw:", "is empty"),
+    ("moodle:secret,nopw:", "is empty"),
 ])
 def test_bad_values_say_how_to_create_users(value, words):
     with pytest.raises(auth.UsersError) as err:
@@ -117,3 +119,48 @@ def test_basic_credentials_in_utf8_and_latin1():
     assert auth.basic_credentials(header(b"user:")) == ("user", "")
     for bad in (None, "", "Bearer abc", "Basic !!!", header(b"nocolon")):
         assert auth.basic_credentials(bad) is None
+
+
+def test_plain_entries_are_verified_from_start_up():
+    users = auth.Users(auth.parse_users("alice:pw," + sha256_entry("bob", "hunter2")))
+    assert users.is_verified("alice", "pw")
+    assert not users.is_verified("alice", "pw2") and not users.is_verified("bob", "hunter2")
+    assert users.check("bob", "hunter2") and users.is_verified("bob", "hunter2")
+
+
+def test_a_failed_check_costs_the_same_for_known_and_unknown_users(monkeypatch):
+    """Counted, not timed: every failed check runs as many PBKDF2 rounds as
+    the slowest entry, whether the user exists (plain, sha256 or PBKDF2
+    entry) or not. (A known user with a wrong password answered in 3 ms, an
+    unknown one in 310 ms.)"""
+    value = ",".join(["alice:pw", sha256_entry("bob", "hunter2"),
+                      auth.make_entry("carol", "s3cret", iterations=FAST),
+                      auth.make_entry("dave", "x", iterations=2 * FAST)])
+    users = auth.Users(auth.parse_users(value))
+    rounds: list[int] = []
+    real = hashlib.pbkdf2_hmac
+
+    def counting(name: str, password: bytes, salt: bytes, iterations: int) -> bytes:
+        rounds.append(iterations)
+        return real(name, password, salt, iterations)
+
+    monkeypatch.setattr(auth.hashlib, "pbkdf2_hmac", counting)
+    costs = {}
+    for user in ("alice", "bob", "carol", "dave", "nobody", "ALICE"):
+        rounds.clear()
+        assert not users.check(user, "wrong")
+        costs[user] = sum(rounds)
+    assert set(costs.values()) == {2 * FAST}, costs
+    rounds.clear()
+    assert users.check("alice", "pw") and users.check("carol", "s3cret")
+    rounds.clear()
+    assert users.check("carol", "s3cret") and rounds == []  # remembered: no hashing
+
+
+def test_the_server_refuses_to_start_with_an_empty_password(tmp_path):
+    p = subprocess.run([sys.executable, "-m", "mlbackend", "serve", "--port", "0"],
+                       capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+                       env=backend_env({"MOODLE_MLBACKEND_PYTHON_USERS": "moodle:pw,nopw:",
+                                        "MOODLE_MLBACKEND_PYTHON_DIR": str(tmp_path)}))
+    assert p.returncode == 1
+    assert "nopw" in p.stdout and "is empty" in p.stdout

@@ -10,7 +10,10 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -267,3 +270,236 @@ def test_every_endpoint_and_method_needs_credentials(tmp_path):
                     assert r.status_code == 401, (path, method, header, r.status_code)
                     assert r.headers["WWW-Authenticate"].startswith("Basic")
     assert files_under(tmp_path) == []
+
+
+# ---------------------------------------------------------------------------
+# Before authentication (issue 12): the body is not read, failed logins are
+# cheap, one client cannot take every connection
+
+
+def send_head(server: Server, head: str, source: str = HOST) -> socket.socket:
+    port = int(server.url.rsplit(":", 1)[1])
+    sock = socket.create_connection((HOST, port), timeout=60, source_address=(source, 0))
+    sock.sendall(head.encode())
+    return sock
+
+
+def read_response(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection."""
+    out = b""
+    while chunk := sock.recv(65536):
+        out += chunk
+    return out
+
+
+def post_head(credentials: str | None, length: int) -> str:
+    auth = f"Authorization: Basic {base64.b64encode(credentials.encode()).decode()}\r\n" \
+        if credentials else ""
+    return (f"POST /training HTTP/1.1\r\nHost: {HOST}\r\n{auth}"
+            "Content-Type: multipart/form-data; boundary=XyZ\r\n"
+            f"Content-Length: {length}\r\n\r\n")
+
+
+@pytest.mark.parametrize("credentials", [None, f"{USER}:wrong", "nobody:secret", "nocolon"])
+def test_a_request_without_valid_credentials_is_answered_before_its_body(server, trained,
+                                                                           credentials):
+    """Only the headers are sent, 7 MiB declared: the 401 comes anyway (a
+    server waiting for the body would never answer), and the connection closes."""
+    sock = send_head(server, post_head(credentials, 7 << 20))
+    with sock:
+        answer = read_response(sock)
+    assert answer.startswith(b"HTTP/1.1 401"), answer[:200]
+    assert b"www-authenticate: basic" in answer.lower()
+    still_predicts(server, trained)
+    no_temp_files(server)
+
+
+@pytest.fixture(scope="module")
+def pbkdf2_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A server whose user has a PBKDF2 entry: its first login is checked
+    by the verifier thread while the request waits, body unread."""
+    from mlbackend.server.auth import make_entry
+
+    tmp = tmp_path_factory.mktemp("pbkdf2-server")
+    users = f"{make_entry(USER, PASSWORD, 20_000)},{make_entry('second', PASSWORD, 20_000)}"
+    srv = start_server(tmp, {"MOODLE_MLBACKEND_PYTHON_USERS": users,
+                             "MOODLE_MLBACKEND_PYTHON_DIR": str(tmp / "models")},
+                       "--max-upload-mb", "8")
+    yield srv
+    stop(srv.proc)
+
+
+def test_a_slow_entry_is_checked_before_the_body_then_the_request_goes_on(pbkdf2_server,
+                                                                          trained):
+    """Wrong password: 401 with the body unsent. Right password, first time:
+    the request waits for the check, then its body is read and answered."""
+    sock = send_head(pbkdf2_server, post_head(f"{USER}:wrong", 7 << 20))
+    with sock:
+        assert read_response(sock).startswith(b"HTTP/1.1 401")
+    for _ in range(2):  # checked, then remembered
+        answer = pbkdf2_server.train("slow", "v1", str(Path(trained["predict"]).parent
+                                                       / "train.csv"))
+        assert answer["status"] == 0, answer
+    assert pbkdf2_server.proc.poll() is None
+
+
+def test_one_client_cannot_take_every_connection(server, trained):
+    """120 idle connections from one address: beyond the per-client limit
+    they are closed at once, and another client is answered."""
+    from mlbackend.server.gate import MAX_CONNECTIONS_PER_CLIENT
+
+    socks = [send_head(server, "", source="127.0.0.2") for _ in range(120)]
+    try:
+        closed = 0
+        for sock in socks[MAX_CONNECTIONS_PER_CLIENT:]:
+            sock.settimeout(30)
+            closed += sock.recv(1) == b""
+        assert closed == 120 - MAX_CONNECTIONS_PER_CLIENT
+        assert server.get("version", auth=None).status_code == 200
+        still_predicts(server, trained)
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def test_headers_that_never_end_are_cut_off(server):
+    """A client that sends a header line now and then is closed once its
+    headers are overdue (waitress alone kept it for as long as it trickled)."""
+    sock = send_head(server, "GET /version HTTP/1.1\r\n")
+    with sock:
+        sock.settimeout(90)
+        got = b""
+        for _ in range(60):
+            try:
+                sock.sendall(b"X-Slow: 1\r\n")
+            except OSError:
+                break
+            try:
+                sock.settimeout(2)
+                got = sock.recv(100)
+                if got == b"":
+                    break
+            except TimeoutError:
+                continue
+        assert got == b"", got
+    assert server.get("version", auth=None).status_code == 200
+
+
+@pytest.mark.parametrize("authenticated", [True, False], ids=["user", "refused"])
+def test_a_path_with_line_breaks_writes_one_access_log_line(server, authenticated):
+    """`%0A` in the path wrote a forged line; each request is one line, escaped,
+    whether the application answers it or the gate refuses it."""
+    port = int(server.url.rsplit(":", 1)[1])
+    marker = f"deletemodel{int(authenticated)}"
+    token = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+    auth = f"Authorization: Basic {token}\r\n" if authenticated else ""
+    with socket.create_connection((HOST, port), timeout=60) as sock:
+        sock.sendall(f"GET /x%0A127.0.0.1%20admin%20%22POST%20/{marker}%22%20200 HTTP/1.1\r\n"
+                     f"Host: x\r\n{auth}Connection: close\r\n\r\n".encode())
+        assert read_response(sock).startswith(b"HTTP/1.1 40")
+    eventually(lambda: marker in server.log_text(), "the request was logged")
+    lines = [line for line in server.log_text().splitlines() if marker in line]
+    assert len(lines) == 1 and "/x\\x0a127.0.0.1\\x20admin" in lines[0], lines
+    assert not any(line.startswith("127.0.0.1 admin") for line in server.log_text().splitlines())
+
+
+# ---------------------------------------------------------------------------
+# Uploads and answers that were unexpected errors (issue 12)
+
+
+@pytest.mark.parametrize("entries,words", [
+    ([("a", b"1"), ("a/b", b"2")], "both a file and a directory"),
+    ([("a/b", b"2"), ("a", b"1")], "both a file and a directory"),
+    ([("model.npz", b"1"), ("model.npz", b"2")], "appears twice"),
+    ([("x" * 300, b"1")], "too long or too deep"),
+    ([("d/" * 2100 + "f", b"1")], "too long or too deep"),
+])
+def test_zips_that_cannot_be_extracted_are_refused(server, trained, entries, words):
+    archive = make_zip(entries)
+    r = server.post("import", {"uniqueid": "zips", "dirhash": "v1"},
+                    {"importzip": ("m.zip", io.BytesIO(archive))})
+    assert r.status_code == 400, (r.status_code, r.text)
+    assert words in json_answer(r, (1,))["info"][0]
+    no_temp_files(server)
+    still_predicts(server, trained)
+
+
+def test_too_many_form_parts_get_the_right_413(server):
+    fields = {f"f{i}": "x" for i in range(101)}
+    r = server.post("training", {**MODEL, **fields}, {"dataset": ("d.csv", io.BytesIO(b"x"))})
+    assert r.status_code == 413
+    info = json_answer(r, (1,))["info"][0]
+    assert "form parts" in info and "MiB, mlbackend serve" not in info
+
+
+def test_absurd_niterations_is_refused(server, trained):
+    with open(Path(trained["predict"]).parent / "train.csv", "rb") as f:
+        r = server.post("evaluation", {**MODEL, "minscore": "0.6", "maxdeviation": "0.02",
+                                       "niterations": "1000000"}, {"dataset": f})
+    assert r.status_code == 200
+    assert "from 1 to 100" in json_answer(r, (1,))["info"][0]
+
+
+def test_error_answers_do_not_show_the_servers_paths(server, trained):
+    model = server.storage / "paths" / "v1" / "classifier"
+    model.mkdir(parents=True)
+    (model / "model.npz").write_bytes(b"PK\x03\x04 damaged")
+    r = server.post("prediction", {"uniqueid": "paths", "dirhash": "v1"},
+                    {"dataset": ("d.csv", open(trained["predict"], "rb"))})
+    info = json_answer(r, (1,))["info"][0]
+    assert "paths/v1/classifier/model.npz" in info
+    r2 = server.post("prediction", MODEL, {"dataset": ("d.csv", io.BytesIO(b"a,b\n1,2\n3,4\n"))})
+    info2 = json_answer(r2, (1,))["info"][0]
+    for text in (info, info2):
+        assert str(server.storage) not in text and str(server.tempdir) not in text, text
+        assert "/tmp" not in text and "mlbackend-req" not in text, text
+
+
+def test_request_directories_of_a_dead_server_are_removed_at_start(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    tempdir = tmp_path / "server-tmp"
+    stale = tempdir / f"mlbackend-req-{dead.pid}-abc"
+    live = tempdir / f"mlbackend-req-{os.getpid()}-def"  # this test process: running
+    for d in (stale, live):
+        d.mkdir(parents=True)
+        (d / "dataset").write_text("left behind")
+    env = {"MOODLE_MLBACKEND_PYTHON_USERS": f"{USER}:{PASSWORD}",
+           "MOODLE_MLBACKEND_PYTHON_DIR": str(tmp_path / "models"),
+           "MOODLE_MLBACKEND_TEMPDIR": str(tempdir)}
+    srv = start_server(tmp_path, env, name="cleaner")
+    try:
+        assert srv.get("version", auth=None).status_code == 200
+        assert not stale.exists() and live.exists()
+    finally:
+        stop(srv.proc)
+
+
+def test_no_100_continue_before_the_credentials_are_checked(server, pbkdf2_server, trained):
+    """curl (Moodle's PHP) asks `Expect: 100-continue` before a large body:
+    a wrong password gets the 401, never an invitation to send the body; a
+    right one (known, or checked while the request waits) gets it."""
+    for srv in (server, pbkdf2_server):
+        head = post_head(f"{USER}:wrong", 7 << 20).replace(
+            "\r\n\r\n", "\r\nExpect: 100-continue\r\n\r\n")
+        with send_head(srv, head) as sock:
+            assert read_response(sock).startswith(b"HTTP/1.1 401")
+    with open(Path(trained["predict"]).parent / "train.csv", "rb") as f:
+        body = multipart(f.read())
+    # known good at start-up; checked while the request waits (only this
+    # test uses "second"); a wrong password checked while it waits
+    for srv, user, password in ((server, USER, PASSWORD), (pbkdf2_server, "second", PASSWORD),
+                                (pbkdf2_server, "second", "wrong")):
+        token = base64.b64encode(f"{user}:{password}".encode()).decode()
+        head = (f"POST /training HTTP/1.1\r\nHost: {HOST}\r\nAuthorization: Basic {token}\r\n"
+                "Content-Type: multipart/form-data; boundary=XyZ\r\nExpect: 100-continue\r\n"
+                f"Connection: close\r\nContent-Length: {len(body)}\r\n\r\n")
+        with send_head(srv, head) as sock:
+            first = sock.recv(100)
+            if password == "wrong":
+                assert first.startswith(b"HTTP/1.1 401"), first
+                continue
+            assert first.startswith(b"HTTP/1.1 100 Continue"), first
+            sock.sendall(body)
+            answer = first + read_response(sock)
+        assert b"HTTP/1.1 200" in answer, answer[:300]

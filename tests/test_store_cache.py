@@ -54,3 +54,16 @@ def test_cache_is_bounded(tmp_path):
         save(model_dir, tiny_model(i))
         store.load(model_dir)
     assert len(store._cache._entries) <= store.CACHE_SIZE
+
+
+def test_the_cache_is_bounded_by_memory_not_only_by_count():
+    """64 large models would have stayed in memory (16 GiB of crafted ones)."""
+    model = tiny_model(1)
+    cache = store._ModelCache(size=64, max_bytes=3 * model.nbytes)
+    for i in range(10):
+        cache.put(f"m{i}", (i,), model)
+    kept = [i for i in range(10) if cache.get(f"m{i}", (i,)) is not None]
+    assert kept == [7, 8, 9]  # the most recent, as many as fit
+    small = store._ModelCache(size=64, max_bytes=model.nbytes - 1)
+    small.put("big", (0,), model)  # larger than the whole cache: used, not kept
+    assert small.get("big", (0,)) is None

@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import tempfile
 import threading
 import traceback
@@ -98,6 +99,9 @@ class MoodleApp:
         self.storage = storage
         self.users = users
         self.trainings = threading.BoundedSemaphore(config.max_trainings)
+        base_dir = getattr(storage, "base_dir", None)
+        if isinstance(base_dir, str) and base_dir not in PRIVATE_DIRS:
+            PRIVATE_DIRS.append(base_dir)
 
         class LimitedRequest(Request):
             max_content_length = config.max_upload_bytes
@@ -142,10 +146,7 @@ class MoodleApp:
         try:
             return handler(request)
         except RequestEntityTooLarge:
-            return _json({"status": GENERAL_ERROR, "info": [
-                f"The upload is larger than the server accepts "
-                f"({self.config.max_upload_bytes // (1 << 20)} MiB, mlbackend serve "
-                f"--max-upload-mb)."]}, 413)
+            return _json({"status": GENERAL_ERROR, "info": [self._too_large(request)]}, 413)
         except BackendError as exc:
             code = http_status(endpoint, exc)
             if code >= 500:
@@ -237,6 +238,16 @@ class MoodleApp:
 
     # ------------------------------------------------------------------
 
+    def _too_large(self, request: Request) -> str:
+        """Which limit the request broke: werkzeug says only "too large"."""
+        if (request.content_length or 0) > self.config.max_upload_bytes:
+            return (f"The upload is larger than the server accepts "
+                    f"({self.config.max_upload_bytes // (1 << 20)} MiB, mlbackend serve "
+                    f"--max-upload-mb).")
+        return (f"The request has more than {self.request_class.max_form_parts} form parts "
+                f"or a text field over {self.request_class.max_form_memory_size >> 20} MiB; "
+                "Moodle sends a few short fields and one file.")
+
     def _training_slot(self) -> "_Slot":
         return _Slot(self.trainings)
 
@@ -256,9 +267,45 @@ class _Slot:
         self.semaphore.release()
 
 
+#: Request directories are named REQUEST_PREFIX + the server's pid + "-",
+#: so that a server starting can tell which ones a dead server left behind.
+REQUEST_PREFIX = "mlbackend-req-"
+
+
 def _request_dir() -> tempfile.TemporaryDirectory[str]:
     """A directory for this request's files, removed when the request ends."""
-    return tempfile.TemporaryDirectory(prefix="mlbackend-req-", ignore_cleanup_errors=True)
+    return tempfile.TemporaryDirectory(prefix=f"{REQUEST_PREFIX}{os.getpid()}-",
+                                       ignore_cleanup_errors=True)
+
+
+def clean_request_dirs(temp_dir: str) -> int:
+    """Remove the request directories that servers no longer running left in
+    `temp_dir` (killed mid-request: SIGKILL, a crash, the machine stopping).
+    A directory of a server still running is left alone. Returns how many."""
+    removed = 0
+    try:
+        names = os.listdir(temp_dir)
+    except OSError:
+        return 0
+    for name in names:
+        pid, sep, _ = name[len(REQUEST_PREFIX):].partition("-")
+        if not name.startswith(REQUEST_PREFIX) or not sep or not pid.isdigit():
+            continue
+        if int(pid) != os.getpid() and _running(int(pid)):
+            continue
+        store.remove_tree(os.path.join(temp_dir, name))
+        removed += 1
+    return removed
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process: running
+        return True
+    return True
 
 
 def _id(request: Request, field: str) -> str:
@@ -301,7 +348,27 @@ def _upload(request: Request, field: str, directory: str) -> str:
 
 
 def _json(obj: dict[str, Any], status: int = 200) -> Response:
+    if status != 200 or obj.get("status"):
+        obj = dict(obj, info=[hide_paths(i) if isinstance(i, str) else i
+                              for i in obj.get("info", [])])
     return Response(to_json_line(obj) + "\n", status=status, mimetype="application/json")
+
+
+#: Absolute directories whose names an error answer must not show a client:
+#: the storage directory (set by the server at start) and the temporary one.
+PRIVATE_DIRS: list[str] = []
+
+
+def hide_paths(message: str) -> str:
+    """An error message for a client, without the server's absolute paths:
+    a model's path is shown from its uniqueid (which the client sent), an
+    uploaded file's by its field name; the admin's log keeps the full text."""
+    for root in PRIVATE_DIRS:
+        message = message.replace(root.rstrip(os.sep) + os.sep, "")
+    for temp in {tempfile.gettempdir(), os.path.realpath(tempfile.gettempdir())}:
+        # The temporary root and the request's (or S3 copy's) own directory.
+        message = re.sub(re.escape(temp.rstrip(os.sep) + os.sep) + r"[^/\s]+/?", "", message)
+    return message
 
 
 def _text(text: str, status: int = 200, headers: dict[str, str] | None = None) -> Response:

@@ -12,14 +12,17 @@ one of:
   A salted, iterated hash, so a leaked environment does not give the
   passwords away as cheaply as one round of SHA-256 does.
 
+An empty password is refused at start-up.
+
 Every comparison goes through `hmac.compare_digest` on digests of equal
-length, and an unknown user costs what a known one does, so timing tells an
-attacker neither the password nor which user names exist.
+length, and a failed check costs the same whether the user exists or not
+(see `Users`), so timing tells an attacker neither the password nor which
+user names exist.
 
 PBKDF2 is slow on purpose (a good part of a second), which Moodle would pay
-on every request. So a successful check of a slow entry is remembered, in
-this process only, under an HMAC of the credentials with a key made at
-start-up; a wrong password is never remembered and always pays in full.
+on every request. So a successful check is remembered, in this process
+only, under an HMAC of the credentials with a key made at start-up (plain
+entries are put there at start-up); a wrong password is never remembered.
 """
 from __future__ import annotations
 
@@ -131,6 +134,9 @@ def parse_users(text: str | None) -> dict[str, Credential]:
         if not sep or not user:
             raise UsersError(f"Entry {number} of {USERS_ENV} is not user:password. "
                              f"{HOW_TO_CREATE}")
+        if not password:
+            raise UsersError(f"The password of user {user!r} in {USERS_ENV} is empty; a user "
+                             f"without a password is refused. {HOW_TO_CREATE}")
         if user in users:
             log.warning("user %r appears twice in %s; the later entry counts", user, USERS_ENV)
         users[user] = parse_credential(user, password)
@@ -140,19 +146,37 @@ def parse_users(text: str | None) -> dict[str, Credential]:
 
 
 class Users:
-    """Checks Basic-auth credentials against the configured users."""
+    """Checks Basic-auth credentials against the configured users.
+
+    Two paths, and what each costs does not depend on who the user is:
+
+    - `is_verified`: credentials this process has verified before (or a
+      plain-text entry, verified at start-up since its password is known)
+      are found by a keyed HMAC of user and password in a set: a few
+      microseconds, and only for exactly the right user and password.
+    - `check`: anything else pays one full check at the cost of the slowest
+      configured entry: a known user's own hash padded with PBKDF2 rounds up
+      to the most iterations any entry has, an unknown user's a dummy entry
+      of that cost. So a wrong password of a known user, and any password of
+      an unknown one, take the same time, and timing does not say which
+      user names exist. One such check runs at a time (`self._slow`); the
+      server makes them in one thread of their own (see `gate`), so failed
+      logins cost at most one core and never a request thread.
+    """
 
     def __init__(self, users: dict[str, Credential]) -> None:
         self._users = dict(users)
-        # An unknown user is checked against this, so it takes as long as the
-        # slowest configured entry: timing does not reveal who exists.
+        self._iterations = max(c.iterations for c in users.values())
         slowest = max(users.values(), key=lambda c: (c.slow, c.iterations))
         size = len(slowest.expected())
         self._dummy = Credential(slowest.scheme, "" if slowest.scheme == "plain" else "00" * size,
                                  salt=secrets.token_hex(16), iterations=slowest.iterations)
         self._key = secrets.token_bytes(32)
         self._verified: collections.OrderedDict[bytes, None] = collections.OrderedDict()
+        self._permanent = {self._token(user, c.secret) for user, c in users.items()
+                           if c.scheme == "plain"}
         self._lock = threading.Lock()
+        self._slow = threading.Lock()
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> "Users":
@@ -162,25 +186,40 @@ class Users:
     def __len__(self) -> int:
         return len(self._users)
 
+    def _token(self, user: str, password: str) -> bytes:
+        return hmac.new(self._key, user.encode("utf-8", "surrogatepass") + b"\0"
+                        + password.encode("utf-8", "surrogatepass"), hashlib.sha256).digest()
+
+    def is_verified(self, user: str | None, password: str | None) -> bool:
+        """True for credentials known good without hashing: cheap, for every caller."""
+        if user is None or password is None:
+            return False
+        token = self._token(user, password)
+        if token in self._permanent:
+            return True
+        with self._lock:
+            if token in self._verified:
+                self._verified.move_to_end(token)
+                return True
+        return False
+
     def check(self, user: str | None, password: str | None) -> bool:
         """True when this user exists and the password is theirs."""
         if user is None or password is None:
             return False
+        if self.is_verified(user, password):
+            return True
         credential = self._users.get(user)
         known = credential is not None
         credential = credential or self._dummy
-        token = b""
-        if credential.slow:
-            token = hmac.new(self._key, user.encode("utf-8") + b"\0" + password.encode("utf-8"),
-                             hashlib.sha256).digest()
+        with self._slow:
+            good = hmac.compare_digest(credential.digest(password), credential.expected())
+            if credential.iterations < self._iterations:  # cost as much as the slowest entry
+                hashlib.pbkdf2_hmac("sha256", b"", b"padding",
+                                    self._iterations - credential.iterations)
+        if good and known:
             with self._lock:
-                if known and token in self._verified:
-                    self._verified.move_to_end(token)
-                    return True
-        good = hmac.compare_digest(credential.digest(password), credential.expected())
-        if good and known and credential.slow:
-            with self._lock:
-                self._verified[token] = None
+                self._verified[self._token(user, password)] = None
                 while len(self._verified) > VERIFIED_CACHE_SIZE:
                     self._verified.popitem(last=False)
         return good and known

@@ -10,16 +10,24 @@ trusting `ZipFile.extractall`.
 """
 from __future__ import annotations
 
+import errno
 import io
 import os
 import posixpath
 import stat
 import zipfile
+import zlib
 
-from mlbackend.contract import BackendError
+from mlbackend.contract import BackendError, shown
 
 #: Entries a model or log archive could need; far more is an attack or a mistake.
 MAX_ENTRIES = 10_000
+#: Longest entry name, name part and deepest nesting accepted: a model or
+#: log archive has a few levels of short names; longer ones cannot be
+#: written on every file system (NAME_MAX is 255 bytes, PATH_MAX 4096).
+MAX_NAME_CHARS = 1024
+MAX_PART_BYTES = 255
+MAX_DEPTH = 32
 _CHUNK = 1 << 16
 
 
@@ -35,28 +43,47 @@ def check_zip(archive: zipfile.ZipFile, max_total_bytes: int) -> list[tuple[zipf
                         "accepted.")
     total = 0
     out = []
+    files: set[str] = set()
+    dirs: set[str] = set()
     for info in infos:
         name = info.filename
         mode = (info.external_attr >> 16) & 0xFFFF
         if "\\" in name or "\0" in name:
-            raise UnsafeZip(f"The zip entry {name!r} has a backslash or NUL in its name.")
+            raise UnsafeZip(f"The zip entry {shown(name)} has a backslash or NUL in its name.")
         if name.startswith("/") or (len(name) > 1 and name[1] == ":"):
-            raise UnsafeZip(f"The zip entry {name!r} has an absolute path.")
+            raise UnsafeZip(f"The zip entry {shown(name)} has an absolute path.")
         parts = [p for p in name.split("/") if p not in ("", ".")]
+        if len(name) > MAX_NAME_CHARS or len(parts) > MAX_DEPTH \
+                or any(len(p.encode("utf-8", "surrogateescape")) > MAX_PART_BYTES for p in parts):
+            raise UnsafeZip(f"The zip entry {shown(name)} has a name too long or too deep "
+                            f"(at most {MAX_DEPTH} levels of {MAX_PART_BYTES} bytes).")
         if ".." in parts:
-            raise UnsafeZip(f"The zip entry {name!r} points outside the archive ('..').")
+            raise UnsafeZip(f"The zip entry {shown(name)} points outside the archive ('..').")
         # Unix zips keep the file type in the high bits (many tools leave it 0):
         # anything but a plain file or a directory (a link, a device) is refused.
         if info.create_system == 3 and stat.S_IFMT(mode) not in (0, stat.S_IFREG, stat.S_IFDIR):
-            raise UnsafeZip(f"The zip entry {name!r} is a link or a special file.")
+            raise UnsafeZip(f"The zip entry {shown(name)} is a link or a special file.")
         if info.flag_bits & 0x1:
-            raise UnsafeZip(f"The zip entry {name!r} is encrypted.")
+            raise UnsafeZip(f"The zip entry {shown(name)} is encrypted.")
         total += info.file_size
         if total > max_total_bytes:
             raise UnsafeZip(f"The zip file expands to more than {max_total_bytes} bytes.")
-        if info.is_dir() or not parts:
+        if not parts:
             continue
-        out.append((info, posixpath.join(*parts)))
+        rel = posixpath.join(*parts)
+        parents = [posixpath.join(*parts[:i]) for i in range(1, len(parts))]
+        # A name that is a file in one entry and a directory in another
+        # cannot be extracted: refused before anything is written.
+        if (rel in files or (not info.is_dir() and rel in dirs)
+                or any(p in files for p in parents)):
+            raise UnsafeZip(f"The zip entry {shown(name)} is both a file and a directory, or "
+                            "appears twice.")
+        dirs.update(parents)
+        if info.is_dir():
+            dirs.add(rel)
+            continue
+        files.add(rel)
+        out.append((info, rel))
     return out
 
 
@@ -65,7 +92,8 @@ def safe_extract(zip_path: str, dest_dir: str, max_total_bytes: int) -> list[str
     try:
         archive = zipfile.ZipFile(zip_path)
     except (zipfile.BadZipFile, OSError) as exc:
-        raise UnsafeZip(f"The file is not a readable zip archive ({exc}).") from None
+        raise UnsafeZip(f"The file is not a readable zip archive "
+                        f"({shown(str(exc))}).") from None
     with archive:
         entries = check_zip(archive, max_total_bytes)
         os.makedirs(dest_dir, exist_ok=True)
@@ -75,9 +103,10 @@ def safe_extract(zip_path: str, dest_dir: str, max_total_bytes: int) -> list[str
         for info, rel in entries:
             target = os.path.realpath(os.path.join(root, rel))
             if os.path.commonpath([root, target]) != root:  # belt and braces
-                raise UnsafeZip(f"The zip entry {info.filename!r} points outside the archive.")
-            os.makedirs(os.path.dirname(target), exist_ok=True)
+                raise UnsafeZip(f"The zip entry {shown(info.filename)} points outside the "
+                                "archive.")
             try:
+                os.makedirs(os.path.dirname(target), exist_ok=True)
                 with archive.open(info) as src, open(target, "xb") as dst:
                     while chunk := src.read(_CHUNK):
                         budget -= len(chunk)
@@ -86,9 +115,17 @@ def safe_extract(zip_path: str, dest_dir: str, max_total_bytes: int) -> list[str
                                             f"{max_total_bytes} bytes.")
                         dst.write(chunk)
             except FileExistsError:
-                raise UnsafeZip(f"The zip entry {info.filename!r} appears twice.") from None
-            except (zipfile.BadZipFile, EOFError, zipfile.LargeZipFile) as exc:
-                raise UnsafeZip(f"The zip entry {info.filename!r} is damaged ({exc}).") from None
+                raise UnsafeZip(f"The zip entry {shown(info.filename)} appears twice.") from None
+            except (zipfile.BadZipFile, EOFError, zipfile.LargeZipFile, zlib.error,
+                    NotImplementedError) as exc:
+                raise UnsafeZip(f"The zip entry {shown(info.filename)} is damaged "
+                                f"({shown(str(exc))}).") from None
+            except OSError as exc:
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise UnsafeZip("The zip file could not be extracted: the server's "
+                                    "temporary disk is full.") from None
+                raise UnsafeZip(f"The zip entry {shown(info.filename)} cannot be extracted "
+                                f"({exc.strerror}).") from None
             written.append(rel)
     return written
 

@@ -3,7 +3,9 @@
 Waitress serves it: a production WSGI server in pure Python (so it freezes
 with PyInstaller like the rest), threaded, and it reads each request body
 completely (spooling large ones to anonymous temporary files) before the
-application sees it, so a slow client never holds a training slot.
+application sees it, so a slow client never holds a training slot. Before
+any body is read, `mlbackend.server.gate` checks the client's credentials
+and limits what an unauthenticated client can hold.
 """
 from __future__ import annotations
 
@@ -16,17 +18,22 @@ from typing import Any, Callable, Iterable
 
 from mlbackend import reported_version
 from mlbackend.contract import BackendError
-from mlbackend.server.app import USER_KEY, MoodleApp, WSGIApp
+from mlbackend.server import gate
+from mlbackend.server.gate import access_log, log_safe
+from mlbackend.server.app import USER_KEY, MoodleApp, WSGIApp, clean_request_dirs
 from mlbackend.server.auth import Users
 from mlbackend.server.config import ServerConfig
 from mlbackend.server.local import LocalStorage
 from mlbackend.server.storage import Storage
 
 log = logging.getLogger("mlbackend.server")
-access_log = logging.getLogger("mlbackend.access")
 
 #: Room for the multipart framing around an upload of the maximum size.
 BODY_SLACK = 1 << 20
+#: Seconds an idle connection stays open (waitress' default is 120).
+CHANNEL_TIMEOUT = 30
+#: Connections open at once (waitress' default is 100; each costs a socket).
+CONNECTION_LIMIT = 1000
 
 
 class AccessLog:
@@ -60,15 +67,17 @@ class AccessLog:
                 if close is not None:
                     close()
         finally:
-            access_log.info('%s %s "%s %s" %s %d %.3fs', environ.get("REMOTE_ADDR", "-"),
-                            environ.get(USER_KEY) or "-", environ.get("REQUEST_METHOD", "-"),
-                            environ.get("PATH_INFO", "-"), state["status"], state["bytes"],
+            access_log.info('%s %s "%s %s" %s %d %.3fs', log_safe(environ.get("REMOTE_ADDR")),
+                            log_safe(environ.get(USER_KEY)),
+                            log_safe(environ.get("REQUEST_METHOD")),
+                            log_safe(environ.get("PATH_INFO")), state["status"], state["bytes"],
                             time.perf_counter() - started)
 
 
-def build_app(config: ServerConfig, storage: Storage | None = None) -> WSGIApp:
+def build_app(config: ServerConfig, storage: Storage | None = None,
+              users: Users | None = None) -> WSGIApp:
     """The whole application for this configuration; checks users and storage first."""
-    users = Users.from_env()
+    users = users or Users.from_env()
     if storage is None:
         storage = open_storage(config.storage_dir, config.s3_bucket, config.s3_endpoint_url)
     storage.check()
@@ -84,11 +93,21 @@ def serve(config: ServerConfig) -> None:
     _configure_logging()
     if config.temp_dir:
         tempfile.tempdir = config.temp_dir   # uploads, waitress' spooled bodies, S3 copies
+    users = Users.from_env()
     storage = open_storage(config.storage_dir, config.s3_bucket, config.s3_endpoint_url)
-    app = build_app(config, storage)
+    app = build_app(config, storage, users)
+    removed = clean_request_dirs(tempfile.gettempdir())
+    if removed:
+        log.warning("removed %d request directories that a stopped server left in %s",
+                    removed, tempfile.gettempdir())
     options: dict[str, Any] = dict(
         host=config.host, port=config.port, threads=config.workers, ident="mlbackend",
-        max_request_body_size=config.max_upload_bytes + BODY_SLACK)
+        max_request_body_size=config.max_upload_bytes + BODY_SLACK,
+        # Idle connections go after CHANNEL_TIMEOUT s, checked every few
+        # seconds (also for headers overdue, see gate); room for many
+        # clients, each limited to gate.MAX_CONNECTIONS_PER_CLIENT.
+        channel_timeout=CHANNEL_TIMEOUT, cleanup_interval=5,
+        connection_limit=CONNECTION_LIMIT)
     if config.trusted_proxy:
         options.update(trusted_proxy=config.trusted_proxy,
                        trusted_proxy_headers={"x-forwarded-for", "x-forwarded-proto"},
@@ -98,6 +117,7 @@ def serve(config: ServerConfig) -> None:
     except OSError as exc:
         raise BackendError(f"Cannot listen on {config.host}:{config.port} "
                            f"({exc.strerror or exc}).") from None
+    gate.install(server, gate.Gate(users, config.trusted_proxy))
     signal.signal(signal.SIGTERM, _stop)
     log.info("mlbackend %s serving Moodle on http://%s:%s/ (%d threads)",
                 reported_version(), config.host, server.effective_port, config.workers)
