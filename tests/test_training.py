@@ -1,8 +1,12 @@
 """The model and its storage, in process: parity of the NumPy forward pass
-with Keras, continued training, atomic and validated storage."""
+with TensorFlow's, continued training, atomic and validated storage, and
+every model format still predicting as it did (tests/golden/)."""
 from __future__ import annotations
 
+import json
 import os
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,10 +23,62 @@ def trained(binary_data):
     return ds, training.train(ds.X, ds.y, ds.classes, ds.feature_names)
 
 
-def test_numpy_prediction_equals_keras(trained, binary_data):
+GOLDEN = Path(__file__).parent / "golden"
+
+
+def test_numpy_prediction_equals_tensorflow(trained, binary_data):
     ds, m = trained
+    assert m.encoding is not None and m.format_version == 3
     X = dataset.read_prediction(binary_data["predict"]).X
+    # Out-of-range values too: below the first bin edge and past the last.
+    X = np.vstack([X, X[:20] * 3.0, -X[:20] * 3.0])
     np.testing.assert_allclose(m.predict_proba(X), keras_predict_proba(m, X), atol=1e-5)
+
+
+def test_the_encoding_follows_the_training_quantiles(trained):
+    ds, m = trained
+    enc = m.encoding
+    assert len(enc.counts) == len(m.columns) and enc.counts.max() <= 33
+    start = 0
+    for j, count in enumerate(enc.counts):
+        edges = enc.edges[start:start + count]
+        start += count
+        column = ds.X[:, m.columns[j]]
+        distinct = np.unique(column)
+        if len(distinct) <= 33:
+            np.testing.assert_array_equal(edges, distinct.astype(np.float32))
+        else:
+            assert edges[0] == column.min() and edges[-1] == column.max()
+    # Centred: the encoded training rows average to zero.
+    np.testing.assert_allclose(m.standardised(ds.X).mean(axis=0), 0, atol=1e-5)
+
+
+def test_golden_v3_model_reads_and_predicts_as_it_did():
+    """tests/golden/model-v3.npz was written by this program when format 3 was
+    made; its predictions beside it must never change."""
+    m = store.load_file(str(GOLDEN / "model-v3.npz"))
+    assert m.format_version == 3
+    expected = np.load(GOLDEN / "model-v3-expected.npz")
+    np.testing.assert_allclose(m.predict_proba(expected["X"]), expected["proba"], atol=1e-6)
+
+
+def test_continued_training_of_an_old_format_model_keeps_its_inputs(trained):
+    """A version 1 model (centred columns, no encoding) trains on as version 1."""
+    ds, m = trained
+    rng = np.random.default_rng(3)
+    width = len(m.columns)
+    old = Model(classes=[0, 1], nfeatures=ds.nfeatures, columns=m.columns,
+                mean=rng.normal(0, 0.1, width).astype(np.float32),
+                scale=np.ones(width, np.float32),
+                weights=[rng.normal(0, 0.3, (width, 8)).astype(np.float32),
+                         np.zeros(8, np.float32),
+                         rng.normal(0, 0.3, (8, 2)).astype(np.float32), np.zeros(2, np.float32)])
+    again = training.train(ds.X[:300], ds.y[:300], ds.classes, ds.feature_names, previous=old)
+    assert again.encoding is None and again.format_version == 1
+    np.testing.assert_array_equal(again.mean, old.mean)
+    assert json.loads(str(again.to_arrays()["meta"]))["format_version"] == 1
+    np.testing.assert_allclose(again.predict_proba(ds.X), keras_predict_proba(again, ds.X),
+                               atol=1e-5)
 
 
 def test_constant_columns_are_dropped_and_remembered(trained):
@@ -32,10 +88,12 @@ def test_constant_columns_are_dropped_and_remembered(trained):
     assert m.nfeatures == 20 and len(m.columns) < 20
 
 
-def test_continued_training_keeps_the_scaling_and_changes_the_weights(trained):
+def test_continued_training_keeps_the_encoding_and_changes_the_weights(trained):
     ds, m = trained
     again = training.train(ds.X[:300], ds.y[:300], ds.classes, ds.feature_names, previous=m)
     np.testing.assert_array_equal(again.columns, m.columns)
+    np.testing.assert_array_equal(again.encoding.counts, m.encoding.counts)
+    np.testing.assert_array_equal(again.encoding.edges, m.encoding.edges)
     np.testing.assert_array_equal(again.mean, m.mean)
     assert not np.allclose(again.weights[0], m.weights[0])
     assert again.history["trainings"] == 2
@@ -83,7 +141,8 @@ def test_stray_temporary_files_are_cleaned_by_the_next_writer(tmp_path):
     assert not (tmp_path / "classifier" / ".tmp-killed.npz").exists()
 
 
-@pytest.mark.parametrize("damage", ["truncate", "bad shape", "pickle inside", "future"])
+@pytest.mark.parametrize("damage", ["truncate", "bad shape", "pickle inside", "future",
+                                    "edges not increasing", "edges missing"])
 def test_damaged_models_are_refused(trained, tmp_path, damage):
     _, m = trained
     arrays = m.to_arrays()
@@ -97,9 +156,15 @@ def test_damaged_models_are_refused(trained, tmp_path, damage):
     elif damage == "pickle inside":
         arrays["columns"] = np.array([object()], dtype=object)
         np.savez(path, **arrays)
+    elif damage == "future":
+        arrays["meta"] = np.array(re.sub(r'"format_version": \d+', '"format_version": 99',
+                                         str(arrays["meta"])))
+        np.savez(path, **arrays)
+    elif damage == "edges not increasing":
+        arrays["encoding_edges"] = arrays["encoding_edges"][::-1].copy()
+        np.savez(path, **arrays)
     else:
-        arrays["meta"] = np.array(str(arrays["meta"]).replace('"format_version": 1',
-                                                              '"format_version": 99'))
+        del arrays["encoding_edges"]
         np.savez(path, **arrays)
     with pytest.raises(BackendError) as err:
         store.load_file(str(path))
