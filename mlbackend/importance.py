@@ -21,8 +21,10 @@ import numpy as np
 from mlbackend import metrics
 from mlbackend.inference import Model
 
-#: Held-out rows used per model (a seeded sample beyond).
+#: Held-out rows used per model (a seeded sample beyond)...
 MAX_ROWS = 1000
+#: ... and fewer when there are many columns: rows x columns measured at most.
+MAX_ROW_COLUMNS = 100_000
 #: Columns measured per model; the others get NaN.
 MAX_COLUMNS = 200
 
@@ -44,11 +46,12 @@ def permutation_importance(model: Model, X: np.ndarray, y_idx: np.ndarray,
                            rng: np.random.Generator) -> tuple[str, np.ndarray]:
     """(score name, drop of that score per used column of `model` when the
     column is shuffled); NaN for columns not measured."""
-    if len(y_idx) > MAX_ROWS:
-        rows = np.sort(rng.choice(len(y_idx), MAX_ROWS, replace=False))
+    groups = model.input_groups()
+    most = max(min(MAX_ROWS, MAX_ROW_COLUMNS // max(min(len(groups), MAX_COLUMNS), 1)), 2)
+    if len(y_idx) > most:
+        rows = np.sort(rng.choice(len(y_idx), most, replace=False))
         X, y_idx = X[rows], y_idx[rows]
     name, score = score_function(model, y_idx)
-    groups = model.input_groups()
     importance = np.full(len(groups), np.nan)
     if len(y_idx) < 2:
         return name, importance
