@@ -51,23 +51,26 @@ class PiecewiseLinear:
     network can bend each indicator where its training rows put the
     quantiles (measured: site-b AUC 0.971 -> 0.977). `counts[j]` is the
     number of edges of column j; `edges` holds them all, column after column.
+    How many bins a column may get is the trainer's choice (`fit`'s
+    `max_edges`), at most MAX_EDGES - 1.
     """
 
     counts: np.ndarray
     edges: np.ndarray
 
     @classmethod
-    def fit(cls, Xc: np.ndarray) -> "PiecewiseLinear":
+    def fit(cls, Xc: np.ndarray, max_edges: int = MAX_EDGES) -> "PiecewiseLinear":
         """Edges per column of `Xc` (the used columns of the training rows):
-        its distinct values when it has at most MAX_EDGES of them, else its
-        quantiles at MAX_EDGES evenly spaced levels (repeats merged). A column
-        constant on these rows gets the edges v and v + 1."""
+        its distinct values when it has at most `max_edges` of them, else its
+        quantiles at `max_edges` evenly spaced levels (repeats merged). A
+        column constant on these rows gets the edges v and v + 1."""
         counts, edges = [], []
-        levels = np.linspace(0.0, 1.0, MAX_EDGES)
+        max_edges = int(min(max(max_edges, 2), MAX_EDGES))
+        levels = np.linspace(0.0, 1.0, max_edges)
         for j in range(Xc.shape[1]):
             col = Xc[:, j]
             distinct = np.unique(col).astype(np.float32)
-            if len(distinct) > MAX_EDGES:
+            if len(distinct) > max_edges:
                 distinct = np.unique(np.quantile(col.astype(np.float64), levels)
                                      .astype(np.float32))
             if len(distinct) < 2:

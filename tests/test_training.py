@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mlbackend import dataset, store, training
+from mlbackend import dataset, store, synthetic, training
 from oracle import keras_predict_proba
 from mlbackend.contract import BackendError
 from mlbackend.inference import Model
@@ -26,31 +26,51 @@ def trained(binary_data):
 GOLDEN = Path(__file__).parent / "golden"
 
 
-def test_numpy_prediction_equals_tensorflow(trained, binary_data):
-    ds, m = trained
-    assert m.encoding is not None and m.format_version == 3
-    X = dataset.read_prediction(binary_data["predict"]).X
+@pytest.fixture(scope="module")
+def finely_encoded():
+    """Enough rows of either class for many bins: 1,500 rows, 40 % positive,
+    one column of many values."""
+    data = synthetic.generate(1500, 10, positive_rate=0.4, seed=8)
+    X = np.nan_to_num(data.X).astype(np.float32)
+    X[:, 4] = np.random.default_rng(2).normal(0, 3, len(X)).round(3)
+    return X, data.y, training.train(X[:1200], data.y[:1200], data.classes, [])
+
+
+def test_numpy_prediction_equals_tensorflow(finely_encoded):
+    X, _, m = finely_encoded
+    assert m.encoding is not None and m.format_version == 3 and m.encoding.counts.max() > 9
     # Out-of-range values too: below the first bin edge and past the last.
-    X = np.vstack([X, X[:20] * 3.0, -X[:20] * 3.0])
+    X = np.vstack([X[1200:], X[1200:1220] * 3.0, -X[1200:1220] * 3.0])
     np.testing.assert_allclose(m.predict_proba(X), keras_predict_proba(m, X), atol=1e-5)
 
 
-def test_the_encoding_follows_the_training_quantiles(trained):
-    ds, m = trained
+def test_the_encoding_follows_the_training_quantiles(finely_encoded):
+    X, y, m = finely_encoded
+    X, y = X[:1200], y[:1200]
     enc = m.encoding
-    assert len(enc.counts) == len(m.columns) and enc.counts.max() <= 33
+    most = np.bincount(y).min() // training.MINORITY_ROWS_PER_BIN + 1
+    assert len(enc.counts) == len(m.columns) and enc.counts.max() == min(most, 33)
     start = 0
     for j, count in enumerate(enc.counts):
         edges = enc.edges[start:start + count]
         start += count
-        column = ds.X[:, m.columns[j]]
+        column = X[:, m.columns[j]]
         distinct = np.unique(column)
-        if len(distinct) <= 33:
+        if len(distinct) <= most:
             np.testing.assert_array_equal(edges, distinct.astype(np.float32))
         else:
+            levels = np.linspace(0, 1, min(most, 33))
+            quantiles = np.unique(np.quantile(column.astype(np.float64), levels).astype(np.float32))
+            np.testing.assert_array_equal(edges, quantiles)
             assert edges[0] == column.min() and edges[-1] == column.max()
     # Centred: the encoded training rows average to zero.
-    np.testing.assert_allclose(m.standardised(ds.X).mean(axis=0), 0, atol=1e-5)
+    np.testing.assert_allclose(m.standardised(X).mean(axis=0), 0, atol=1e-5)
+
+
+def test_little_evidence_gets_a_coarse_encoding(trained):
+    """90 rows of the rarest class: one bin a column (MINORITY_ROWS_PER_BIN)."""
+    ds, m = trained
+    assert np.all(m.encoding.counts == 2)
 
 
 def test_golden_v3_model_reads_and_predicts_as_it_did():
