@@ -179,7 +179,8 @@ def scores_of(y: np.ndarray, yhat: np.ndarray, p1: np.ndarray) -> dict[str, floa
             "brier": metrics.brier_score(y, proba),
             "ece": metrics.expected_calibration_error(y, proba),
             "kept": float(kept.mean()),
-            "positives_kept_found": float(np.sum(kept & (yhat == 1) & (y == 1)) / max(pos.sum(), 1))}
+            "positives_kept_found": float(np.sum(kept & (yhat == 1) & (y == 1))
+                                          / max(pos.sum(), 1))}
 
 
 def matrix(rows: list[str], which: list[int]) -> tuple[np.ndarray, np.ndarray]:

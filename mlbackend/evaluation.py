@@ -245,7 +245,8 @@ def summary_lines(nrows: int, results: list[Iteration], trained: bool, score_nam
         lines = [f"{len(results)} iterations: a model trained on a random 80 % of the "
                  f"{nrows} rows, scored on the other 20 %."]
     aucs = [r.auc for r in results if r.auc is not None]
-    measured = (f"AUC {spread(aucs)}, " if aucs else "") +         f"balanced accuracy {spread([r.scores['balanced accuracy'] for r in results])}"
+    balanced = spread([r.scores["balanced accuracy"] for r in results])
+    measured = (f"AUC {spread(aucs)}, " if aucs else "") + f"balanced accuracy {balanced}"
     lines.append(measured + (" (mean ± standard deviation)." if len(results) > 1 else "."))
     top = [r for r in table[:5] if r["importance"] > 0]
     if top:

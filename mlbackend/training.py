@@ -2,9 +2,10 @@
 
 The network is the old backend's family (a feed-forward ReLU network with a
 softmax output, trained with TensorFlow) with what it lacked: inputs encoded
-piecewise-linearly on their training quantiles and centred, class weights so that the minority class (the students at risk) is predicted
-at all, dropout, L2, and early stopping on a validation split instead of a
-fixed epoch formula.
+piecewise-linearly on their training quantiles and centred, class weights
+so that the minority class (the students at risk) is predicted at all,
+dropout, L2, and early stopping on a validation split instead of a fixed
+epoch formula.
 
 Why not Keras' `fit`: a Moodle call trains one small network and exits, so
 start-up and per-epoch overhead are most of its time. Here each epoch is one
