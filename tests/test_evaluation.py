@@ -105,3 +105,45 @@ def test_importance_measures_at_most_max_columns(named_csv, monkeypatch):
     _, imp = importance.permutation_importance(model, ds.X, y_idx, np.random.default_rng(0))
     assert np.isfinite(imp).sum() == 3
     assert np.isfinite(imp[list(model.columns).index(2)])  # the strongest is among them
+
+
+def read_png(path: Path) -> np.ndarray:
+    """The RGB pixels of a PNG that rocplot wrote (one IDAT, filter 0 rows)."""
+    import struct
+    import zlib
+
+    data = path.read_bytes()
+    width, height = struct.unpack(">II", data[16:24])
+    start = data.index(b"IDAT") + 4
+    length = struct.unpack(">I", data[start - 8:start - 4])[0]
+    raw = zlib.decompress(data[start:start + length])
+    rows = np.frombuffer(raw, dtype=np.uint8).reshape(height, 1 + 3 * width)
+    assert (rows[:, 0] == 0).all()
+    return rows[:, 1:].reshape(height, width, 3)
+
+
+def test_the_pictures_have_their_labels(tmp_path):
+    from mlbackend import bitmapfont, rocplot
+
+    fpr, tpr = np.array([0, 0.2, 1.0]), np.array([0, 0.8, 1.0])
+    rocplot.write_roc_png(str(tmp_path / "roc.png"), [(fpr, tpr)])
+    img = read_png(tmp_path / "roc.png")
+    black = (img == 0).all(axis=2)
+    # "False positive rate" under the plot, "True positive rate" left of it, in black.
+    assert black[rocplot.SIZE - 22:rocplot.SIZE - 8, rocplot.LEFT:].sum() > 100
+    assert black[rocplot.TOP:rocplot.SIZE - rocplot.BOTTOM, :22].sum() > 100
+    # The glyphs are the font's: the x-axis title as rendered, at scale 2.
+    text = bitmapfont.render("False positive rate", 2)
+    x0 = rocplot.LEFT + (rocplot.SIZE - rocplot.LEFT - rocplot.RIGHT) // 2 - 19 * 6
+    drawn = black[rocplot.SIZE - 22:rocplot.SIZE - 22 + text.shape[0], x0:x0 + text.shape[1]]
+    np.testing.assert_array_equal(drawn, text)
+
+    table = [{"name": f"\\core\\analytics\\indicator\\number_{i}", "importance": 0.1 / (i + 1),
+              "deviation": 0.01} for i in range(30)]
+    rocplot.write_importance_png(str(tmp_path / "imp.png"), "AUC", table)
+    img = read_png(tmp_path / "imp.png")
+    bars = (img == rocplot.COLOURS[0]).all(axis=2)
+    lengths = bars.sum(axis=1)
+    lengths = lengths[lengths > 0]
+    assert len(lengths) == rocplot.IMPORTANCE_ROWS * 12  # 20 bars, 12 pixel rows each
+    assert lengths[0] > lengths[-1]
