@@ -1,12 +1,17 @@
 #!/usr/bin/env python3
 """The benchmark: what a Moodle site sees, measured, beside the old backend.
 
-Every call runs the program as Moodle does (a cold process, `-m
+Every call of our program runs it as Moodle does (a cold process, `-m
 moodlemlbackend.MODULE` argv) and is timed from the outside; peak RSS is the
 child's own (wait4). Quality uses the same stratified 80/20 splits (seeds
 1000, 1001, 1002) as the Moodle client simulator `contract.py quality` that
-measured the old backend. Reads the real datasets from ../shared/datasets (or
---datasets); never copies them into the repository.
+measured the old backend. Beside them: the peer, scikit-learn's
+HistGradientBoostingClassifier with its defaults, trained and scored in this
+process on the same splits (scikit-learn is a bench-only dependency, pinned in
+requirements-dev.txt). Probabilities are scored too: Brier score and expected
+calibration error (of the predicted class's probability, the one Moodle keeps
+at >= 0.6), and the share of predictions Moodle keeps. Reads the real datasets
+from ../shared/datasets (or --datasets); never copies them into the repository.
 
     make bench                       # everything, ~10 minutes on 2 cores
     python bench/bench.py --quick    # fewer repetitions, no 1M-row file
@@ -28,6 +33,12 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # this checkout's mlbackend.metrics, not an installed one
+
+from mlbackend import metrics  # noqa: E402
+
+#: Moodle keeps a prediction when its probability is at least this (PREDICTION_MIN_SCORE).
+MOODLE_MIN_PROBABILITY = 0.6
 
 # The old backend (moodlemlbackend 3.0.5, TensorFlow 2.7) on the same kind of
 # 2-core machine: ../shared/datasets/README.md and issue 3.
@@ -134,10 +145,21 @@ def write_split(head: list[str], rows: list[str], train: list[int], test: list[i
 
 
 def scores(answers: dict[str, int], predictions: list[list[str]]) -> dict[str, float]:
+    """Scores of a prediction answer (binary targets)."""
     y = np.array([answers[p[0]] for p in predictions])
     yhat = np.array([int(p[1]) for p in predictions])
     prob = np.array([float(p[2]) for p in predictions])
-    p1 = np.where(yhat == 1, prob, 1 - prob)
+    return scores_of(y, yhat, np.where(yhat == 1, prob, 1 - prob))
+
+
+def scores_of(y: np.ndarray, yhat: np.ndarray, p1: np.ndarray) -> dict[str, float]:
+    """AUC, weighted F1, balanced accuracy (computed here, as contract.py does),
+    Brier score and expected calibration error (mlbackend.metrics), and the
+    share of predictions Moodle keeps (probability of the predicted class >= 0.6)
+    with the share of the positives found among them."""
+    proba = np.stack([1 - p1, p1], axis=1)
+    confidence = np.where(yhat == 1, p1, 1 - p1)
+    kept = confidence >= MOODLE_MIN_PROBABILITY
     f1s, weights, recalls = [], [], []
     for c in (0, 1):
         tp = np.sum((yhat == c) & (y == c))
@@ -153,7 +175,32 @@ def scores(answers: dict[str, int], predictions: list[list[str]]) -> dict[str, f
     pos = y == 1
     auc = (ranks[pos].sum() - pos.sum() * (pos.sum() + 1) / 2) / (pos.sum() * (~pos).sum())
     return {"auc": float(auc), "f1_weighted": float(np.average(f1s, weights=weights)),
-            "balanced_accuracy": float(np.mean(recalls))}
+            "balanced_accuracy": float(np.mean(recalls)),
+            "brier": metrics.brier_score(y, proba),
+            "ece": metrics.expected_calibration_error(y, proba),
+            "kept": float(kept.mean()),
+            "positives_kept_found": float(np.sum(kept & (yhat == 1) & (y == 1))
+                                          / max(pos.sum(), 1))}
+
+
+def matrix(rows: list[str], which: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Features and labels of some CSV rows (empty cells are 0, as Moodle means)."""
+    cells = [rows[i].split(",") for i in which]
+    values = np.array([[float(c) if c else 0.0 for c in r] for r in cells])
+    return values[:, :-1], values[:, -1].astype(int)
+
+
+def peer_scores(rows: list[str], train: list[int], test: list[int]) -> dict[str, float]:
+    """scikit-learn's HistGradientBoostingClassifier, defaults, on the same split."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    X, y = matrix(rows, train)
+    Xt, yt = matrix(rows, test)
+    t0 = time.perf_counter()
+    model = HistGradientBoostingClassifier(random_state=0).fit(X, y)
+    fit_s = time.perf_counter() - t0
+    p1 = model.predict_proba(Xt)[:, list(model.classes_).index(1)]
+    return dict(scores_of(yt, (p1 >= 0.5).astype(int), p1), fit_s=fit_s)
 
 
 def resampled(source: Path, rows: int, features: int, cache: Path) -> Path:
@@ -203,6 +250,8 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true",
                     help="2 repetitions, 1 split, scaling up to 100k rows")
     ap.add_argument("--json", type=Path, help="also write all figures to this file")
+    ap.add_argument("--quality-only", action="store_true",
+                    help="only the quality table (ours, the peer, the old backend)")
     a = ap.parse_args()
     if a.quick:
         a.reps, a.splits, a.scaling = 2, 1, "10000,100000"
@@ -214,9 +263,10 @@ def main() -> int:
     results: dict[str, dict] = {}
     work = Path(tempfile.mkdtemp(prefix="mlbackend-bench-"))
     try:
-        _speed(backend, a, work, results)
+        if not a.quality_only:
+            _speed(backend, a, work, results)
         _quality(backend, a, work, results)
-        if a.scaling:
+        if a.scaling and not a.quality_only:
             _scaling(backend, a, work, results)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -265,12 +315,12 @@ def _speed(backend: list[str], a: argparse.Namespace, work: Path, results: dict)
 def _quality(backend: list[str], a: argparse.Namespace, work: Path, results: dict) -> None:
     print(f"\n== Quality: stratified 80/20 splits, seeds 1000..{999 + a.splits}, "
           "train + predict through the Moodle argv", flush=True)
-    print(f"{'dataset':<10}{'AUC':>8}{'old AUC':>14}{'F1 w':>8}{'old F1 w':>14}"
-          f"{'bal acc':>9}{'old bal acc':>14}")
+    print(f"{'dataset':<8}{'model':<6}{'AUC':>13}{'F1 w':>13}{'bal acc':>13}{'Brier':>8}"
+          f"{'ECE':>7}{'kept':>7}{'TP kept':>9}")
     for site in ("a", "b"):
         head, data = read_moodle_csv(a.datasets / f"site-{site}-training.csv")
         labels = [int(float(r.rsplit(",", 1)[1])) for r in data]
-        per_split = []
+        per_split, peer = [], []
         for k in range(a.splits):
             train, test = stratified_split(labels, 0.2, random.Random(1000 + k))
             d = work / f"quality-{site}-{k}"
@@ -280,12 +330,20 @@ def _quality(backend: list[str], a: argparse.Namespace, work: Path, results: dic
             _, _, answer = run(backend, "prediction", "q", d / "model", pred_csv)
             assert isinstance(answer, dict) and answer["status"] == 0, answer
             per_split.append(scores(answers, answer["predictions"]))
+            peer.append(peer_scores(data, train, test))
         mean = {k: float(np.mean([s[k] for s in per_split])) for k in per_split[0]}
+        peer_mean = {k: float(np.mean([s[k] for s in peer])) for k in peer[0]}
         old = OLD[f"quality site-{site}"]
-        print(f"site-{site:<5}{mean['auc']:>8.4f}{old['auc']:>14}{mean['f1_weighted']:>8.4f}"
-              f"{old['f1_weighted']:>14}{mean['balanced_accuracy']:>9.4f}"
-              f"{old['balanced_accuracy']:>14}")
-        results[f"quality site-{site}"] = {"mean": mean, "splits": per_split}
+        for label, m in (("ours", mean), ("HGB", peer_mean)):
+            print(f"site-{site:<3}{label:<6}{m['auc']:>13.4f}{m['f1_weighted']:>13.4f}"
+                  f"{m['balanced_accuracy']:>13.4f}{m['brier']:>8.4f}{m['ece']:>7.4f}"
+                  f"{m['kept']:>7.2f}{m['positives_kept_found']:>9.2f}")
+        print(f"site-{site:<3}{'old':<6}{old['auc']:>13}{old['f1_weighted']:>13}"
+              f"{old['balanced_accuracy']:>13}")
+        results[f"quality site-{site}"] = {"mean": mean, "splits": per_split,
+                                           "hgb": {"mean": peer_mean, "splits": peer}}
+    print("(kept: share of predictions Moodle keeps, probability of the predicted class "
+          f">= {MOODLE_MIN_PROBABILITY}; TP kept: share of the positives predicted so and kept)")
 
 
 def _scaling(backend: list[str], a: argparse.Namespace, work: Path, results: dict) -> None:

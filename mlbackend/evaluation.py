@@ -6,9 +6,15 @@ that model on every row. The answer's `score` is the mean weighted F1 and
 `score_deviation` its standard deviation; Moodle compares them with its
 `min_score` and `accepted_deviation`.
 
+The answer's `info` (the lines Moodle shows the admin in the model's log)
+ends with a short summary: rows and iterations, AUC and balanced accuracy
+with their spread, and the five indicators the models relied on most
+(permutation importance on the held-out rows, averaged over the iterations).
+
 Each run leaves `OUTPUTDIR/logs/RUNID/` for the admin: `info.log`,
-`metrics.json` (every iteration and its confusion matrix), `roc-curve.png`
-(binary targets) and TensorBoard event files under `tensor/`.
+`metrics.json` (every iteration, its confusion matrix and calibration, the
+full importance table), `roc-curve.png` (binary targets), `importance.png`
+and TensorBoard event files under `tensor/`.
 """
 from __future__ import annotations
 
@@ -23,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from mlbackend import metrics, store
+from mlbackend import importance, metrics, store
 from mlbackend.contract import LOW_SCORE, NOT_ENOUGH_DATA, OK, BackendError, answer
 from mlbackend.dataset import Dataset
 from mlbackend.inference import Model
@@ -51,6 +57,10 @@ class Iteration:
     roc: tuple[np.ndarray, np.ndarray] | None
     train_rows: int
     test_rows: int
+    brier: float = 0.0
+    ece: float = 0.0
+    #: Score lost per used column of the model when it is shuffled (NaN: not measured).
+    importance: np.ndarray | None = None
 
 
 def new_run_dir(output_dir: str) -> tuple[int, str]:
@@ -92,7 +102,9 @@ def score(model: Model, X: np.ndarray, y_idx: np.ndarray) -> Iteration:
             roc = _thin(*metrics.roc_curve(is_pos, proba[:, positive]))
     return Iteration(scores=metrics.classification_scores(y_idx, yhat, nclasses),
                      confusion=metrics.confusion_matrix(y_idx, yhat, nclasses), auc=auc, roc=roc,
-                     train_rows=0, test_rows=len(y_idx))
+                     train_rows=0, test_rows=len(y_idx),
+                     brier=metrics.brier_score(y_idx, proba),
+                     ece=metrics.expected_calibration_error(y_idx, proba))
 
 
 def _thin(fpr: np.ndarray, tpr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -143,15 +155,20 @@ def _evaluate(ds: Dataset, output_dir: str, min_score: float, accepted_deviation
         log.info("evaluation %d of %s: %d rows, %d features, classes %s", runid, ds.path,
                  ds.nrows, ds.nfeatures, ds.classes)
         results: list[Iteration] = []
+        shuffler = np.random.default_rng(runid + 1)
         if trained is not None:
             trained.check_features(ds.nfeatures)
             log.info("scoring the trained model on all rows")
             results.append(score(trained, ds.X, y_idx))
+            score_name, results[0].importance = importance.permutation_importance(
+                trained, ds.X, y_idx, shuffler)
+            models = [trained]
         else:
             rng = np.random.default_rng(runid)
             # At most SIDE_BY_SIDE networks train at once, their splits made
             # and dropped group by group: memory does not grow with the
             # number of iterations (up to actions.MAX_ITERATIONS).
+            models: list[Model] = []
             for first in range(0, iterations, SIDE_BY_SIDE):
                 group = range(first, min(first + SIDE_BY_SIDE, iterations))
                 splits = [stratified_split(y_idx, 0.2, rng) for _ in group]
@@ -159,19 +176,24 @@ def _evaluate(ds: Dataset, output_dir: str, min_score: float, accepted_deviation
                          len(splits[0][0]))
                 dirs = [os.path.join(run_dir, "tensor", f"iteration-{i + 1}") for i in group]
                 options = training.TrainingOptions(progress=progress, tensorboard_dirs=dirs)
-                models = training.train_splits(ds.X, ds.y, ds.classes, ds.feature_names,
-                                               [train for train, _ in splits], options)
-                for i, m, (train_idx, test_idx) in zip(group, models, splits):
+                trained_group = training.train_splits(ds.X, ds.y, ds.classes, ds.feature_names,
+                                                      [train for train, _ in splits], options)
+                for i, m, (train_idx, test_idx) in zip(group, trained_group, splits):
                     it = score(m, ds.X[test_idx], y_idx[test_idx])
                     it.train_rows = len(train_idx)
+                    score_name, it.importance = importance.permutation_importance(
+                        m, ds.X[test_idx], y_idx[test_idx], shuffler)
                     results.append(it)
                     log.info("iteration %d: %s auc=%s epochs=%d", i + 1,
                              json.dumps({k: round(v, 4) for k, v in it.scores.items()}),
                              it.auc, m.history["last_epochs"])
-                del models, splits
+                models = models or trained_group[:1]  # names the importance table's inputs
+                del trained_group, splits
         out = _summarise(results, min_score, accepted_deviation, len(ds.classes) == 2)
+        table = importance_table(models[0], results, ds.feature_names)
+        out["info"] += summary_lines(ds.nrows, results, trained is not None, score_name, table)
         out.update(runid=runid, dir=run_dir)
-        _write_logs(run_dir, runid, ds, results, out, trained is not None)
+        _write_logs(run_dir, runid, ds, results, out, trained is not None, score_name, table)
         log.info("result: %s", json.dumps(out))
         return out
     finally:
@@ -212,9 +234,56 @@ def _summarise(results: list[Iteration], min_score: float, accepted_deviation: f
     return out
 
 
+def importance_table(model: Model, results: list[Iteration], names: list[str]
+                     ) -> list[dict[str, Any]]:
+    """Every used column's importance, averaged over the iterations, most
+    important first; columns named as in the dataset's header."""
+    per_iteration = np.array([r.importance for r in results if r.importance is not None])
+    if per_iteration.size == 0:
+        return []
+    rows = []
+    for j, column in enumerate(model.columns):
+        values = per_iteration[:, j]
+        if np.isnan(values).all():
+            continue
+        name = names[column] if column < len(names) else f"column {column + 1}"
+        rows.append({"column": int(column), "name": name,
+                     "importance": float(np.nanmean(values)),
+                     "deviation": float(np.nanstd(values)),
+                     "iterations": [None if np.isnan(v) else float(v) for v in values]})
+    rows.sort(key=lambda r: -r["importance"])
+    return rows
+
+
+def summary_lines(nrows: int, results: list[Iteration], trained: bool, score_name: str,
+                  table: list[dict[str, Any]]) -> list[str]:
+    """What the admin reads in Moodle: what was measured, how well, and why."""
+    def spread(values: list[float]) -> str:
+        return f"{np.mean(values):.3f} ± {np.std(values):.3f}"
+
+    if trained:
+        lines = [f"The trained model was scored on all {nrows} rows."]
+    else:
+        lines = [f"{len(results)} iterations: a model trained on a random 80 % of the "
+                 f"{nrows} rows, scored on the other 20 %."]
+    aucs = [r.auc for r in results if r.auc is not None]
+    balanced = spread([r.scores["balanced accuracy"] for r in results])
+    measured = (f"AUC {spread(aucs)}, " if aucs else "") + f"balanced accuracy {balanced}"
+    lines.append(measured + (" (mean ± standard deviation)." if len(results) > 1 else "."))
+    top = [r for r in table[:5] if r["importance"] > 0]
+    if top:
+        lines.append(f"The indicators that matter most ({score_name} lost when one is "
+                     "shuffled among the held-out rows): " +
+                     "; ".join(f"{r['name']} ({r['importance']:.3f})" for r in top) + ".")
+    else:
+        lines.append("No indicator changes the predictions measurably when shuffled.")
+    return lines
+
+
 def _write_logs(run_dir: str, runid: int, ds: Dataset, results: list[Iteration],
-                summary: dict[str, Any], trained: bool) -> None:
-    from mlbackend.rocplot import write_roc_png
+                summary: dict[str, Any], trained: bool, score_name: str,
+                table: list[dict[str, Any]]) -> None:
+    from mlbackend.rocplot import write_importance_png, write_roc_png
 
     doc = {
         "runid": runid,
@@ -224,10 +293,21 @@ def _write_logs(run_dir: str, runid: int, ds: Dataset, results: list[Iteration],
         "classes": ds.classes,
         "mode": "trained model on all rows" if trained else "random 80/20 splits",
         "iterations": [
-            dict(r.scores, iteration=i + 1, auc=r.auc, train_rows=r.train_rows,
+            dict(r.scores, iteration=i + 1, auc=r.auc, brier=r.brier,
+                 expected_calibration_error=r.ece, train_rows=r.train_rows,
                  test_rows=r.test_rows, confusion_matrix=r.confusion.tolist())
             for i, r in enumerate(results)
         ],
+        "calibration": {
+            "brier": float(np.mean([r.brier for r in results])),
+            "expected_calibration_error": float(np.mean([r.ece for r in results])),
+        },
+        "importance": {
+            "what": f"{score_name} lost when the column is shuffled among the held-out rows "
+                    f"(at most {importance.MAX_ROWS} rows, {importance.MAX_COLUMNS} columns "
+                    "per iteration), mean and standard deviation over the iterations",
+            "columns": table,
+        },
         "summary": summary,
     }
     with open(os.path.join(run_dir, "metrics.json"), "w") as f:
@@ -235,6 +315,7 @@ def _write_logs(run_dir: str, runid: int, ds: Dataset, results: list[Iteration],
     curves = [r.roc for r in results if r.roc is not None]
     if len(ds.classes) == 2:
         write_roc_png(os.path.join(run_dir, "roc-curve.png"), curves)
+    write_importance_png(os.path.join(run_dir, "importance.png"), score_name, table)
     _write_tensorboard(os.path.join(run_dir, "tensor"), results)
 
 

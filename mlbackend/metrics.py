@@ -66,3 +66,30 @@ def roc_curve(y_positive: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np
     fps = (distinct + 1) - tps
     npos, nneg = max(int(yp.sum()), 1), max(int((~yp).sum()), 1)
     return np.r_[0.0, fps / nneg], np.r_[0.0, tps / npos]
+
+
+def brier_score(y: np.ndarray, proba: np.ndarray) -> float:
+    """Mean squared distance between the class probabilities and the true
+    class, halved: for two classes it is the usual mean of (p - y)^2 for
+    either class (0 is perfect, 0.25 a constant 0.5)."""
+    onehot = np.zeros_like(proba, dtype=np.float64)
+    onehot[np.arange(len(y)), y] = 1.0
+    return float(np.square(proba - onehot).sum(axis=1).mean() / 2) if len(y) else 0.0
+
+
+def expected_calibration_error(y: np.ndarray, proba: np.ndarray, bins: int = 10) -> float:
+    """How far the probability of the predicted class is from how often that
+    class is right (Guo et al. 2017): rows binned by that probability in
+    `bins` equal widths, |accuracy - mean probability| averaged over the bins,
+    weighted by their rows. It is the probability Moodle filters on (it keeps
+    predictions of probability >= 0.6), so it is the one that must mean what it says."""
+    if not len(y):
+        return 0.0
+    confidence = proba.max(axis=1)
+    correct = proba.argmax(axis=1) == y
+    which = np.minimum((confidence * bins).astype(int), bins - 1)
+    total = 0.0
+    for b in np.unique(which):
+        inside = which == b
+        total += inside.sum() * abs(correct[inside].mean() - confidence[inside].mean())
+    return float(total / len(y))

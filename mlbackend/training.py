@@ -1,10 +1,11 @@
 """Training the classifier with TensorFlow.
 
 The network is the old backend's family (a feed-forward ReLU network with a
-softmax output, trained with TensorFlow) with what it lacked: centred inputs,
-class weights so that the minority class (the students at risk) is predicted
-at all, dropout, L2, and early stopping on a validation split instead of a
-fixed epoch formula.
+softmax output, trained with TensorFlow) with what it lacked: inputs encoded
+piecewise-linearly on their training quantiles and centred, class weights
+so that the minority class (the students at risk) is predicted at all,
+dropout, L2, and early stopping on a validation split instead of a fixed
+epoch formula.
 
 Why not Keras' `fit`: a Moodle call trains one small network and exits, so
 start-up and per-epoch overhead are most of its time. Here each epoch is one
@@ -28,7 +29,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from mlbackend.contract import MISSING_CLASSES_MESSAGE, NOT_ENOUGH_DATA, BackendError
-from mlbackend.inference import Model
+from mlbackend.inference import Model, PiecewiseLinear
 from mlbackend.tf import import_tensorflow
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,22 @@ STATS_BLOCK_ROWS = 65536
 CHUNK_VALUES = 8 * 1024 * 1024
 #: Below this size, the used columns are copied out once rather than per chunk.
 PRESELECT_BYTES = 256 * 1024 * 1024
+#: Rows the piecewise-linear encoding is fitted on: all of them up to this
+#: many, else a seeded sample (quantiles of 65,536 rows are as good, and a
+#: million rows would take a minute of sorting).
+ENCODING_ROWS = 65536
+#: Rows encoded at once when centring the encoding.
+ENCODE_BLOCK_ROWS = 8192
+#: A column gets one bin of its encoding per this many rows of the rarest
+#: class (at least one bin, at most 32): the encoding's resolution grows with
+#: the evidence. With all 32 bins on little data the network overfits: on
+#: synthetic data of 1,500 rows, 8 % positive, 80 features, AUC fell from 0.93
+#: to 0.80; site-b (1,800 positives) gets its 32 bins.
+MINORITY_ROWS_PER_BIN = 50
+
+#: How a network's inputs are made from the used columns: a piecewise-linear
+#: encoding (None: none, the columns themselves), then minus mean, over scale.
+Inputs = tuple[PiecewiseLinear | None, np.ndarray, np.ndarray]
 
 
 @dataclass
@@ -89,15 +106,19 @@ def train(X: np.ndarray, y: np.ndarray, classes: list[int], feature_names: list[
     y_idx = class_indices(y, classes)
     require_all_classes(y_idx, len(classes))
     if previous is not None:
-        columns, mean, scale = previous.columns, previous.mean, previous.scale
+        # The stored inputs, encoding included: the weights were learnt on them.
+        columns = previous.columns
+        encoding, mean, scale = previous.encoding, previous.mean, previous.scale
         hidden = previous.hidden_units
         activation = previous.activation  # tanh for models converted from 2.x
     else:
-        columns, mean, scale = scaling(X)
+        columns, _, _ = scaling(X)
+        encoding, mean, scale = piecewise_inputs(X, columns, None, options.seed,
+                                                 _rarest(y_idx, len(classes)))
         hidden = hidden_units(X, len(columns))
         activation = "relu"
     init = [w[None] for w in previous.weights] if previous is not None else None
-    weights, epochs = _fit_side_by_side(X, columns, [(mean, scale)], y_idx,
+    weights, epochs = _fit_side_by_side(X, columns, [(encoding, mean, scale)], y_idx,
                                         [np.arange(len(y_idx))], len(classes), hidden, options,
                                         init, activation=activation)
     past = dict(previous.history) if previous is not None else {}
@@ -109,7 +130,7 @@ def train(X: np.ndarray, y: np.ndarray, classes: list[int], feature_names: list[
     log.info("trained %d rows for %d epochs (hidden layers %s)", len(y_idx), epochs[0], hidden)
     return Model(classes=list(classes), nfeatures=int(X.shape[1]), columns=columns, mean=mean,
                  scale=scale, weights=weights[0], feature_names=list(feature_names),
-                 history=record, activation=activation)
+                 history=record, activation=activation, encoding=encoding)
 
 
 def train_splits(X: np.ndarray, y: np.ndarray, classes: list[int], feature_names: list[str],
@@ -117,24 +138,50 @@ def train_splits(X: np.ndarray, y: np.ndarray, classes: list[int], feature_names
     """Train one fresh model per row subset, side by side (evaluation's iterations).
 
     The subsets must be of equal size. Every model keeps the columns that vary
-    in the whole file, and centres them on its own rows.
+    in the whole file, and fits its encoding on its own rows only (its test
+    rows must not shape its inputs).
     """
     options = options or TrainingOptions()
     y_idx = class_indices(y, classes)
     columns, _, _ = scaling(X)
     hidden = hidden_units(X, len(columns))
-    scalings = [scaling(X, columns, rows) for rows in splits]
-    weights, epochs = _fit_side_by_side(X, columns, [(m, s) for _, m, s in scalings], y_idx,
+    inputs = [piecewise_inputs(X, columns, rows, options.seed,
+                               _rarest(y_idx[rows], len(classes))) for rows in splits]
+    weights, epochs = _fit_side_by_side(X, columns, inputs, y_idx,
                                         splits, len(classes), hidden, options, None)
     models = []
     for k, rows in enumerate(splits):
-        _, mean, scale = scalings[k]
+        encoding, mean, scale = inputs[k]
         models.append(Model(classes=list(classes), nfeatures=int(X.shape[1]), columns=columns,
                             mean=mean, scale=scale, weights=weights[k],
                             feature_names=list(feature_names),
                             history={"trainings": 1, "rows_seen": len(rows),
-                                     "last_epochs": epochs[k]}))
+                                     "last_epochs": epochs[k]}, encoding=encoding))
     return models
+
+
+def _rarest(y_idx: np.ndarray, nclasses: int) -> int:
+    """Rows of the rarest class."""
+    return int(np.bincount(y_idx, minlength=nclasses).min())
+
+
+def piecewise_inputs(X: np.ndarray, columns: np.ndarray, rows: np.ndarray | None,
+                     seed: int, rarest: int) -> Inputs:
+    """The piecewise-linear encoding of `columns` fitted on `rows` (all by
+    default), with one bin per MINORITY_ROWS_PER_BIN rows of the rarest class
+    (`rarest` of them), and the encoded inputs' mean there (scale 1: the
+    components are in [0, 1] already)."""
+    rows = np.arange(X.shape[0]) if rows is None else np.asarray(rows)
+    if len(rows) > ENCODING_ROWS:
+        rows = np.sort(np.random.default_rng(seed).choice(rows, ENCODING_ROWS, replace=False))
+    Xc = X[rows][:, columns]
+    encoding = PiecewiseLinear.fit(Xc, max_edges=rarest // MINORITY_ROWS_PER_BIN + 1)
+    total = np.zeros(encoding.width)
+    for start in range(0, len(Xc), ENCODE_BLOCK_ROWS):
+        total += encoding.encode(Xc[start:start + ENCODE_BLOCK_ROWS]).sum(axis=0,
+                                                                            dtype=np.float64)
+    mean = (total / max(len(Xc), 1)).astype(np.float32)
+    return encoding, mean, np.ones_like(mean)
 
 
 def scaling(X: np.ndarray, columns: np.ndarray | None = None, rows: np.ndarray | None = None
@@ -232,14 +279,14 @@ def _initial_weights(rng: np.random.Generator, K: int, sizes: list[int]) -> list
     return weights
 
 
-def _fit_side_by_side(X: np.ndarray, columns: np.ndarray,
-                      shifts: list[tuple[np.ndarray, np.ndarray]], y_idx: np.ndarray,
-                      subsets: list[np.ndarray], nclasses: int, hidden: list[int],
-                      options: TrainingOptions, init: list[np.ndarray] | None,
-                      activation: str = "relu") -> tuple[list[list[np.ndarray]], list[int]]:
+def _fit_side_by_side(X: np.ndarray, columns: np.ndarray, encodings: list[Inputs],
+                      y_idx: np.ndarray, subsets: list[np.ndarray], nclasses: int,
+                      hidden: list[int], options: TrainingOptions,
+                      init: list[np.ndarray] | None, activation: str = "relu"
+                      ) -> tuple[list[list[np.ndarray]], list[int]]:
     """Train len(subsets) networks at once, network k on rows `subsets[k]` of
-    X[:, columns] standardised with `shifts[k]` (mean, scale); returns their
-    weights and the epochs each ran."""
+    X[:, columns] made into inputs by `encodings[k]`; returns their weights
+    and the epochs each ran."""
     tf = import_tensorflow()
     tf.random.set_seed(options.seed)
     rng = np.random.default_rng(options.seed)
@@ -266,13 +313,12 @@ def _fit_side_by_side(X: np.ndarray, columns: np.ndarray,
     bs = min(batch_size(n), n)
     cw = np.stack([class_weights(y_idx[r], nclasses, options.class_weight_power)
                    for r in train_idx]).astype(np.float32)                  # [K, C]
-    chunk = max(bs, (CHUNK_VALUES // max(K * width, 1)) // bs * bs)
+    prepare, depth = _input_graph(tf, encodings, width)
+    chunk = max(bs, (CHUNK_VALUES // max(K * max(width, depth), 1)) // bs * bs)
     if with_validation:
         m = min(len(v) for v in val_rows)
         val_idx = np.stack([v[:m] for v in val_rows])                        # [K, m]
 
-    mean = tf.constant(np.stack([mu for mu, _ in shifts])[:, None, :], tf.float32)  # [K,1,d]
-    inv_scale = tf.constant((1.0 / np.stack([sc for _, sc in shifts]))[:, None, :], tf.float32)
     # The used columns, once, unless that copy is large: then per chunk.
     source = X[:, columns] if X.nbytes <= PRESELECT_BYTES and width < X.shape[1] else None
 
@@ -283,7 +329,7 @@ def _fit_side_by_side(X: np.ndarray, columns: np.ndarray,
             if width < X.shape[1] else X[flat]
         return rows.reshape(idx.shape[0], idx.shape[1], width)
 
-    sizes = [width] + list(hidden) + [nclasses]
+    sizes = [depth] + list(hidden) + [nclasses]
     start = init if init is not None else _initial_weights(rng, K, sizes)
     params = [tf.Variable(w) for w in start]
     kernels = params[0::2]
@@ -333,14 +379,14 @@ def _fit_side_by_side(X: np.ndarray, columns: np.ndarray,
     def train_chunk(x: Any, y: Any, w: Any) -> Any:
         """One pass over a chunk of shuffled rows, batch by batch; summed batch losses."""
         batches = (tf.shape(x)[1] + bs - 1) // bs
-        x = (x - mean) * inv_scale
+        x = prepare(x)
         _, total, *_ = tf.while_loop(lambda b, *rest: b < batches, train_step,
                                      (tf.constant(0), tf.zeros([K]), x, y, w))
         return total
 
     @tf.function(autograph=False, input_signature=spec[:2])
     def loss_of(x: Any, y: Any) -> Any:
-        x = (x - mean) * inv_scale
+        x = prepare(x)
         ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=forward(x, False))
         return tf.reduce_sum(ce, axis=1)
 
@@ -388,7 +434,43 @@ def _fit_side_by_side(X: np.ndarray, columns: np.ndarray,
         writer.close()
     final = best if with_validation else [p.numpy() for p in params]
     stopped_at = np.minimum(stopped_at, e + 1)
-    return [[w[k] for w in final] for k in range(K)], [int(s) for s in stopped_at]
+    # Network k's first kernel without the rows of its padding inputs.
+    own = [len(mu) for _, mu, _ in encodings]
+    return ([[w[k][:own[k]] if i == 0 else w[k] for i, w in enumerate(final)] for k in range(K)],
+            [int(s) for s in stopped_at])
+
+
+def _input_graph(tf: Any, encodings: list[Inputs], width: int) -> tuple[Any, int]:
+    """The TensorFlow function that makes the networks' inputs [K, rows, depth]
+    from their rows of the used columns [K, rows, width], and depth.
+
+    Networks trained side by side may have encodings of different widths:
+    the narrower ones are padded with inputs that are always 0 (a lower edge
+    of +inf), whose kernel rows are cut off after training."""
+    K = len(encodings)
+    if encodings[0][0] is None:  # a model of format 1 or 2: standardised columns
+        mean = tf.constant(np.stack([mu for _, mu, _ in encodings])[:, None, :], tf.float32)
+        inv_scale = tf.constant((1.0 / np.stack([sc for _, _, sc in encodings]))[:, None, :],
+                                tf.float32)
+        return (lambda x: (x - mean) * inv_scale), width
+    depth = max(len(mu) for _, mu, _ in encodings)
+    source = np.zeros((K, depth), np.int32)
+    lower = np.full((K, depth), np.inf, np.float32)
+    bin_width, scale = np.ones((K, depth), np.float32), np.ones((K, depth), np.float32)
+    mean = np.zeros((K, depth), np.float32)
+    for k, (encoding, mu, sc) in enumerate(encodings):
+        assert encoding is not None
+        d = len(mu)
+        source[k, :d], lower[k, :d], bin_width[k, :d] = encoding.components()
+        mean[k, :d], scale[k, :d] = mu, sc
+    source_t = tf.constant(source)
+    lower_t, width_t, mean_t, scale_t = (tf.constant(a[:, None, :])
+                                         for a in (lower, bin_width, mean, scale))
+
+    def prepare(x: Any) -> Any:
+        parts = tf.gather(x, source_t, axis=2, batch_dims=1)
+        return (tf.clip_by_value((parts - lower_t) / width_t, 0.0, 1.0) - mean_t) / scale_t
+    return prepare, depth
 
 
 def _tensorboard_writers(dirs: list[str]) -> list[Any]:

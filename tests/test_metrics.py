@@ -46,3 +46,13 @@ def test_weighted_scores_by_hand():
     assert s["precision"] == pytest.approx((4 * 0.75 + 2 * 0.5) / 6)
     assert s["f1_score"] == pytest.approx((4 * 0.75 + 2 * 0.5) / 6)
     assert metrics.confusion_matrix(y, yhat, 2).tolist() == [[3, 1], [1, 1]]
+
+
+def test_brier_and_expected_calibration_error_by_hand():
+    y = np.array([0, 1, 1, 0])
+    proba = np.array([[0.9, 0.1], [0.3, 0.7], [0.6, 0.4], [0.5, 0.5]])
+    # (0.1^2 + 0.3^2 + 0.6^2 + 0.5^2) / 4, for the usual binary Brier score.
+    assert metrics.brier_score(y, proba) == pytest.approx((0.01 + 0.09 + 0.36 + 0.25) / 4)
+    # Confidences 0.9 (right), 0.7 (right), 0.6 (wrong), 0.5 (right): bins 9, 7, 6, 5.
+    expected = (abs(1 - 0.9) + abs(1 - 0.7) + abs(0 - 0.6) + abs(1 - 0.5)) / 4
+    assert metrics.expected_calibration_error(y, proba) == pytest.approx(expected)

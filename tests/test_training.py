@@ -1,13 +1,17 @@
 """The model and its storage, in process: parity of the NumPy forward pass
-with Keras, continued training, atomic and validated storage."""
+with TensorFlow's, continued training, atomic and validated storage, and
+every model format still predicting as it did (tests/golden/)."""
 from __future__ import annotations
 
+import json
 import os
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from mlbackend import dataset, store, training
+from mlbackend import dataset, store, synthetic, training
 from oracle import keras_predict_proba
 from mlbackend.contract import BackendError
 from mlbackend.inference import Model
@@ -19,10 +23,72 @@ def trained(binary_data):
     return ds, training.train(ds.X, ds.y, ds.classes, ds.feature_names)
 
 
-def test_numpy_prediction_equals_keras(trained, binary_data):
-    ds, m = trained
-    X = dataset.read_prediction(binary_data["predict"]).X
+
+
+@pytest.fixture(scope="module")
+def finely_encoded():
+    """Enough rows of either class for many bins: 1,500 rows, 40 % positive,
+    one column of many values."""
+    data = synthetic.generate(1500, 10, positive_rate=0.4, seed=8)
+    X = np.nan_to_num(data.X).astype(np.float32)
+    X[:, 4] = np.random.default_rng(2).normal(0, 3, len(X)).round(3)
+    return X, data.y, training.train(X[:1200], data.y[:1200], data.classes, [])
+
+
+def test_numpy_prediction_equals_tensorflow(finely_encoded):
+    X, _, m = finely_encoded
+    assert m.encoding is not None and m.format_version == 3 and m.encoding.counts.max() > 9
+    # Out-of-range values too: below the first bin edge and past the last.
+    X = np.vstack([X[1200:], X[1200:1220] * 3.0, -X[1200:1220] * 3.0])
     np.testing.assert_allclose(m.predict_proba(X), keras_predict_proba(m, X), atol=1e-5)
+
+
+def test_the_encoding_follows_the_training_quantiles(finely_encoded):
+    X, y, m = finely_encoded
+    X, y = X[:1200], y[:1200]
+    enc = m.encoding
+    most = np.bincount(y).min() // training.MINORITY_ROWS_PER_BIN + 1
+    assert len(enc.counts) == len(m.columns) and enc.counts.max() == min(most, 33)
+    start = 0
+    for j, count in enumerate(enc.counts):
+        edges = enc.edges[start:start + count]
+        start += count
+        column = X[:, m.columns[j]]
+        distinct = np.unique(column)
+        if len(distinct) <= most:
+            np.testing.assert_array_equal(edges, distinct.astype(np.float32))
+        else:
+            levels = np.linspace(0, 1, min(most, 33))
+            quantiles = np.unique(np.quantile(column.astype(np.float64), levels).astype(np.float32))
+            np.testing.assert_array_equal(edges, quantiles)
+            assert edges[0] == column.min() and edges[-1] == column.max()
+    # Centred: the encoded training rows average to zero.
+    np.testing.assert_allclose(m.standardised(X).mean(axis=0), 0, atol=1e-5)
+
+
+def test_little_evidence_gets_a_coarse_encoding(trained):
+    """90 rows of the rarest class: one bin a column (MINORITY_ROWS_PER_BIN)."""
+    ds, m = trained
+    assert np.all(m.encoding.counts == 2)
+
+
+def test_continued_training_of_an_old_format_model_keeps_its_inputs(trained):
+    """A version 1 model (centred columns, no encoding) trains on as version 1."""
+    ds, m = trained
+    rng = np.random.default_rng(3)
+    width = len(m.columns)
+    old = Model(classes=[0, 1], nfeatures=ds.nfeatures, columns=m.columns,
+                mean=rng.normal(0, 0.1, width).astype(np.float32),
+                scale=np.ones(width, np.float32),
+                weights=[rng.normal(0, 0.3, (width, 8)).astype(np.float32),
+                         np.zeros(8, np.float32),
+                         rng.normal(0, 0.3, (8, 2)).astype(np.float32), np.zeros(2, np.float32)])
+    again = training.train(ds.X[:300], ds.y[:300], ds.classes, ds.feature_names, previous=old)
+    assert again.encoding is None and again.format_version == 1
+    np.testing.assert_array_equal(again.mean, old.mean)
+    assert json.loads(str(again.to_arrays()["meta"]))["format_version"] == 1
+    np.testing.assert_allclose(again.predict_proba(ds.X), keras_predict_proba(again, ds.X),
+                               atol=1e-5)
 
 
 def test_constant_columns_are_dropped_and_remembered(trained):
@@ -32,10 +98,12 @@ def test_constant_columns_are_dropped_and_remembered(trained):
     assert m.nfeatures == 20 and len(m.columns) < 20
 
 
-def test_continued_training_keeps_the_scaling_and_changes_the_weights(trained):
+def test_continued_training_keeps_the_encoding_and_changes_the_weights(trained):
     ds, m = trained
     again = training.train(ds.X[:300], ds.y[:300], ds.classes, ds.feature_names, previous=m)
     np.testing.assert_array_equal(again.columns, m.columns)
+    np.testing.assert_array_equal(again.encoding.counts, m.encoding.counts)
+    np.testing.assert_array_equal(again.encoding.edges, m.encoding.edges)
     np.testing.assert_array_equal(again.mean, m.mean)
     assert not np.allclose(again.weights[0], m.weights[0])
     assert again.history["trainings"] == 2
@@ -119,7 +187,8 @@ def test_stray_temporary_files_are_cleaned_by_the_next_writer(tmp_path):
     assert not (tmp_path / "classifier" / ".tmp-killed.npz").exists()
 
 
-@pytest.mark.parametrize("damage", ["truncate", "bad shape", "pickle inside", "future"])
+@pytest.mark.parametrize("damage", ["truncate", "bad shape", "pickle inside", "future",
+                                    "edges not increasing", "edges missing"])
 def test_damaged_models_are_refused(trained, tmp_path, damage):
     _, m = trained
     arrays = m.to_arrays()
@@ -133,9 +202,15 @@ def test_damaged_models_are_refused(trained, tmp_path, damage):
     elif damage == "pickle inside":
         arrays["columns"] = np.array([object()], dtype=object)
         np.savez(path, **arrays)
+    elif damage == "future":
+        arrays["meta"] = np.array(re.sub(r'"format_version": \d+', '"format_version": 99',
+                                         str(arrays["meta"])))
+        np.savez(path, **arrays)
+    elif damage == "edges not increasing":
+        arrays["encoding_edges"] = arrays["encoding_edges"][::-1].copy()
+        np.savez(path, **arrays)
     else:
-        arrays["meta"] = np.array(str(arrays["meta"]).replace('"format_version": 1',
-                                                              '"format_version": 99'))
+        del arrays["encoding_edges"]
         np.savez(path, **arrays)
     with pytest.raises(BackendError) as err:
         store.load_file(str(path))
