@@ -117,3 +117,11 @@ def test_basic_credentials_in_utf8_and_latin1():
     assert auth.basic_credentials(header(b"user:")) == ("user", "")
     for bad in (None, "", "Bearer abc", "Basic !!!", header(b"nocolon")):
         assert auth.basic_credentials(bad) is None
+
+
+def test_the_well_known_test_password_is_found_in_every_entry_format():
+    value = ",".join(["default:sshhhh", sha256_entry("ci", "sshhhh"),
+                      auth.make_entry("docker", "sshhhh", iterations=FAST),
+                      "moodle:s3cret", sha256_entry("bob", "sshhhh!")])
+    users = auth.Users(auth.parse_users(value))
+    assert users.with_well_known_password() == ["default", "ci", "docker"]
