@@ -57,7 +57,7 @@ dist-chroot-test: $(ARCHIVE)
 # and the frozen one run on qemu-user's emulated Nehalem and kvm64 CPUs.
 cpu-test: $(STAMP) $(ARCHIVE)
 	command -v qemu-x86_64 >/dev/null || { apt-get update -q && apt-get install -y -q qemu-user; }
-	$(BIN)/pytest -p no:cacheprovider tests/test_cpu.py
+	$(BIN)/python -m pytest -p no:cacheprovider tests/test_cpu.py
 	PYTHON=$(BIN)/python bash tests/frozen/qemu-check.sh $(ARCHIVE)
 
 # The container image (podman, from the archive; docs/container.md), and its

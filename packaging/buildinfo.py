@@ -85,7 +85,7 @@ def git_commit() -> str:
     """The commit the bundle was built from ("-dirty" with uncommitted changes)."""
     def git(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(["git", *args], capture_output=True, text=True,
-                              cwd=os.path.dirname(os.path.abspath(__file__)))
+                              cwd=os.path.dirname(os.path.abspath(__file__)), check=False)
     try:
         head = git("rev-parse", "--short=12", "HEAD")
         dirty = git("status", "--porcelain", "--untracked-files=no").stdout.strip()
