@@ -10,7 +10,8 @@
 #
 # Every stage is cached under $MLBACKEND_CACHE (default /var/cache/mlbackend)
 # and made again only when what it is made from changes (a stamp file holds a
-# hash of its inputs): from scratch about 20 minutes, then seconds. Needs root
+# hash of its inputs): from scratch about 35 minutes on two busy cores, then
+# seconds. Needs root
 # (debootstrap, chroot). ARCH is the machine (uname -m); only the build
 # machine's own is built for now.
 set -euo pipefail
@@ -92,7 +93,7 @@ fi
 #    version (a security fix), remove $root/.stage-python. Debian's own
 #    builds are not used: bullseye has neither, and bookworm's need glibc 2.34+.
 if needs python "$SOURCE_SUITE" "$PREFIX" packaging/build-python.sh packaging/glibc-compat.h; then
-    say "building OpenSSL 3 and CPython 3.11 from $SOURCE_SUITE's sources (about 15 minutes), log in $log"
+    say "building OpenSSL 3 and CPython 3.11 from $SOURCE_SUITE's sources (half an hour on two busy cores), log in $log"
     install -m 644 packaging/glibc-compat.h "$root/usr/local/include/glibc-compat.h"
     install -m 755 packaging/build-python.sh "$root/usr/local/bin/build-python.sh"
     in_root env SOURCE_SUITE=$SOURCE_SUITE PREFIX=$PREFIX ARCH=$ARCH JOBS=$JOBS \
