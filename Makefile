@@ -6,7 +6,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PIP    := $(BIN)/pip --disable-pip-version-check -q
 
-.PHONY: venv run test lint docs fuzz bench clean dist dist-test dist-chroot-test
+.PHONY: venv run test lint docs fuzz bench clean dist dist-test dist-chroot-test cpu-test image \
+	image-test
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,15 +39,18 @@ docs: $(STAMP)
 	$(BIN)/cog -r -I docs docs/cli.md docs/server.md
 
 # The release: the frozen program (PyInstaller, one directory) in
-# dist/mlbackend-VERSION-linux-ARCH.tar.gz with its .sha256; see docs/release.md.
+# dist/mlbackend-VERSION-linux-ARCH.tar.gz with its .sha256, built in a Debian
+# bullseye root so that it runs on glibc 2.28 and later (packaging/BUILD-ROOT.md;
+# needs root; the root is cached in /var/cache/mlbackend). See docs/release.md.
 # Rebuilt when a file it is made from changes.
 VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' mlbackend/__init__.py)
-ARCHIVE := dist/mlbackend-$(VERSION)-linux-$(shell uname -m).tar.gz
+ARCH    ?= $(shell uname -m)
+ARCHIVE := dist/mlbackend-$(VERSION)-linux-$(ARCH).tar.gz
 DIST_INPUTS := mlbackend.spec README.md $(wildcard docs/*.md) LICENSE requirements.txt requirements-dev.txt \
 	$(shell find mlbackend packaging -type f ! -name '*.pyc')
 
 $(ARCHIVE): $(STAMP) $(DIST_INPUTS)
-	PYTHON=$(BIN)/python bash packaging/build-dist.sh
+	ARCH=$(ARCH) HOST_PIP=$(BIN)/pip bash packaging/build-dist.sh
 
 dist: $(ARCHIVE)
 	@echo "$(ARCHIVE): $$(du -m $(ARCHIVE) | cut -f1) MB"
@@ -58,9 +62,26 @@ dist: $(ARCHIVE)
 dist-test: $(ARCHIVE)
 	PYTHON=$(BIN)/python bash tests/frozen/dist-test.sh $(ARCHIVE)
 
-# The same check in a minimal Debian without Python (debootstrap, chroot; root).
+# The same check in minimal Debian roots without Python (debootstrap, chroot;
+# root): bullseye (glibc 2.31) and bookworm (2.36).
 dist-chroot-test: $(ARCHIVE)
-	PYTHON=$(BIN)/python bash tests/frozen/chroot-test.sh $(ARCHIVE)
+	SUITE=bullseye PYTHON=$(BIN)/python bash tests/frozen/chroot-test.sh $(ARCHIVE)
+	SUITE=bookworm PYTHON=$(BIN)/python bash tests/frozen/chroot-test.sh $(ARCHIVE)
+
+# CPUs without AVX or below x86-64-v2 get an answer, not SIGILL: the program
+# and the frozen one run on qemu-user's emulated Nehalem and kvm64 CPUs.
+cpu-test: $(STAMP) $(ARCHIVE)
+	command -v qemu-x86_64 >/dev/null || { apt-get update -q && apt-get install -y -q qemu-user; }
+	$(BIN)/python -m pytest -p no:cacheprovider tests/test_cpu.py
+	PYTHON=$(BIN)/python bash tests/frozen/qemu-check.sh $(ARCHIVE)
+
+# The container image (podman, from the archive; docs/container.md), and its
+# test over HTTP with Moodle's client simulator (../shared/tools/rest.py).
+image: $(ARCHIVE)
+	bash packaging/build-image.sh $(ARCHIVE)
+
+image-test: $(STAMP) image
+	PYTHON=$(BIN)/python bash tests/frozen/image-test.sh localhost/mlbackend:$(VERSION)
 
 # Hostile input at length: the property-based tests with thousands of fresh
 # examples (make test runs a few, the same every time). Failing examples are

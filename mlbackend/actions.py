@@ -11,8 +11,16 @@ import logging
 import math
 from typing import Any
 
-from mlbackend import dataset, store
+from mlbackend import cpu
 from mlbackend.contract import BackendError, NotTrainedError, answer
+
+# Every action needs NumPy, which dies with SIGILL on a CPU below x86-64-v2:
+# ask before importing it, so that the caller (the command line, the server)
+# answers with the contract's JSON instead. Importing this module is the
+# first thing both do before they touch NumPy.
+cpu.require_numpy()
+
+from mlbackend import dataset, store  # noqa: E402 - NumPy, after the CPU check
 from mlbackend.inference import Model
 
 log = logging.getLogger(__name__)
@@ -25,6 +33,7 @@ MAX_ITERATIONS = 100
 
 def train(model_dir: str, dataset_path: str, progress: bool = False) -> dict[str, Any]:
     """Train the model in `model_dir`, continuing from it when it exists."""
+    cpu.require_tensorflow()
     from mlbackend import training  # TensorFlow
 
     ds = dataset.read_training(dataset_path, tensorflow=True)
@@ -57,6 +66,7 @@ def predict(model_dir: str, dataset_path: str) -> dict[str, Any]:
 def evaluate(model_dir: str, dataset_path: str, min_score: float, max_deviation: float,
              iterations: int, trained_model_dir: str | None = None,
              progress: bool = False) -> dict[str, Any]:
+    cpu.require_tensorflow()
     from mlbackend import evaluation
 
     if not 1 <= iterations <= MAX_ITERATIONS:

@@ -1,46 +1,70 @@
 #!/usr/bin/env bash
-# `make dist`: freeze the program with PyInstaller (mlbackend.spec) and make
-# the release archive dist/mlbackend-VERSION-linux-x86_64.tar.gz and its
-# .sha256. Runs with the virtual environment's Python (PYTHON), which holds
-# the pinned requirements and PyInstaller.
+# `make dist`: freeze the program with PyInstaller (mlbackend.spec) inside the
+# bullseye build root (packaging/build-root.sh: CPython 3.11 built there, the
+# pinned requirements) and make the release archive
+# dist/mlbackend-VERSION-linux-ARCH.tar.gz and its .sha256. Needs root (chroot).
 #
-# The archive unpacks into mlbackend-VERSION-linux-x86_64/:
+# The archive unpacks into mlbackend-VERSION-linux-ARCH/:
 #   mlbackend, _internal/   the frozen program (a one-directory bundle)
-#   BUILD-INFO              version, commit, Python/TensorFlow, glibc floor
+#   BUILD-INFO              version, commit, Python/TensorFlow, glibc floor,
+#                           GLIBCXX and CXXABI of the host's libstdc++
 #   mlbackend.1             the man page, made from the argparse parser
-#   README, LICENSE
+#   README, LICENSE, docs/
 #   packaging/              install.sh, uninstall.sh, mlbackend.service, server.env
+#
+# The build fails when any ELF file of the bundle needs a glibc newer than
+# GLIBC_FLOOR, the oldest the release promises (RHEL 8).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PYTHON=${PYTHON:-.venv/bin/python}
+ARCH=${ARCH:-$(uname -m)}
+GLIBC_FLOOR=2.28
+export ARCH
 
 start=$(date +%s)
-version=$("$PYTHON" -c 'import mlbackend; print(mlbackend.__version__)')
-name="mlbackend-$version-linux-$(uname -m)"
-stage="build/stage/$name"
+version=$(sed -n 's/^__version__ = "\(.*\)"/\1/p' mlbackend/__init__.py)
+name="mlbackend-$version-linux-$ARCH"
 archive="dist/$name.tar.gz"
+commit=$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
+if [ "$commit" != unknown ] && [ -n "$(git status --porcelain --untracked-files=no)" ]; then
+    commit=$commit-dirty
+fi
 
-# PyInstaller keeps its analysis and the stripped libraries in build/pyinstaller
+# One build at a time in the shared build root (CI and a developer on the
+# same machine).
+mkdir -p "${MLBACKEND_CACHE:-/var/cache/mlbackend}"
+exec 9>"${MLBACKEND_CACHE:-/var/cache/mlbackend}/build-dist.lock"
+flock 9
+root=$(bash packaging/build-root.sh)
+# The sources the bundle is made from, copied into the root. PyInstaller keeps
+# its analysis and the stripped libraries in /srv/mlbackend/pyinstaller there
 # and rebuilds what changed; the bundle itself is made anew.
-rm -rf build/stage
-"$PYTHON" -m PyInstaller --noconfirm --log-level WARN \
-    --workpath build/pyinstaller --distpath build/stage mlbackend.spec
-mv build/stage/mlbackend "$stage"
-
-"$PYTHON" -c 'from argparse_manpage.cli import main; main()' --module mlbackend.cli --function build_parser \
-    --project-name mlbackend --prog mlbackend --version "$version" \
-    --description "machine-learning backend for Moodle Learning Analytics" \
-    --manual-title "mlbackend manual" --include packaging/mlbackend.1.include \
-    --output "$stage/mlbackend.1"
+work=/srv/mlbackend
+rm -rf "$root$work/src" "$root$work/stage"
+mkdir -p "$root$work/src"
+cp -r mlbackend packaging mlbackend.spec "$root$work/src/"
+find "$root$work/src" -name __pycache__ -prune -exec rm -rf {} +
+bash packaging/build-root.sh bash -euc "
+    cd $work/src
+    /opt/venv/bin/python -m PyInstaller --noconfirm --log-level WARN \
+        --workpath $work/pyinstaller --distpath $work/stage mlbackend.spec
+    mv $work/stage/mlbackend $work/stage/$name
+    /opt/venv/bin/python -c 'from argparse_manpage.cli import main; main()' \
+        --module mlbackend.cli --function build_parser \
+        --project-name mlbackend --prog mlbackend --version '$version' \
+        --description 'machine-learning backend for Moodle Learning Analytics' \
+        --manual-title 'mlbackend manual' --include packaging/mlbackend.1.include \
+        --output $work/stage/$name/mlbackend.1
+    /opt/venv/bin/python packaging/buildinfo.py --max-glibc $GLIBC_FLOOR --commit '$commit' \
+        $work/stage/$name '$version'"
+stage=$root$work/stage/$name
 cp README.md "$stage/README"
 cp -r docs "$stage/docs"
 cp LICENSE "$stage/LICENSE"
 mkdir "$stage/packaging"
 cp packaging/install.sh packaging/uninstall.sh packaging/mlbackend.service \
     packaging/server.env "$stage/packaging/"
-"$PYTHON" packaging/buildinfo.py "$stage" "$version"
 
-# The bundle must at least start; `make dist-test` checks the rest.
+# The bundle must at least start here; `make dist-test` checks the rest.
 answer=$(env -i PATH=/usr/bin:/bin "$stage/mlbackend" version)
 [ "$answer" = "$version" ] || { echo "frozen mlbackend answered '$answer', not $version" >&2; exit 1; }
 
@@ -50,7 +74,7 @@ mtime=$(git log -1 --format=%ct 2>/dev/null || date +%s)
 mkdir -p dist
 rm -f "$archive" "$archive.sha256"
 tar --create --sort=name --owner=0 --group=0 --numeric-owner --mtime="@$mtime" \
-    -C build/stage "$name" | gzip -n > "$archive.tmp"
+    -C "$root$work/stage" "$name" | gzip -n > "$archive.tmp"
 mv "$archive.tmp" "$archive"
 (cd dist && sha256sum "$name.tar.gz" > "$name.tar.gz.sha256")
 

@@ -164,3 +164,11 @@ def test_the_server_refuses_to_start_with_an_empty_password(tmp_path):
                                         "MOODLE_MLBACKEND_PYTHON_DIR": str(tmp_path)}))
     assert p.returncode == 1
     assert "nopw" in p.stdout and "is empty" in p.stdout
+
+
+def test_the_well_known_test_password_is_found_in_every_entry_format():
+    value = ",".join(["default:sshhhh", sha256_entry("ci", "sshhhh"),
+                      auth.make_entry("docker", "sshhhh", iterations=FAST),
+                      "moodle:s3cret", sha256_entry("bob", "sshhhh!")])
+    users = auth.Users(auth.parse_users(value))
+    assert users.with_well_known_password() == ["default", "ci", "docker"]

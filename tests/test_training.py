@@ -6,13 +6,12 @@ from __future__ import annotations
 import json
 import os
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
+from oracle import keras_predict_proba
 
 from mlbackend import dataset, store, synthetic, training
-from oracle import keras_predict_proba
 from mlbackend.contract import BackendError
 from mlbackend.inference import Model
 

@@ -50,6 +50,9 @@ PBKDF2_ITERATIONS = 600_000
 PBKDF2_MIN_ITERATIONS = 10_000
 #: Remembered successful checks of slow entries (credentials, not users).
 VERIFIED_CACHE_SIZE = 1024
+#: The password of Moodle's CI and moodle-docker (and of the old backend's
+#: container image): public, so a server that accepts it is open to anyone.
+WELL_KNOWN_PASSWORD = "sshhhh"
 
 HOW_TO_CREATE = (
     f"Set {USERS_ENV} to comma-separated user:password entries, for example "
@@ -202,6 +205,12 @@ class Users:
                 self._verified.move_to_end(token)
                 return True
         return False
+
+    def with_well_known_password(self) -> list[str]:
+        """The users whose password is WELL_KNOWN_PASSWORD (hashed entries too)."""
+        return [user for user, credential in self._users.items()
+                if hmac.compare_digest(credential.digest(WELL_KNOWN_PASSWORD),
+                                       credential.expected())]
 
     def check(self, user: str | None, password: str | None) -> bool:
         """True when this user exists and the password is theirs."""

@@ -19,9 +19,9 @@ from typing import Any, Callable, Iterable
 from mlbackend import reported_version
 from mlbackend.contract import BackendError
 from mlbackend.server import gate
-from mlbackend.server.gate import access_log, log_safe
 from mlbackend.server.app import USER_KEY, MoodleApp, WSGIApp, clean_request_dirs
-from mlbackend.server.auth import Users
+from mlbackend.server.auth import USERS_ENV, Users
+from mlbackend.server.gate import access_log, log_safe
 from mlbackend.server.config import ServerConfig
 from mlbackend.server.local import LocalStorage
 from mlbackend.server.storage import Storage
@@ -83,6 +83,11 @@ def build_app(config: ServerConfig, storage: Storage | None = None,
     storage.check()
     log.info("%d user(s); models in %s; at most %d training(s) at once", len(users),
              storage.describe(), config.max_trainings)
+    for user in users.with_well_known_password():
+        log.warning("%s\nUser %r has the well-known test password of Moodle's CI and "
+                    "moodle-docker: anyone who can reach this server can use it. Fine for a "
+                    "test site; on any other, set %s (mlbackend passwd).\n%s",
+                    "!" * 78, user, USERS_ENV, "!" * 78)
     return AccessLog(MoodleApp(config, storage, users))
 
 

@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# Part of `make cpu-test`: the frozen program on CPUs it cannot fully use,
+# emulated by qemu-user: `Nehalem` (x86-64-v2 without AVX: no TensorFlow) and
+# `kvm64` (below x86-64-v2: no NumPy). Every call must answer, never die:
+# training and evaluation say the CPU lacks AVX on Nehalem, and everything
+# but `version` says it lacks x86-64-v2 on kvm64, while prediction, export
+# and import keep working on Nehalem. tests/test_cpu.py does the same for the
+# unfrozen program.
+#
+#   tests/frozen/qemu-check.sh dist/mlbackend-VERSION-linux-x86_64.tar.gz
+#
+# PyInstaller's launcher sets LD_LIBRARY_PATH and re-executes itself, which
+# qemu-user does not follow (the new process would run on the real CPU). So
+# the emulated process is started as that second process: the variables the
+# launcher would set are passed with qemu's -E. The check proves the emulated
+# CPU is the one asked: this machine has AVX (checked first), so an answer
+# that says the CPU lacks AVX can only come from the emulated one.
+# TensorFlow never runs under emulation: the model is trained natively.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+archive=$1
+PYTHON=${PYTHON:-.venv/bin/python}
+name=$(basename "$archive" .tar.gz)
+QEMU=${QEMU:-qemu-x86_64}
+command -v "$QEMU" >/dev/null || { echo "qemu-check.sh: $QEMU missing (Debian: qemu-user)" >&2; exit 1; }
+"$PYTHON" -c 'from mlbackend import cpu; import sys; sys.exit(bool(cpu.missing_features(cpu.X86_64_V2 + cpu.TENSORFLOW)))' \
+    || { echo "qemu-check.sh: this machine lacks AVX or x86-64-v2, so the check would prove nothing" >&2; exit 1; }
+
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+tar -xzf "$archive" -C "$tmp"
+"$PYTHON" tests/frozen/make_data.py "$tmp/data" >/dev/null
+mkdir "$tmp/home"
+R=$tmp/$name
+B=$R/mlbackend
+D=$tmp/data
+M=$tmp/model
+VERSION=$(sed -n 's/^version: //p' "$R/BUILD-INFO")
+
+passed=0
+failed=0
+rc=0
+last=
+# native ARG... / on CPU ARG...: the program's status in $rc, its last stdout line in $last.
+native() {
+    env -i PATH=/usr/bin:/bin HOME="$tmp/home" timeout 900 "$B" "$@" >"$tmp/out" 2>"$tmp/err" </dev/null
+    rc=$?
+    last=$(grep -v '^[[:space:]]*$' "$tmp/out" | tail -n 1)
+}
+on() {
+    local cpu=$1
+    shift
+    env -i PATH=/usr/bin:/bin HOME="$tmp/home" timeout 900 "$QEMU" -cpu "$cpu" \
+        -E _PYI_ARCHIVE_FILE="$B" -E _PYI_PARENT_PROCESS_LEVEL=-1 \
+        -E _PYI_LINUX_PROCESS_NAME=mlbackend -E LD_LIBRARY_PATH="$R/_internal" \
+        "$B" "$@" >"$tmp/out" 2>"$tmp/err" </dev/null
+    rc=$?
+    last=$(grep -v '^[[:space:]]*$' "$tmp/out" | tail -n 1)
+}
+check() {
+    if eval "$2"; then
+        passed=$((passed + 1))
+        echo "ok - $1"
+    else
+        failed=$((failed + 1))
+        echo "FAILED - $1"
+        echo "    condition: $2"
+        echo "    exit status: $rc"
+        echo "    last stdout line: ${last:0:400}"
+        grep -v "TCG doesn't support" "$tmp/err" | sed 's/^/    stderr: /' | head -n 20
+    fi
+    return 0
+}
+lacks() { [ "$rc" = 1 ] && [[ $last == "{\"status\": 1, \"info\": [\"This computer's CPU lacks $1"* ]]; }
+set +e
+
+native -m moodlemlbackend.training u1 "$M" "$D/training.csv"
+check "natively: training" '[ $rc = 0 ]'
+native -m moodlemlbackend.prediction u1 "$M" "$D/prediction.csv"
+prediction=$last
+check "natively: prediction" '[ $rc = 0 ] && [[ $last == "{\"status\": 0,"* ]]'
+
+# The same predictions: classes equal, probabilities within 1e-5 (SSE kernels
+# round differently from AVX ones in the last digit).
+same_predictions() {
+    "$PYTHON" -c 'import json, sys
+a, b = (json.loads(x)["predictions"] for x in sys.argv[1:3])
+ok = [r[:2] for r in a] == [r[:2] for r in b] and all(
+    abs(float(x[2]) - float(y[2])) < 1e-5 for x, y in zip(a, b))
+sys.exit(0 if ok else 1)' "$1" "$2"
+}
+
+echo "# Nehalem: x86-64-v2, no AVX"
+on Nehalem -m moodlemlbackend.training u1 "$M" "$D/training.csv"
+check "training answers that the CPU lacks AVX, which TensorFlow needs, and what to do" \
+    'lacks "AVX, which TensorFlow needs" && [[ $last == *"'"'host'"'"*"server mode"* ]]'
+on Nehalem -m moodlemlbackend.evaluation u1 "$tmp/eval" "$D/training.csv" 0.7 0.05 1
+check "evaluation answers the same" 'lacks "AVX, which TensorFlow needs"'
+on Nehalem -m moodlemlbackend.prediction u1 "$M" "$D/prediction.csv"
+check "prediction works, the same answer as natively" '[ $rc = 0 ] && same_predictions "$last" "$prediction"'
+on Nehalem -m moodlemlbackend.export u1 "$M" "$tmp/exported"
+check "export works" '[ $rc = 0 ] && [ "$last" = "$tmp/exported" ]'
+on Nehalem -m moodlemlbackend.import u2 "$tmp/imported" "$tmp/exported"
+check "import works" '[ $rc = 0 ] && [ "$last" = Ok ]'
+on Nehalem -m moodlemlbackend.version
+check "version works" '[ $rc = 0 ] && [ "$last" = "$VERSION" ]'
+
+echo "# kvm64: below x86-64-v2"
+for call in "prediction u1 $M $D/prediction.csv" "training u1 $M $D/training.csv" \
+        "export u1 $M $tmp/exported2" "import u3 $tmp/imported3 $tmp/exported"; do
+    # shellcheck disable=SC2086 # the words of $call are the arguments
+    on kvm64 -m moodlemlbackend.$call
+    check "${call%% *} answers that the CPU lacks SSE4.2 and POPCNT, which NumPy needs" \
+        'lacks "SSSE3, SSE4.1, SSE4.2, POPCNT and LAHF-SAHF (x86-64-v2), which NumPy needs"'
+done
+on kvm64 serve --host 127.0.0.1 --port 0
+check "the server refuses to start, saying so" 'lacks "SSSE3"'
+on kvm64 -m moodlemlbackend.version
+check "version works" '[ $rc = 0 ] && [ "$last" = "$VERSION" ]'
+
+echo "qemu: $passed passed, $failed failed"
+[ "$failed" = 0 ]
