@@ -14,6 +14,7 @@ Where executable memory is refused (a hardened kernel), /proc/cpuinfo's flags
 are used, which the kernel derives from the same CPUID. On other machines than
 x86-64 nothing is checked.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -34,13 +35,23 @@ X86_64_V2 = ("sse3", "ssse3", "sse4_1", "sse4_2", "popcnt", "cx16", "lahf_lm")
 TENSORFLOW = ("avx",)
 
 #: How the features are named for people (and /proc/cpuinfo's names for them).
-NAMES = {"sse3": "SSE3", "ssse3": "SSSE3", "sse4_1": "SSE4.1", "sse4_2": "SSE4.2",
-         "popcnt": "POPCNT", "cx16": "CMPXCHG16B", "lahf_lm": "LAHF-SAHF", "avx": "AVX"}
+NAMES = {
+    "sse3": "SSE3",
+    "ssse3": "SSSE3",
+    "sse4_1": "SSE4.1",
+    "sse4_2": "SSE4.2",
+    "popcnt": "POPCNT",
+    "cx16": "CMPXCHG16B",
+    "lahf_lm": "LAHF-SAHF",
+    "avx": "AVX",
+}
 _CPUINFO_NAMES = {"sse3": "pni"}
 
-ADVICE = ("If this is a virtual machine, give it the CPU type 'host' (or 'x86-64-v2-AES' "
-          "with the AVX flag), or run mlbackend in server mode on another machine and "
-          "point Moodle to it.")
+ADVICE = (
+    "If this is a virtual machine, give it the CPU type 'host' (or 'x86-64-v2-AES' "
+    "with the AVX flag), or run mlbackend in server mode on another machine and "
+    "point Moodle to it."
+)
 
 
 def require_numpy() -> None:
@@ -49,7 +60,8 @@ def require_numpy() -> None:
     if missing:
         raise BackendError(
             f"This computer's CPU lacks {_names(missing)} (x86-64-v2), which NumPy needs: "
-            f"mlbackend can only answer 'version' here. {ADVICE}")
+            f"mlbackend can only answer 'version' here. {ADVICE}"
+        )
 
 
 def require_tensorflow() -> None:
@@ -59,7 +71,8 @@ def require_tensorflow() -> None:
     if missing:
         raise BackendError(
             f"This computer's CPU lacks {_names(missing)}, which TensorFlow needs to train "
-            f"and evaluate models; prediction, export and import still work here. {ADVICE}")
+            f"and evaluate models; prediction, export and import still work here. {ADVICE}"
+        )
 
 
 def missing_features(needed: tuple[str, ...]) -> list[str]:
@@ -91,9 +104,15 @@ def features_from_cpuid(cpuid: CpuidFn, xgetbv: XgetbvFn) -> frozenset[str]:
     max_leaf = cpuid(0, 0)[0]
     ecx1 = cpuid(1, 0)[2] if max_leaf >= 1 else 0
     ext_ecx = cpuid(0x80000001, 0)[2] if cpuid(0x80000000, 0)[0] >= 0x80000001 else 0
-    bits = {"sse3": ecx1 >> 0, "ssse3": ecx1 >> 9, "cx16": ecx1 >> 13,
-            "sse4_1": ecx1 >> 19, "sse4_2": ecx1 >> 20, "popcnt": ecx1 >> 23,
-            "lahf_lm": ext_ecx >> 0}
+    bits = {
+        "sse3": ecx1 >> 0,
+        "ssse3": ecx1 >> 9,
+        "cx16": ecx1 >> 13,
+        "sse4_1": ecx1 >> 19,
+        "sse4_2": ecx1 >> 20,
+        "popcnt": ecx1 >> 23,
+        "lahf_lm": ext_ecx >> 0,
+    }
     found = {name for name, value in bits.items() if value & 1}
     osxsave, avx = (ecx1 >> 27) & 1, (ecx1 >> 28) & 1
     if avx and osxsave and xgetbv(0) & 0b110 == 0b110:  # the kernel saves XMM and YMM
@@ -107,8 +126,9 @@ def features_from_cpuinfo(text: str) -> frozenset[str]:
         key, _, value = line.partition(":")
         if key.strip() == "flags":
             flags = set(value.split())
-            return frozenset(f for f in (*X86_64_V2, *TENSORFLOW)
-                             if _CPUINFO_NAMES.get(f, f) in flags)
+            return frozenset(
+                f for f in (*X86_64_V2, *TENSORFLOW) if _CPUINFO_NAMES.get(f, f) in flags
+            )
     return frozenset()
 
 
@@ -119,27 +139,55 @@ def _names(features: list[str]) -> str:
 
 # x86-64 System V machine code. cpuid(leaf, subleaf, out): out[0..3] = eax, ebx,
 # ecx, edx; rbx is callee-saved, hence the push and pop.
-_CPUID_CODE = bytes([
-    0x53,                    # push rbx
-    0x89, 0xF8,              # mov eax, edi
-    0x89, 0xF1,              # mov ecx, esi
-    0x49, 0x89, 0xD0,        # mov r8, rdx
-    0x0F, 0xA2,              # cpuid
-    0x41, 0x89, 0x00,        # mov [r8], eax
-    0x41, 0x89, 0x58, 0x04,  # mov [r8+4], ebx
-    0x41, 0x89, 0x48, 0x08,  # mov [r8+8], ecx
-    0x41, 0x89, 0x50, 0x0C,  # mov [r8+12], edx
-    0x5B,                    # pop rbx
-    0xC3,                    # ret
-])
+_CPUID_CODE = bytes(
+    [
+        0x53,  # push rbx
+        0x89,
+        0xF8,  # mov eax, edi
+        0x89,
+        0xF1,  # mov ecx, esi
+        0x49,
+        0x89,
+        0xD0,  # mov r8, rdx
+        0x0F,
+        0xA2,  # cpuid
+        0x41,
+        0x89,
+        0x00,  # mov [r8], eax
+        0x41,
+        0x89,
+        0x58,
+        0x04,  # mov [r8+4], ebx
+        0x41,
+        0x89,
+        0x48,
+        0x08,  # mov [r8+8], ecx
+        0x41,
+        0x89,
+        0x50,
+        0x0C,  # mov [r8+12], edx
+        0x5B,  # pop rbx
+        0xC3,  # ret
+    ]
+)
 # xgetbv(index): edx:eax of XGETBV as one 64-bit value.
-_XGETBV_CODE = bytes([
-    0x89, 0xF9,              # mov ecx, edi
-    0x0F, 0x01, 0xD0,        # xgetbv
-    0x48, 0xC1, 0xE2, 0x20,  # shl rdx, 32
-    0x48, 0x09, 0xD0,        # or rax, rdx
-    0xC3,                    # ret
-])
+_XGETBV_CODE = bytes(
+    [
+        0x89,
+        0xF9,  # mov ecx, edi
+        0x0F,
+        0x01,
+        0xD0,  # xgetbv
+        0x48,
+        0xC1,
+        0xE2,
+        0x20,  # shl rdx, 32
+        0x48,
+        0x09,
+        0xD0,  # or rax, rdx
+        0xC3,  # ret
+    ]
+)
 
 
 @functools.lru_cache(maxsize=1)
@@ -150,8 +198,9 @@ def _machine_code() -> tuple[mmap.mmap, Any, Any]:
     page.seek(64)
     page.write(_XGETBV_CODE)
     base = ctypes.addressof(ctypes.c_char.from_buffer(page))
-    cpuid = ctypes.CFUNCTYPE(None, ctypes.c_uint32, ctypes.c_uint32,
-                             ctypes.POINTER(ctypes.c_uint32))(base)
+    cpuid = ctypes.CFUNCTYPE(
+        None, ctypes.c_uint32, ctypes.c_uint32, ctypes.POINTER(ctypes.c_uint32)
+    )(base)
     xgetbv = ctypes.CFUNCTYPE(ctypes.c_uint64, ctypes.c_uint32)(base + 64)
     return page, cpuid, xgetbv  # the page must live as long as the functions
 

@@ -12,6 +12,7 @@ glibc than that is listed and the script fails: the release promises that
 floor. Prints the glibc line. install.sh reads `version` and `glibc` from the
 file.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -26,8 +27,9 @@ NEEDED = re.compile(r"Name: (GLIBC|GLIBCXX|CXXABI)_([0-9.]+)")
 
 def needed_versions(path: str) -> list[tuple[str, tuple[int, ...]]]:
     """(family, version) of every symbol version the ELF file at `path` needs."""
-    out = subprocess.run(["readelf", "-V", "-W", path], capture_output=True, text=True,
-                         check=True).stdout
+    out = subprocess.run(
+        ["readelf", "-V", "-W", path], capture_output=True, text=True, check=True
+    ).stdout
     found, in_needs = [], False
     for line in out.splitlines():
         if line.startswith("Version needs section"):
@@ -59,8 +61,9 @@ def elf_needs(bundle: str) -> dict[str, list[tuple[str, tuple[int, ...]]]]:
     return out
 
 
-def floors(needs: dict[str, list[tuple[str, tuple[int, ...]]]]
-           ) -> dict[str, tuple[tuple[int, ...], str]]:
+def floors(
+    needs: dict[str, list[tuple[str, tuple[int, ...]]]],
+) -> dict[str, tuple[tuple[int, ...], str]]:
     """Highest needed version per family, and the first file that needs it."""
     best: dict[str, tuple[tuple[int, ...], str]] = {}
     for path, versions in needs.items():
@@ -70,8 +73,9 @@ def floors(needs: dict[str, list[tuple[str, tuple[int, ...]]]]
     return best
 
 
-def too_new(needs: dict[str, list[tuple[str, tuple[int, ...]]]],
-            limit: tuple[int, ...]) -> list[str]:
+def too_new(
+    needs: dict[str, list[tuple[str, tuple[int, ...]]]], limit: tuple[int, ...]
+) -> list[str]:
     """'FILE needs GLIBC_x.y' for every file that needs a glibc newer than `limit`."""
     out = []
     for path, versions in needs.items():
@@ -83,9 +87,16 @@ def too_new(needs: dict[str, list[tuple[str, tuple[int, ...]]]],
 
 def git_commit() -> str:
     """The commit the bundle was built from ("-dirty" with uncommitted changes)."""
+
     def git(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["git", *args], capture_output=True, text=True,
-                              cwd=os.path.dirname(os.path.abspath(__file__)), check=False)
+        return subprocess.run(
+            ["git", *args],
+            capture_output=True,
+            text=True,
+            cwd=os.path.dirname(os.path.abspath(__file__)),
+            check=False,
+        )
+
     try:
         head = git("rev-parse", "--short=12", "HEAD")
         dirty = git("status", "--porcelain", "--untracked-files=no").stdout.strip()
@@ -124,8 +135,10 @@ def main() -> int:
     if args.max_glibc:
         over = too_new(needs, tuple(int(p) for p in args.max_glibc.split(".")))
         if over:
-            sys.exit(f"buildinfo: the release promises glibc {args.max_glibc}, but\n  "
-                     + "\n  ".join(over))
+            sys.exit(
+                f"buildinfo: the release promises glibc {args.max_glibc}, but\n  "
+                + "\n  ".join(over)
+            )
 
     def show(family: str) -> str:
         v, path = found[family]
@@ -142,10 +155,12 @@ def main() -> int:
         f"glibc: {show('GLIBC')}",
     ]
     if "GLIBCXX" in found:
-        bundled = any(n.startswith("libstdc++.so") for _, _, names in os.walk(bundle)
-                      for n in names)
-        lines.append(f"libstdc++: GLIBCXX_{show('GLIBCXX')}"
-                     + ("" if bundled else ", from the host"))
+        bundled = any(
+            n.startswith("libstdc++.so") for _, _, names in os.walk(bundle) for n in names
+        )
+        lines.append(
+            f"libstdc++: GLIBCXX_{show('GLIBCXX')}" + ("" if bundled else ", from the host")
+        )
     if "CXXABI" in found:
         lines.append(f"cxxabi: CXXABI_{show('CXXABI')}")
     with open(os.path.join(bundle, "BUILD-INFO"), "w") as f:

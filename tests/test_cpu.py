@@ -6,6 +6,7 @@ AVX, so an answer that says the CPU lacks it proves that the emulated CPU was
 the one asked. TensorFlow never runs under emulation: the model is trained
 natively. tests/frozen/qemu-check.sh does the same with the frozen program.
 """
+
 from __future__ import annotations
 
 import json
@@ -33,8 +34,12 @@ def test_avx_counts_only_when_the_kernel_saves_its_registers() -> None:
     ecx = sum(1 << b for b in (0, 9, 13, 19, 20, 23, 27, 28))  # v2, OSXSAVE, AVX
 
     def cpuid(leaf: int, subleaf: int) -> tuple[int, int, int, int]:
-        return {0: (13, 0, 0, 0), 1: (0, 0, ecx, 0), 0x80000000: (0x80000008, 0, 0, 0),
-                0x80000001: (0, 0, 1, 0)}[leaf]
+        return {
+            0: (13, 0, 0, 0),
+            1: (0, 0, ecx, 0),
+            0x80000000: (0x80000008, 0, 0, 0),
+            0x80000001: (0, 0, 1, 0),
+        }[leaf]
 
     assert cpu.features_from_cpuid(cpuid, lambda _: 0b111) == {*cpu.X86_64_V2, "avx"}
     assert cpu.features_from_cpuid(cpuid, lambda _: 0b011) == set(cpu.X86_64_V2)
@@ -51,10 +56,27 @@ needs_qemu = pytest.mark.skipif(QEMU is None, reason="qemu-x86_64 absent (Debian
 
 def emulated(cpu_model: str, module: str, *args: Any) -> Result:
     """Moodle's call, run by qemu-user on the emulated CPU `cpu_model`."""
-    cmd = [QEMU, "-cpu", cpu_model, sys.executable, "-m", "mlbackend", "-m",
-           f"moodlemlbackend.{module}", *[str(a) for a in args]]
-    p = subprocess.run(cmd, capture_output=True, text=True, env=backend_env(), timeout=600,
-                       stdin=subprocess.DEVNULL, cwd=ROOT, check=False)
+    cmd = [
+        QEMU,
+        "-cpu",
+        cpu_model,
+        sys.executable,
+        "-m",
+        "mlbackend",
+        "-m",
+        f"moodlemlbackend.{module}",
+        *[str(a) for a in args],
+    ]
+    p = subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        env=backend_env(),
+        timeout=600,
+        stdin=subprocess.DEVNULL,
+        cwd=ROOT,
+        check=False,
+    )
     return Result(p.returncode, p.stdout, p.stderr)
 
 
@@ -70,10 +92,13 @@ def trained(tmp_path_factory: pytest.TempPathFactory, binary_data: dict[str, Any
 
 
 @needs_qemu
-def test_without_avx_training_and_evaluation_answer_why(trained: Path,
-                                                         binary_data: dict[str, Any]) -> None:
-    for module, args in [("training", ["m", trained, binary_data["train"]]),
-                         ("evaluation", ["e", trained, binary_data["train"], 0.6, 0.02, 1])]:
+def test_without_avx_training_and_evaluation_answer_why(
+    trained: Path, binary_data: dict[str, Any]
+) -> None:
+    for module, args in [
+        ("training", ["m", trained, binary_data["train"]]),
+        ("evaluation", ["e", trained, binary_data["train"], 0.6, 0.02, 1]),
+    ]:
         r = emulated("Nehalem", module, *args)
         assert r.rc == 1, r.stderr
         info = r.json["info"][0]
@@ -91,7 +116,8 @@ def same_predictions(got: dict[str, Any], want: dict[str, Any]) -> None:
 
 @needs_qemu
 def test_without_avx_prediction_export_import_and_version_work(
-        trained: Path, binary_data: dict[str, Any], tmp_path: Path) -> None:
+    trained: Path, binary_data: dict[str, Any], tmp_path: Path
+) -> None:
     native = moodle("prediction", "m", trained, binary_data["predict"])
     r = emulated("Nehalem", "prediction", "m", trained, binary_data["predict"])
     assert r.rc == 0, r.stderr
@@ -110,11 +136,14 @@ def test_without_avx_prediction_export_import_and_version_work(
 
 @needs_qemu
 def test_below_x86_64_v2_every_numpy_command_answers_why(
-        trained: Path, binary_data: dict[str, Any], tmp_path: Path) -> None:
-    calls = [("prediction", ["m", trained, binary_data["predict"]]),
-             ("training", ["m", trained, binary_data["train"]]),
-             ("export", ["m", trained, tmp_path]),
-             ("import", ["copy", trained, tmp_path])]
+    trained: Path, binary_data: dict[str, Any], tmp_path: Path
+) -> None:
+    calls = [
+        ("prediction", ["m", trained, binary_data["predict"]]),
+        ("training", ["m", trained, binary_data["train"]]),
+        ("export", ["m", trained, tmp_path]),
+        ("import", ["copy", trained, tmp_path]),
+    ]
     for module, args in calls:
         r = emulated("kvm64", module, *args)
         assert r.rc == 1, (module, r.stderr)

@@ -22,6 +22,7 @@ comes too late: anyone who can reach the port could make the server write
   proxy, through which every client comes), so a few slow or idle
   connections cannot take every connection of the server.
 """
+
 from __future__ import annotations
 
 import collections
@@ -57,16 +58,24 @@ def log_safe(value: str | None, limit: int = 512) -> str:
     backslashes escaped as \\xNN, and the whole cut at `limit` characters."""
     if not value:
         return "-"
-    text = _UNSAFE.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 256
-                       else f"\\u{ord(m.group()):04x}", value[:limit])
+    text = _UNSAFE.sub(
+        lambda m: (
+            f"\\x{ord(m.group()):02x}" if ord(m.group()) < 256 else f"\\u{ord(m.group()):04x}"
+        ),
+        value[:limit],
+    )
     return text + ("..." if len(value) > limit else "")
 
 
 def log_refusal(channel: "GatedChannel", parser: "GatedParser") -> None:
     """The access-log line of a request refused here (the application,
     which writes the others, never sees it)."""
-    access_log.info('%s - "%s %s" 401 0 -', log_safe(channel.client),
-                    log_safe(parser.command), log_safe(parser.path))
+    access_log.info(
+        '%s - "%s %s" 401 0 -',
+        log_safe(channel.client),
+        log_safe(parser.command),
+        log_safe(parser.path),
+    )
 
 
 class Unauthorized(Error):
@@ -75,9 +84,14 @@ class Unauthorized(Error):
 
     def to_response(self, ident: str | None = None) -> tuple[str, list[tuple[str, str]], bytes]:
         body = b"Incorrect user and/or password.\n"
-        return (f"{self.code} {self.reason}",
-                [("Content-Type", "text/plain; charset=utf-8"),
-                 ("WWW-Authenticate", 'Basic realm="mlbackend"')], body)
+        return (
+            f"{self.code} {self.reason}",
+            [
+                ("Content-Type", "text/plain; charset=utf-8"),
+                ("WWW-Authenticate", 'Basic realm="mlbackend"'),
+            ],
+            body,
+        )
 
 
 class Verifier:
@@ -189,10 +203,15 @@ class GatedChannel(HTTPChannel):
         self.parser_class = lambda adj: GatedParser(adj, self)  # type: ignore[assignment]
         self.client = str(addr[0]) if isinstance(addr, tuple) and addr else ""
         self.gate.clients[self.client] += 1
-        if (self.gate.clients[self.client] > MAX_CONNECTIONS_PER_CLIENT
-                and self.client != self.gate.trusted_proxy):
-            log.warning("%s has more than %d connections open; closing the newest",
-                        self.client, MAX_CONNECTIONS_PER_CLIENT)
+        if (
+            self.gate.clients[self.client] > MAX_CONNECTIONS_PER_CLIENT
+            and self.client != self.gate.trusted_proxy
+        ):
+            log.warning(
+                "%s has more than %d connections open; closing the newest",
+                self.client,
+                MAX_CONNECTIONS_PER_CLIENT,
+            )
             self.will_close = True
 
     def del_channel(self, map: Any = None) -> None:
@@ -214,8 +233,11 @@ class GatedChannel(HTTPChannel):
 
     def headers_overdue(self, now: float) -> bool:
         request = self.request
-        return (isinstance(request, GatedParser) and not request.headers_finished
-                and now - request.started > HEADER_SECONDS)
+        return (
+            isinstance(request, GatedParser)
+            and not request.headers_finished
+            and now - request.started > HEADER_SECONDS
+        )
 
     def resume(self, parser: GatedParser, ok: bool) -> None:
         """The verifier's answer for `parser`; in the main loop thread."""

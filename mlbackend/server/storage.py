@@ -19,6 +19,7 @@ Identifiers reaching here were already reduced by `store.safe_name`. The
 server picks one in `mlbackend.server.wsgi.open_storage`: this module knows
 neither, so that they can import it.
 """
+
 from __future__ import annotations
 
 import abc
@@ -64,8 +65,9 @@ class Storage(abc.ABC):
         """
 
     @abc.abstractmethod
-    def update(self, uniqueid: str, dirhash: str, change: Callable[[str], T], *,
-               replace: bool = False) -> T:
+    def update(
+        self, uniqueid: str, dirhash: str, change: Callable[[str], T], *, replace: bool = False
+    ) -> T:
         """Run `change(model_dir)` and keep what it leaves there, as one step.
 
         `replace`: the change does not read the stored model (an import),
