@@ -16,6 +16,7 @@ from ../shared/datasets (or --datasets); never copies them into the repository.
     make bench                       # everything, ~10 minutes on 2 cores
     python bench/bench.py --quick    # fewer repetitions, no 1M-row file
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,10 +48,16 @@ OLD = {
     "train site-a": {"wall": 6.8, "rss": 455},
     "train site-b": {"wall": 14.3, "rss": 696},
     "evaluate site-a x10": {"wall": 37.0, "rss": None},
-    "quality site-a": {"auc": "0.902-0.903", "f1_weighted": "0.819-0.827",
-                       "balanced_accuracy": "0.547-0.589"},
-    "quality site-b": {"auc": "0.972-0.973", "f1_weighted": "0.925-0.928",
-                       "balanced_accuracy": "0.868-0.881"},
+    "quality site-a": {
+        "auc": "0.902-0.903",
+        "f1_weighted": "0.819-0.827",
+        "balanced_accuracy": "0.547-0.589",
+    },
+    "quality site-b": {
+        "auc": "0.972-0.973",
+        "f1_weighted": "0.925-0.928",
+        "balanced_accuracy": "0.868-0.881",
+    },
 }
 TARGETS = {  # issue 3
     "predict site-a": "10x faster",
@@ -87,8 +94,9 @@ def run(backend: list[str], module: str, *args: object) -> tuple[float, int, dic
     return wall, usage.ru_maxrss // 1024, answer
 
 
-def repeat(backend: list[str], reps: int, module: str, *args: object,
-           fresh_dir: bool = False) -> dict:
+def repeat(
+    backend: list[str], reps: int, module: str, *args: object, fresh_dir: bool = False
+) -> dict:
     walls, rsss, answer = [], [], None
     for _ in range(reps):
         if fresh_dir:
@@ -98,8 +106,7 @@ def repeat(backend: list[str], reps: int, module: str, *args: object,
         wall, rss, answer = run(backend, module, *args)
         walls.append(wall)
         rsss.append(rss)
-    return {"wall": statistics.median(walls), "rss": max(rsss), "walls": walls,
-            "answer": answer}
+    return {"wall": statistics.median(walls), "rss": max(rsss), "walls": walls, "answer": answer}
 
 
 # --------------------------------------------------------------------------
@@ -111,8 +118,9 @@ def read_moodle_csv(path: Path) -> tuple[list[str], list[str]]:
     return lines[:3], [line for line in lines[3:] if line.strip()]
 
 
-def stratified_split(labels: list[int], frac: float, rng: random.Random
-                     ) -> tuple[list[int], list[int]]:
+def stratified_split(
+    labels: list[int], frac: float, rng: random.Random
+) -> tuple[list[int], list[int]]:
     """The split contract.py (and so the old backend's figures) used."""
     idx_by: dict[int, list[int]] = {}
     for i, y in enumerate(labels):
@@ -129,8 +137,9 @@ def stratified_split(labels: list[int], frac: float, rng: random.Random
     return train, test
 
 
-def write_split(head: list[str], rows: list[str], train: list[int], test: list[int],
-                d: Path) -> tuple[Path, Path, dict[str, int]]:
+def write_split(
+    head: list[str], rows: list[str], train: list[int], test: list[int], d: Path
+) -> tuple[Path, Path, dict[str, int]]:
     train_path, pred_path = d / "train.csv", d / "predict.csv"
     train_path.write_text("\n".join(head) + "\n" + "\n".join(rows[i] for i in train) + "\n")
     answers = {}
@@ -174,13 +183,15 @@ def scores_of(y: np.ndarray, yhat: np.ndarray, p1: np.ndarray) -> dict[str, floa
     ranks[order] = np.repeat(first + (counts - 1) / 2 + 1, counts)
     pos = y == 1
     auc = (ranks[pos].sum() - pos.sum() * (pos.sum() + 1) / 2) / (pos.sum() * (~pos).sum())
-    return {"auc": float(auc), "f1_weighted": float(np.average(f1s, weights=weights)),
-            "balanced_accuracy": float(np.mean(recalls)),
-            "brier": metrics.brier_score(y, proba),
-            "ece": metrics.expected_calibration_error(y, proba),
-            "kept": float(kept.mean()),
-            "positives_kept_found": float(np.sum(kept & (yhat == 1) & (y == 1))
-                                          / max(pos.sum(), 1))}
+    return {
+        "auc": float(auc),
+        "f1_weighted": float(np.average(f1s, weights=weights)),
+        "balanced_accuracy": float(np.mean(recalls)),
+        "brier": metrics.brier_score(y, proba),
+        "ece": metrics.expected_calibration_error(y, proba),
+        "kept": float(kept.mean()),
+        "positives_kept_found": float(np.sum(kept & (yhat == 1) & (y == 1)) / max(pos.sum(), 1)),
+    }
 
 
 def matrix(rows: list[str], which: list[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -235,23 +246,42 @@ def resampled(source: Path, rows: int, features: int, cache: Path) -> Path:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--datasets", type=Path, default=ROOT.parent / "shared" / "datasets",
-                    help="folder with site-a-*.csv and site-b-*.csv")
-    ap.add_argument("--backend", default=str(ROOT / ".venv" / "bin" / "mlbackend"),
-                    help="what Moodle's 'Path to Python' would be (default: .venv/bin/mlbackend)")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--datasets",
+        type=Path,
+        default=ROOT.parent / "shared" / "datasets",
+        help="folder with site-a-*.csv and site-b-*.csv",
+    )
+    ap.add_argument(
+        "--backend",
+        default=str(ROOT / ".venv" / "bin" / "mlbackend"),
+        help="what Moodle's 'Path to Python' would be (default: .venv/bin/mlbackend)",
+    )
     ap.add_argument("--reps", type=int, default=5, help="repetitions of each timed call")
     ap.add_argument("--splits", type=int, default=3, help="quality splits per dataset")
-    ap.add_argument("--scaling", default="10000,100000,1000000",
-                    help="row counts of the scaling series (400 features); empty: skip")
-    ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "mlbackend-bench",
-                    help="where resampled files are kept between runs")
-    ap.add_argument("--quick", action="store_true",
-                    help="2 repetitions, 1 split, scaling up to 100k rows")
+    ap.add_argument(
+        "--scaling",
+        default="10000,100000,1000000",
+        help="row counts of the scaling series (400 features); empty: skip",
+    )
+    ap.add_argument(
+        "--cache",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "mlbackend-bench",
+        help="where resampled files are kept between runs",
+    )
+    ap.add_argument(
+        "--quick", action="store_true", help="2 repetitions, 1 split, scaling up to 100k rows"
+    )
     ap.add_argument("--json", type=Path, help="also write all figures to this file")
-    ap.add_argument("--quality-only", action="store_true",
-                    help="only the quality table (ours, the peer, the old backend)")
+    ap.add_argument(
+        "--quality-only",
+        action="store_true",
+        help="only the quality table (ours, the peer, the old backend)",
+    )
     a = ap.parse_args()
     if a.quick:
         a.reps, a.splits, a.scaling = 2, 1, "10000,100000"
@@ -276,9 +306,14 @@ def main() -> int:
 
 
 def _speed(backend: list[str], a: argparse.Namespace, work: Path, results: dict) -> None:
-    print(f"== Speed: cold calls through the Moodle argv, median of {a.reps} "
-          f"(training {max(2, a.reps - 2)}), peak RSS", flush=True)
-    print(f"{'call':<22}{'wall s':>8}{'RSS MB':>8}{'old s':>8}{'old MB':>8}{'speed-up':>10}  target")
+    print(
+        f"== Speed: cold calls through the Moodle argv, median of {a.reps} "
+        f"(training {max(2, a.reps - 2)}), peak RSS",
+        flush=True,
+    )
+    print(
+        f"{'call':<22}{'wall s':>8}{'RSS MB':>8}{'old s':>8}{'old MB':>8}{'speed-up':>10}  target"
+    )
     rows: dict[str, dict] = {}
     for site in ("a", "b"):
         head, data = read_moodle_csv(a.datasets / f"site-{site}-training.csv")
@@ -288,35 +323,60 @@ def _speed(backend: list[str], a: argparse.Namespace, work: Path, results: dict)
         d.mkdir()
         train_csv, _, _ = write_split(head, data, train, test, d)
         model_dir = d / "model"
-        rows[f"train site-{site}"] = repeat(backend, max(2, a.reps - 2), "training", "bench",
-                                            model_dir, train_csv, fresh_dir=True)
+        rows[f"train site-{site}"] = repeat(
+            backend, max(2, a.reps - 2), "training", "bench", model_dir, train_csv, fresh_dir=True
+        )
         rows[f"train site-{site}"]["rows"] = len(train)
         if site == "a":
-            rows["predict site-a"] = repeat(backend, a.reps, "prediction", "bench", model_dir,
-                                            a.datasets / "site-a-prediction.csv")
+            rows["predict site-a"] = repeat(
+                backend,
+                a.reps,
+                "prediction",
+                "bench",
+                model_dir,
+                a.datasets / "site-a-prediction.csv",
+            )
             ev = work / "eval-a"
             rows["evaluate site-a x10"] = repeat(
-                backend, max(1, a.reps - 3), "evaluation", "bench", ev,
-                a.datasets / "site-a-training.csv", 0.7, 0.05, 10, fresh_dir=True)
+                backend,
+                max(1, a.reps - 3),
+                "evaluation",
+                "bench",
+                ev,
+                a.datasets / "site-a-training.csv",
+                0.7,
+                0.05,
+                10,
+                fresh_dir=True,
+            )
     for name in ("predict site-a", "train site-a", "train site-b", "evaluate site-a x10"):
         r, old = rows[name], OLD[name]
         speedup = old["wall"] / r["wall"]
         old_rss = f"{old['rss']:>8}" if old["rss"] else f"{'':>8}"
-        print(f"{name:<22}{r['wall']:>8.2f}{r['rss']:>8}{old['wall']:>8.1f}{old_rss}"
-              f"{speedup:>9.1f}x  {TARGETS[name]}")
+        print(
+            f"{name:<22}{r['wall']:>8.2f}{r['rss']:>8}{old['wall']:>8.1f}{old_rss}"
+            f"{speedup:>9.1f}x  {TARGETS[name]}"
+        )
         results[name] = {k: v for k, v in r.items() if k != "answer"}
         results[name]["speedup"] = speedup
     ev = rows["evaluate site-a x10"]["answer"]
     if isinstance(ev, dict):
-        print(f"  (evaluation answer: score {ev.get('score', 0):.3f}, AUC {ev.get('auc', 0):.3f}, "
-              f"balanced accuracy {ev.get('balanced accuracy', 0):.3f}, status {ev.get('status')})")
+        print(
+            f"  (evaluation answer: score {ev.get('score', 0):.3f}, AUC {ev.get('auc', 0):.3f}, "
+            f"balanced accuracy {ev.get('balanced accuracy', 0):.3f}, status {ev.get('status')})"
+        )
 
 
 def _quality(backend: list[str], a: argparse.Namespace, work: Path, results: dict) -> None:
-    print(f"\n== Quality: stratified 80/20 splits, seeds 1000..{999 + a.splits}, "
-          "train + predict through the Moodle argv", flush=True)
-    print(f"{'dataset':<8}{'model':<6}{'AUC':>13}{'F1 w':>13}{'bal acc':>13}{'Brier':>8}"
-          f"{'ECE':>7}{'kept':>7}{'TP kept':>9}")
+    print(
+        f"\n== Quality: stratified 80/20 splits, seeds 1000..{999 + a.splits}, "
+        "train + predict through the Moodle argv",
+        flush=True,
+    )
+    print(
+        f"{'dataset':<8}{'model':<6}{'AUC':>13}{'F1 w':>13}{'bal acc':>13}{'Brier':>8}"
+        f"{'ECE':>7}{'kept':>7}{'TP kept':>9}"
+    )
     for site in ("a", "b"):
         head, data = read_moodle_csv(a.datasets / f"site-{site}-training.csv")
         labels = [int(float(r.rsplit(",", 1)[1])) for r in data]
@@ -335,30 +395,43 @@ def _quality(backend: list[str], a: argparse.Namespace, work: Path, results: dic
         peer_mean = {k: float(np.mean([s[k] for s in peer])) for k in peer[0]}
         old = OLD[f"quality site-{site}"]
         for label, m in (("ours", mean), ("HGB", peer_mean)):
-            print(f"site-{site:<3}{label:<6}{m['auc']:>13.4f}{m['f1_weighted']:>13.4f}"
-                  f"{m['balanced_accuracy']:>13.4f}{m['brier']:>8.4f}{m['ece']:>7.4f}"
-                  f"{m['kept']:>7.2f}{m['positives_kept_found']:>9.2f}")
-        print(f"site-{site:<3}{'old':<6}{old['auc']:>13}{old['f1_weighted']:>13}"
-              f"{old['balanced_accuracy']:>13}")
-        results[f"quality site-{site}"] = {"mean": mean, "splits": per_split,
-                                           "hgb": {"mean": peer_mean, "splits": peer}}
-    print("(kept: share of predictions Moodle keeps, probability of the predicted class "
-          f">= {MOODLE_MIN_PROBABILITY}; TP kept: share of the positives predicted so and kept)")
+            print(
+                f"site-{site:<3}{label:<6}{m['auc']:>13.4f}{m['f1_weighted']:>13.4f}"
+                f"{m['balanced_accuracy']:>13.4f}{m['brier']:>8.4f}{m['ece']:>7.4f}"
+                f"{m['kept']:>7.2f}{m['positives_kept_found']:>9.2f}"
+            )
+        print(
+            f"site-{site:<3}{'old':<6}{old['auc']:>13}{old['f1_weighted']:>13}"
+            f"{old['balanced_accuracy']:>13}"
+        )
+        results[f"quality site-{site}"] = {
+            "mean": mean,
+            "splits": per_split,
+            "hgb": {"mean": peer_mean, "splits": peer},
+        }
+    print(
+        "(kept: share of predictions Moodle keeps, probability of the predicted class "
+        f">= {MOODLE_MIN_PROBABILITY}; TP kept: share of the positives predicted so and kept)"
+    )
 
 
 def _scaling(backend: list[str], a: argparse.Namespace, work: Path, results: dict) -> None:
     sizes = [int(x) for x in a.scaling.split(",") if x.strip()]
-    print("\n== Scaling: training on site-b resampled to N rows x 400 features "
-          "(one cold call each)", flush=True)
+    print(
+        "\n== Scaling: training on site-b resampled to N rows x 400 features (one cold call each)",
+        flush=True,
+    )
     print(f"{'rows':>10}{'file MB':>9}{'wall s':>9}{'RSS MB':>9}{'s per 100k rows':>17}")
     for rows in sizes:
         path = resampled(a.datasets / "site-b-training.csv", rows, 400, a.cache)
         model_dir = work / f"scale-{rows}"
         wall, rss, answer = run(backend, "training", "scale", model_dir, path)
         ok = isinstance(answer, dict) and answer.get("status") == 0
-        print(f"{rows:>10}{path.stat().st_size / 1e6:>9.0f}{wall:>9.1f}{rss:>9}"
-              f"{wall / rows * 1e5:>17.2f}{'' if ok else '  FAILED: ' + str(answer)[:200]}",
-              flush=True)
+        print(
+            f"{rows:>10}{path.stat().st_size / 1e6:>9.0f}{wall:>9.1f}{rss:>9}"
+            f"{wall / rows * 1e5:>17.2f}{'' if ok else '  FAILED: ' + str(answer)[:200]}",
+            flush=True,
+        )
         results[f"scaling {rows}"] = {"wall": wall, "rss": rss, "ok": ok}
         shutil.rmtree(model_dir, ignore_errors=True)
 

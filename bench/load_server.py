@@ -26,6 +26,7 @@ Without files it makes synthetic ones; the issue's check uses site-a:
     python bench/load_server.py ../shared/datasets/site-a-training.csv \\
         ../shared/datasets/site-a-prediction.csv [--replicas 3]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,8 +54,9 @@ BUCKET = "mlbackend-bench"
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("train", nargs="?", help="Moodle training CSV (default: synthetic)")
     ap.add_argument("predict", nargs="?", help="Moodle prediction CSV (default: synthetic)")
     ap.add_argument("--url", help="an already running server (default: start one)")
@@ -63,10 +65,18 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=16, help="concurrent clients")
     ap.add_argument("--requests", type=int, default=200, help="prediction requests in all")
     ap.add_argument("--workers", type=int, default=8, help="server threads (own server only)")
-    ap.add_argument("--replicas", type=int, default=0,
-                    help="start this many replicas sharing an S3 bucket (moto's server)")
-    ap.add_argument("--trainings", type=int, default=3,
-                    help="trainings of other models beside the predictions (with --replicas)")
+    ap.add_argument(
+        "--replicas",
+        type=int,
+        default=0,
+        help="start this many replicas sharing an S3 bucket (moto's server)",
+    )
+    ap.add_argument(
+        "--trainings",
+        type=int,
+        default=3,
+        help="trainings of other models beside the predictions (with --replicas)",
+    )
     a = ap.parse_args()
     if bool(a.train) != bool(a.predict):
         ap.error("give both TRAIN.csv and PREDICT.csv, or neither")
@@ -99,8 +109,9 @@ def main() -> None:
     print(json.dumps(result))
 
 
-def run(url: str, auth: tuple[str, str], train: str, predict: str, clients: int,
-        total: int) -> dict[str, Any]:
+def run(
+    url: str, auth: tuple[str, str], train: str, predict: str, clients: int, total: int
+) -> dict[str, Any]:
     uid = f"bench{int(time.time())}"
     form = {"uniqueid": uid, "dirhash": "v1"}
     train_once(url, auth, form, train)
@@ -117,31 +128,54 @@ def replicas(tmp: str, a: argparse.Namespace, train: str, predict: str) -> dict[
 
     password = secrets.token_urlsafe(12)
     auth = (a.user, password)
-    s3_env = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
-              "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true",
-              "AWS_CONFIG_FILE": os.path.join(tmp, "no-aws-config"),
-              "AWS_SHARED_CREDENTIALS_FILE": os.path.join(tmp, "no-aws-credentials")}
+    s3_env = {
+        "AWS_ACCESS_KEY_ID": "bench",
+        "AWS_SECRET_ACCESS_KEY": "bench",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "AWS_CONFIG_FILE": os.path.join(tmp, "no-aws-config"),
+        "AWS_SHARED_CREDENTIALS_FILE": os.path.join(tmp, "no-aws-credentials"),
+    }
     moto_url, moto, moto_log = start_process(
-        tmp, "moto", [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", "{port}"],
-        {**os.environ, **s3_env})
+        tmp,
+        "moto",
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", "{port}"],
+        {**os.environ, **s3_env},
+    )
     servers: list[tuple[str, subprocess.Popen[bytes], str]] = []
     try:
         boto3.session.Session().client(
-            "s3", endpoint_url=moto_url, aws_access_key_id="bench",
-            aws_secret_access_key="bench", region_name="us-east-1").create_bucket(Bucket=BUCKET)
+            "s3",
+            endpoint_url=moto_url,
+            aws_access_key_id="bench",
+            aws_secret_access_key="bench",
+            region_name="us-east-1",
+        ).create_bucket(Bucket=BUCKET)
         for i in range(a.replicas):
-            servers.append(start_server(tmp, a.user, password, a.workers, name=f"replica{i}",
-                                        env={**s3_env, "MOODLE_MLBACKEND_PYTHON_S3_BUCKET_NAME":
-                                             BUCKET},
-                                        args=["--s3-endpoint-url", moto_url]))
+            servers.append(
+                start_server(
+                    tmp,
+                    a.user,
+                    password,
+                    a.workers,
+                    name=f"replica{i}",
+                    env={**s3_env, "MOODLE_MLBACKEND_PYTHON_S3_BUCKET_NAME": BUCKET},
+                    args=["--s3-endpoint-url", moto_url],
+                )
+            )
         urls = [url for url, _, _ in servers]
         uid = f"bench{int(time.time())}"
         form = {"uniqueid": uid, "dirhash": "v1"}
         train_once(urls[0], auth, form, train)
         body = open(predict, "rb").read()
         for url in urls:  # every replica fetches the model once: the run is warm
-            requests.post(f"{url}/prediction", data=form, auth=auth, timeout=600,
-                          files={"dataset": ("prediction.csv", body)}).raise_for_status()
+            requests.post(
+                f"{url}/prediction",
+                data=form,
+                auth=auth,
+                timeout=600,
+                files={"dataset": ("prediction.csv", body)},
+            ).raise_for_status()
         mark = os.path.getsize(moto_log)
 
         def other_training(j: int) -> bool:
@@ -164,8 +198,9 @@ def replicas(tmp: str, a: argparse.Namespace, train: str, predict: str) -> dict[
             traffic = s3_requests(f.read().decode("utf-8", "replace"), BUCKET, f"{uid}/v1")
         for url in urls[:1]:
             for j in range(a.trainings):
-                requests.post(f"{url}/deletemodel", data={"uniqueid": f"{uid}other{j}"},
-                              auth=auth, timeout=60)
+                requests.post(
+                    f"{url}/deletemodel", data={"uniqueid": f"{uid}other{j}"}, auth=auth, timeout=60
+                )
             requests.post(f"{url}/deletemodel", data={"uniqueid": uid}, auth=auth, timeout=60)
     finally:
         for _, proc, _ in servers:
@@ -176,19 +211,27 @@ def replicas(tmp: str, a: argparse.Namespace, train: str, predict: str) -> dict[
         found = re.findall(r"S3 requests: (.*)", open(log, errors="replace").read())
         per_replica.append(found[-1] if found else "not logged")
     n = a.requests
-    return {"replicas": a.replicas, "requests": n, "clients": a.clients,
-            **figures(results, wall),
-            "trainings_beside": a.trainings, "training_errors": training_errors,
-            "s3_per_prediction": {name: round(count / n, 3) for name, count in traffic.items()},
-            "s3_requests_by_replica": per_replica}
+    return {
+        "replicas": a.replicas,
+        "requests": n,
+        "clients": a.clients,
+        **figures(results, wall),
+        "trainings_beside": a.trainings,
+        "training_errors": training_errors,
+        "s3_per_prediction": {name: round(count / n, 3) for name, count in traffic.items()},
+        "s3_requests_by_replica": per_replica,
+    }
 
 
 def s3_requests(log: str, bucket: str, key: str) -> dict[str, int]:
     """Requests moto served for one object, by kind, from its request log."""
     log = re.sub(r"\x1b\[[0-9;]*m", "", log)  # werkzeug colours some lines
     counts = {"get_body": 0, "get_304": 0, "other": 0}
-    for method, status in re.findall(rf'"([A-Z]+) /{re.escape(bucket)}/{re.escape(key)}'
-                                     r'(?:\?[^ ]*)? HTTP/1\.1" (\d{3})', log):
+    for method, status in re.findall(
+        rf'"([A-Z]+) /{re.escape(bucket)}/{re.escape(key)}'
+        r'(?:\?[^ ]*)? HTTP/1\.1" (\d{3})',
+        log,
+    ):
         if method == "GET" and status == "200":
             counts["get_body"] += 1
         elif method == "GET" and status == "304":
@@ -200,22 +243,34 @@ def s3_requests(log: str, bucket: str, key: str) -> dict[str, int]:
 
 def train_once(url: str, auth: tuple[str, str], form: dict[str, str], train: str) -> None:
     with open(train, "rb") as f:
-        r = requests.post(f"{url}/training", data=form, files={"dataset": f}, auth=auth,
-                          timeout=3600)
+        r = requests.post(
+            f"{url}/training", data=form, files={"dataset": f}, auth=auth, timeout=3600
+        )
     if r.status_code != 200 or r.json().get("status") != 0:
         raise SystemExit(f"training failed: {r.status_code} {r.text[:300]}")
 
 
-def predictions(urls: list[str], auth: tuple[str, str], form: dict[str, str], predict: str,
-                clients: int, total: int) -> list[tuple[bool, float]]:
+def predictions(
+    urls: list[str],
+    auth: tuple[str, str],
+    form: dict[str, str],
+    predict: str,
+    clients: int,
+    total: int,
+) -> list[tuple[bool, float]]:
     """TOTAL predictions from CLIENTS threads, request i to urls[i % len(urls)]."""
     body = open(predict, "rb").read()
 
     def one(i: int) -> tuple[bool, float]:
         t0 = time.perf_counter()
         try:
-            rr = requests.post(f"{urls[i % len(urls)]}/prediction", data=form, auth=auth,
-                               timeout=600, files={"dataset": ("prediction.csv", body)})
+            rr = requests.post(
+                f"{urls[i % len(urls)]}/prediction",
+                data=form,
+                auth=auth,
+                timeout=600,
+                files={"dataset": ("prediction.csv", body)},
+            )
             ok = rr.status_code == 200 and rr.json().get("status") == 0
         except requests.RequestException:
             ok = False
@@ -227,38 +282,71 @@ def predictions(urls: list[str], auth: tuple[str, str], form: dict[str, str], pr
 
 def figures(results: list[tuple[bool, float]], wall: float) -> dict[str, Any]:
     latencies = sorted(t for _, t in results)
-    return {"errors": sum(not ok for ok, _ in results),
-            "p50_s": round(latencies[len(latencies) // 2], 3),
-            "p95_s": round(latencies[math.ceil(0.95 * len(latencies)) - 1], 3),
-            "throughput_rps": round(len(results) / wall, 1)}
+    return {
+        "errors": sum(not ok for ok, _ in results),
+        "p50_s": round(latencies[len(latencies) // 2], 3),
+        "p95_s": round(latencies[math.ceil(0.95 * len(latencies)) - 1], 3),
+        "throughput_rps": round(len(results) / wall, 1),
+    }
 
 
-def start_server(tmp: str, user: str, password: str, workers: int, name: str = "server",
-                 env: dict[str, str] | None = None, args: list[str] | None = None
-                 ) -> tuple[str, subprocess.Popen[bytes], str]:
+def start_server(
+    tmp: str,
+    user: str,
+    password: str,
+    workers: int,
+    name: str = "server",
+    env: dict[str, str] | None = None,
+    args: list[str] | None = None,
+) -> tuple[str, subprocess.Popen[bytes], str]:
     full_env = dict(os.environ)
     full_env["PYTHONPATH"] = ROOT + os.pathsep + full_env.get("PYTHONPATH", "")
-    entry = subprocess.run([sys.executable, "-m", "mlbackend", "passwd", user, "--stdin"],
-                           input=password + "\n", capture_output=True, text=True,
-                           env=full_env, check=True).stdout.strip()
-    full_env.update(MOODLE_MLBACKEND_PYTHON_USERS=entry,
-                    MOODLE_MLBACKEND_PYTHON_DIR=os.path.join(tmp, "models"))
+    entry = subprocess.run(
+        [sys.executable, "-m", "mlbackend", "passwd", user, "--stdin"],
+        input=password + "\n",
+        capture_output=True,
+        text=True,
+        env=full_env,
+        check=True,
+    ).stdout.strip()
+    full_env.update(
+        MOODLE_MLBACKEND_PYTHON_USERS=entry, MOODLE_MLBACKEND_PYTHON_DIR=os.path.join(tmp, "models")
+    )
     full_env.update(env or {})
-    return start_process(tmp, name, [sys.executable, "-m", "mlbackend", "serve", "--port",
-                                     "{port}", "--workers", str(workers), *(args or [])],
-                         full_env)
+    return start_process(
+        tmp,
+        name,
+        [
+            sys.executable,
+            "-m",
+            "mlbackend",
+            "serve",
+            "--port",
+            "{port}",
+            "--workers",
+            str(workers),
+            *(args or []),
+        ],
+        full_env,
+    )
 
 
-def start_process(tmp: str, name: str, argv: list[str], env: dict[str, str]
-                  ) -> tuple[str, subprocess.Popen[bytes], str]:
+def start_process(
+    tmp: str, name: str, argv: list[str], env: dict[str, str]
+) -> tuple[str, subprocess.Popen[bytes], str]:
     """Start `argv` ('{port}' replaced by a free port); returns its URL, process and log."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     log_path = os.path.join(tmp, f"{name}.log")
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen([arg.replace("{port}", str(port)) for arg in argv], env=env,
-                                stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [arg.replace("{port}", str(port)) for arg in argv],
+            env=env,
+            stdout=log,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+        )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if proc.poll() is not None:

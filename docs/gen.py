@@ -3,6 +3,7 @@
 `make docs` rewrites the generated blocks; `make lint` and the tests
 (tests/test_docs.py) fail when they are stale.
 """
+
 from __future__ import annotations
 
 import argparse

@@ -3,6 +3,7 @@
 This module must stay import-light: `mlbackend version` and `--help` load it,
 and they must answer without TensorFlow.
 """
+
 import os
 
 __version__ = "3.1.0"

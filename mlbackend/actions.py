@@ -5,6 +5,7 @@ Moodle site gets the same behaviour whichever way it talks to us. Each
 returns the contract's answer (or raises `BackendError`); formatting it is
 the caller's business.
 """
+
 from __future__ import annotations
 
 import logging
@@ -33,8 +34,9 @@ def train(model_dir: str, dataset_path: str, progress: bool = False) -> dict[str
         if previous is not None:
             previous.check_work(ds.nrows)
         options = training.TrainingOptions(progress=progress)
-        trained = training.train(ds.X, ds.y, ds.classes, ds.feature_names, previous=previous,
-                              options=options)
+        trained = training.train(
+            ds.X, ds.labels, ds.classes, ds.feature_names, previous=previous, options=options
+        )
         store.save(model_dir, trained)
     log.info("trained %s on %d rows", model_dir, ds.nrows)
     return answer()
@@ -49,19 +51,28 @@ def predict(model_dir: str, dataset_path: str) -> dict[str, Any]:
     trained = _load_trained(model_dir, ds.nfeatures)
     proba = trained.predict_proba(ds.X)
     best = proba.argmax(axis=1)
-    rows = [[sid, str(trained.classes[k]), _prob(p[k])]
-            for sid, k, p in zip(ds.sample_ids, best, proba)]
+    rows = [
+        [sid, str(trained.classes[k]), _prob(p[k])] for sid, k, p in zip(ds.sample_ids, best, proba)
+    ]
     return answer(predictions=rows)
 
 
-def evaluate(model_dir: str, dataset_path: str, min_score: float, max_deviation: float,
-             iterations: int, trained_model_dir: str | None = None,
-             progress: bool = False) -> dict[str, Any]:
+def evaluate(
+    model_dir: str,
+    dataset_path: str,
+    min_score: float,
+    max_deviation: float,
+    iterations: int,
+    trained_model_dir: str | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
     from mlbackend import evaluation
 
     if not 1 <= iterations <= MAX_ITERATIONS:
-        raise BackendError(f"The number of iterations must be from 1 to {MAX_ITERATIONS}, not "
-                           f"{iterations} (Moodle asks for 10).")
+        raise BackendError(
+            f"The number of iterations must be from 1 to {MAX_ITERATIONS}, not "
+            f"{iterations} (Moodle asks for 10)."
+        )
     for name, value in (("minimum score", min_score), ("accepted deviation", max_deviation)):
         if not math.isfinite(value):
             raise BackendError(f"The {name} must be a finite number, not {value}.")
@@ -69,8 +80,9 @@ def evaluate(model_dir: str, dataset_path: str, min_score: float, max_deviation:
         raise NotTrainedError()
     ds = dataset.read_training(dataset_path, tensorflow=True)
     trained = _load_trained(trained_model_dir, ds.nfeatures) if trained_model_dir else None
-    return evaluation.evaluate(ds, model_dir, min_score, max_deviation, iterations,
-                               trained=trained, progress=progress)
+    return evaluation.evaluate(
+        ds, model_dir, min_score, max_deviation, iterations, trained=trained, progress=progress
+    )
 
 
 def export(model_dir: str, export_dir: str) -> str:

@@ -6,11 +6,12 @@ indicator names does not justify a font library or a font file on disk.
 Each glyph is 7 rows, top to bottom, of one byte each (two hex digits);
 its 5 columns are the byte's top 5 bits.
 """
+
 from __future__ import annotations
 
 import numpy as np
 
-WIDTH = 5   # advance per character, in pixels (the glyph's own width)
+WIDTH = 5  # advance per character, in pixels (the glyph's own width)
 HEIGHT = 7
 FIRST = 32  # ' '
 _GLYPHS = (
@@ -29,14 +30,15 @@ _GLYPHS = (
     "8080E09090900020006020207000100010101050208080A0C0A09000602020202070000000A0F0909000"
     "0000E090909000000060909060000000E09090E080000070909070100000E090808000000070C030E000"
     "4040E040403000000090909070000000505050200000009090F0F0000000906060900000009090502040"
-    "0000F02040F00010206020201000202020202020004020302020400050A00000000000")
+    "0000F02040F00010206020201000202020202020004020302020400050A00000000000"
+)
 
 
 def glyph(ch: str) -> np.ndarray:
     """7 x 5 booleans of one character; '?' for anything outside printable ASCII."""
     code = ord(ch) if FIRST <= ord(ch) < FIRST + len(_GLYPHS) // (2 * HEIGHT) else ord("?")
     start = (code - FIRST) * 2 * HEIGHT
-    rows = [int(_GLYPHS[start + 2 * r:start + 2 * r + 2], 16) for r in range(HEIGHT)]
+    rows = [int(_GLYPHS[start + 2 * r : start + 2 * r + 2], 16) for r in range(HEIGHT)]
     return np.array([[(row >> (7 - c)) & 1 for c in range(WIDTH)] for row in rows], dtype=bool)
 
 
@@ -45,12 +47,19 @@ def render(text: str, scale: int = 1) -> np.ndarray:
     between characters)."""
     mask = np.zeros((HEIGHT, (WIDTH + 1) * len(text)), dtype=bool)
     for i, ch in enumerate(text):
-        mask[:, i * (WIDTH + 1):i * (WIDTH + 1) + WIDTH] = glyph(ch)
+        mask[:, i * (WIDTH + 1) : i * (WIDTH + 1) + WIDTH] = glyph(ch)
     return np.kron(mask, np.ones((scale, scale), dtype=bool)) if scale > 1 else mask
 
 
-def draw(img: np.ndarray, text: str, x: int, y: int, colour: tuple[int, int, int],
-         scale: int = 1, vertical: bool = False) -> None:
+def draw(
+    img: np.ndarray,
+    text: str,
+    x: int,
+    y: int,
+    colour: tuple[int, int, int],
+    scale: int = 1,
+    vertical: bool = False,
+) -> None:
     """Draw `text` with its top-left corner at column x, row y of an RGB image
     (read bottom to top when `vertical`); what falls outside is cut off."""
     mask = render(text, scale)
@@ -62,4 +71,4 @@ def draw(img: np.ndarray, text: str, x: int, y: int, colour: tuple[int, int, int
     if y1 <= y0 or x1 <= x0:
         return
     region = img[y0:y1, x0:x1]
-    region[mask[y0 - y:y1 - y, x0 - x:x1 - x]] = colour
+    region[mask[y0 - y : y1 - y, x0 - x : x1 - x]] = colour

@@ -23,6 +23,7 @@ float32 or float64 tensors of at most 8 dimensions, not partitioned
 verified (NumPy has no CRC32C); a damaged number is caught later, as every
 weight must be finite.
 """
+
 from __future__ import annotations
 
 import math
@@ -96,7 +97,7 @@ def _fields(buf: bytes) -> list[tuple[int, int, int | bytes]]:
             length, pos = _varint(buf, pos, end)
             if pos + length > end:
                 raise _bad("an index entry is cut off")
-            value = buf[pos:pos + length]
+            value = buf[pos : pos + length]
             pos += length
         else:
             raise _bad(f"an index entry is not a protobuf message (wire type {wire})")
@@ -128,7 +129,7 @@ def _block(data: bytes, offset: int, size: int) -> bytes:
         raise _bad("a block of the index lies outside the file")
     if data[offset + size] != 0:
         raise _bad("the index is compressed, which TensorFlow's checkpoints are not")
-    return data[offset:offset + size]
+    return data[offset : offset + size]
 
 
 def _handle(buf: bytes) -> tuple[int, int]:
@@ -153,9 +154,9 @@ def _entries(block: bytes) -> list[tuple[bytes, bytes]]:
         length, pos = _varint(block, pos, end)
         if shared > len(key) or pos + unshared + length > end:
             raise _bad("a key or value of the index lies outside its block")
-        key = key[:shared] + block[pos:pos + unshared]
+        key = key[:shared] + block[pos : pos + unshared]
         pos += unshared
-        out.append((key, block[pos:pos + length]))
+        out.append((key, block[pos : pos + length]))
         pos += length
     return out
 
@@ -168,14 +169,14 @@ def read_index(path: str) -> dict[str, bytes]:
     except OSError as exc:
         raise _bad(f"{path} cannot be read ({exc.strerror})") from None
     if len(data) > MAX_INDEX_BYTES:
-        raise _bad(f"{path} is larger than a model's checkpoint index ({MAX_INDEX_BYTES} "
-                   "bytes at most)")
-    if len(data) < FOOTER_BYTES or \
-            struct.unpack_from("<Q", data, len(data) - 8)[0] != TABLE_MAGIC:
+        raise _bad(
+            f"{path} is larger than a model's checkpoint index ({MAX_INDEX_BYTES} bytes at most)"
+        )
+    if len(data) < FOOTER_BYTES or struct.unpack_from("<Q", data, len(data) - 8)[0] != TABLE_MAGIC:
         raise _bad(f"{path} is not a TensorFlow checkpoint index (no table footer)")
-    footer = data[len(data) - FOOTER_BYTES:len(data) - 8]
-    _, pos = _varint(footer, 0, len(footer))          # metaindex offset
-    _, pos = _varint(footer, pos, len(footer))        # metaindex size
+    footer = data[len(data) - FOOTER_BYTES : len(data) - 8]
+    _, pos = _varint(footer, 0, len(footer))  # metaindex offset
+    _, pos = _varint(footer, pos, len(footer))  # metaindex size
     index_offset, pos = _varint(footer, pos, len(footer))
     index_size, _ = _varint(footer, pos, len(footer))
     entries: dict[str, bytes] = {}
@@ -219,8 +220,10 @@ class Checkpoint:
         fields = _fields(self.entries[name])
         dtype_code = _int_field(fields, 1)
         if dtype_code not in DTYPES:
-            raise _bad(f"the tensor {shown(name)} has data type {shown(dtype_code)}, not "
-                       "floating-point numbers")
+            raise _bad(
+                f"the tensor {shown(name)} has data type {shown(dtype_code)}, not "
+                "floating-point numbers"
+            )
         if any(n == 7 for n, _, _ in fields):
             raise _bad(f"the tensor {shown(name)} is partitioned (slices)")
         shapes = [v for n, w, v in fields if n == 2]
@@ -239,12 +242,12 @@ class Checkpoint:
                 dims.append(size)
         if len(dims) > MAX_DIMS:
             raise _bad(f"the tensor {shown(name)} has {len(dims)} dimensions")
-        shard, offset, size = (_int_field(fields, 3), _int_field(fields, 4),
-                               _int_field(fields, 5))
+        shard, offset, size = (_int_field(fields, 3), _int_field(fields, 4), _int_field(fields, 5))
         dtype = DTYPES[dtype_code]
         if any(d > 1 << 40 for d in dims) or math.prod(dims) * dtype.itemsize != size:
-            raise _bad(f"the tensor {shown(name)} of shape {shown(tuple(dims))} has "
-                       f"{shown(size)} bytes")
+            raise _bad(
+                f"the tensor {shown(name)} of shape {shown(tuple(dims))} has {shown(size)} bytes"
+            )
         if not 0 <= shard < self.num_shards or offset < 0:
             raise _bad(f"the tensor {shown(name)} points outside the data files")
         return dtype, tuple(dims), shard, offset, size
@@ -255,8 +258,10 @@ class Checkpoint:
         try:
             with open(path, "rb") as f:
                 if offset + size > os.fstat(f.fileno()).st_size:
-                    raise _bad(f"the tensor {shown(name)} lies past the end of "
-                               f"{os.path.basename(path)} (truncated?)")
+                    raise _bad(
+                        f"the tensor {shown(name)} lies past the end of "
+                        f"{os.path.basename(path)} (truncated?)"
+                    )
                 f.seek(offset)
                 data = f.read(size)
         except OSError as exc:

@@ -9,6 +9,7 @@ Two spellings reach the same parser and the same `mlbackend.actions`:
 - The human form: `mlbackend training DATASET --model-id ID [--model-dir DIR]`.
   Without `--model-dir` the model lives under the user data directory.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,9 +19,10 @@ import os
 import sys
 import time
 import traceback
-from typing import Any, Callable, Iterator, Union
+from collections.abc import Callable, Iterator
+from typing import Any
 
-from mlbackend import reported_version, VERSION_OVERRIDE_ENV
+from mlbackend import VERSION_OVERRIDE_ENV, reported_version
 from mlbackend.contract import GENERAL_ERROR, BackendError, to_json_line
 from mlbackend.summary import format_answer
 
@@ -28,7 +30,7 @@ log = logging.getLogger("mlbackend")
 
 #: A command's handler: parsed arguments in, the answer out (a dict is the
 #: contract's JSON, a str is printed as it is, None prints nothing).
-Handler = Callable[[argparse.Namespace], Union[dict[str, Any], str, None]]
+Handler = Callable[[argparse.Namespace], dict[str, Any] | str | None]
 
 
 class UsageError(BackendError):
@@ -47,146 +49,246 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="mlbackend",
         description="Machine-learning backend for Moodle Learning Analytics: trains, "
-                    "evaluates and runs the classifiers behind Moodle's predictions. Moodle "
-                    "runs it as `mlbackend -m moodlemlbackend.MODULE ARG...`; people use the "
-                    "subcommands below.",
+        "evaluates and runs the classifiers behind Moodle's predictions. Moodle "
+        "runs it as `mlbackend -m moodlemlbackend.MODULE ARG...`; people use the "
+        "subcommands below.",
         epilog=f"Set {VERSION_OVERRIDE_ENV} to make `version` report another version "
-               "(for Moodle releases with another version gate).")
-    parser.add_argument("--version", action="version", version=reported_version(),
-                        help="print the version Moodle sees and exit")
-    parser.add_argument("-v", "--verbose", action="store_true",
-                        help="log what happens to stderr (stdout keeps only the answer)")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
-                                parser_class=Parser)
+        "(for Moodle releases with another version gate).",
+    )
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=reported_version(),
+        help="print the version Moodle sees and exit",
+    )
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="log what happens to stderr (stdout keeps only the answer)",
+    )
+    sub = parser.add_subparsers(
+        dest="command", metavar="COMMAND", required=True, parser_class=Parser
+    )
 
-    def command(name: str, handler: Handler, moodle: list[str] | None = None,
-                moodle_optional: tuple[str, ...] = (), **kwargs: Any) -> argparse.ArgumentParser:
+    def command(
+        name: str,
+        handler: Handler,
+        moodle: list[str] | None = None,
+        moodle_optional: tuple[str, ...] = (),
+        **kwargs: Any,
+    ) -> argparse.ArgumentParser:
         """A subcommand. `moodle`: the option (or positional) each of Moodle's
         positional arguments fills, in order; None when Moodle never calls it."""
         p = sub.add_parser(name, **kwargs)
-        p.set_defaults(handler=handler, moodle_args=moodle,
-                       moodle_optional=list(moodle_optional))
+        p.set_defaults(handler=handler, moodle_args=moodle, moodle_optional=list(moodle_optional))
         return p
 
     def model_options(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--model-id", default="default",
-                       help="name of the model (Moodle's unique id); default: %(default)s")
-        p.add_argument("--model-dir", metavar="DIR",
-                       help="directory that holds the model (Moodle's OUTPUTDIR); default: "
-                            "a directory named after the model id under the user data "
-                            "directory")
+        p.add_argument(
+            "--model-id",
+            default="default",
+            help="name of the model (Moodle's unique id); default: %(default)s",
+        )
+        p.add_argument(
+            "--model-dir",
+            metavar="DIR",
+            help="directory that holds the model (Moodle's OUTPUTDIR); default: "
+            "a directory named after the model id under the user data "
+            "directory",
+        )
 
     def json_option(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--json", action="store_true",
-                       help="print the answer as one JSON line at a terminal too (elsewhere "
-                            "it always is: Moodle reads that line)")
+        p.add_argument(
+            "--json",
+            action="store_true",
+            help="print the answer as one JSON line at a terminal too (elsewhere "
+            "it always is: Moodle reads that line)",
+        )
 
-    p = command("training", _train, ["--model-id", "--model-dir", "DATASET"],
-                help="train a model, or continue training it on new rows",
-                description="Train the model on a Moodle training CSV. When the model "
-                            "was trained before, training continues from it.")
+    p = command(
+        "training",
+        _train,
+        ["--model-id", "--model-dir", "DATASET"],
+        help="train a model, or continue training it on new rows",
+        description="Train the model on a Moodle training CSV. When the model "
+        "was trained before, training continues from it.",
+    )
     p.add_argument("dataset", metavar="DATASET", help="Moodle training CSV file")
     model_options(p)
     json_option(p)
 
-    p = command("prediction", _predict, ["--model-id", "--model-dir", "DATASET"],
-                help="predict the samples of a Moodle prediction CSV",
-                description="Print [sampleid, class, probability] for every row.")
+    p = command(
+        "prediction",
+        _predict,
+        ["--model-id", "--model-dir", "DATASET"],
+        help="predict the samples of a Moodle prediction CSV",
+        description="Print [sampleid, class, probability] for every row.",
+    )
     p.add_argument("dataset", metavar="DATASET", help="Moodle prediction CSV file")
     model_options(p)
     json_option(p)
 
-    p = command("evaluation", _evaluate,
-                ["--model-id", "--model-dir", "DATASET", "--min-score", "--max-deviation",
-                 "--iterations"], moodle_optional=("--trained-model-dir",),
-                help="measure how well a model would predict",
-                description="Train on random 80 %% splits and score the other 20 %%, "
-                            "ITERATIONS times; or, with --trained-model-dir, score that "
-                            "model on every row. Logs go to DIR/logs/RUNID/.")
+    p = command(
+        "evaluation",
+        _evaluate,
+        ["--model-id", "--model-dir", "DATASET", "--min-score", "--max-deviation", "--iterations"],
+        moodle_optional=("--trained-model-dir",),
+        help="measure how well a model would predict",
+        description="Train on random 80 %% splits and score the other 20 %%, "
+        "ITERATIONS times; or, with --trained-model-dir, score that "
+        "model on every row. Logs go to DIR/logs/RUNID/.",
+    )
     p.add_argument("dataset", metavar="DATASET", help="Moodle training CSV file")
     model_options(p)
-    p.add_argument("--min-score", type=float, default=0.7,
-                   help="lowest acceptable mean F1 score; default: %(default)s")
-    p.add_argument("--max-deviation", type=float, default=0.05,
-                   help="highest acceptable deviation of the F1 score; default: %(default)s")
-    p.add_argument("--iterations", type=int, default=10,
-                   help="number of random splits; default: %(default)s")
-    p.add_argument("--trained-model-dir", metavar="DIR",
-                   help="score the model trained in DIR instead of training new ones")
+    p.add_argument(
+        "--min-score",
+        type=float,
+        default=0.7,
+        help="lowest acceptable mean F1 score; default: %(default)s",
+    )
+    p.add_argument(
+        "--max-deviation",
+        type=float,
+        default=0.05,
+        help="highest acceptable deviation of the F1 score; default: %(default)s",
+    )
+    p.add_argument(
+        "--iterations", type=int, default=10, help="number of random splits; default: %(default)s"
+    )
+    p.add_argument(
+        "--trained-model-dir",
+        metavar="DIR",
+        help="score the model trained in DIR instead of training new ones",
+    )
     json_option(p)
 
-    p = command("export", _export, ["--model-id", "--model-dir", "EXPORTDIR"],
-                help="copy a trained model into a directory",
-                description="Write the model into EXPORTDIR and print that directory.")
+    p = command(
+        "export",
+        _export,
+        ["--model-id", "--model-dir", "EXPORTDIR"],
+        help="copy a trained model into a directory",
+        description="Write the model into EXPORTDIR and print that directory.",
+    )
     p.add_argument("export_dir", metavar="EXPORTDIR", help="directory to write the model into")
     model_options(p)
 
-    p = command("import", _import, ["--model-id", "--model-dir", "IMPORTDIR"],
-                help="store a model exported earlier as this model",
-                description="Read the model exported into IMPORTDIR, check it and "
-                            "store it as this model; prints Ok.")
+    p = command(
+        "import",
+        _import,
+        ["--model-id", "--model-dir", "IMPORTDIR"],
+        help="store a model exported earlier as this model",
+        description="Read the model exported into IMPORTDIR, check it and "
+        "store it as this model; prints Ok.",
+    )
     p.add_argument("import_dir", metavar="IMPORTDIR", help="directory an export wrote")
     model_options(p)
 
-    command("version", _version, [], help="print the version Moodle sees",
-            description="Print the version string alone, as Moodle expects.")
+    command(
+        "version",
+        _version,
+        [],
+        help="print the version Moodle sees",
+        description="Print the version string alone, as Moodle expects.",
+    )
 
     p = command(
-        "serve", _serve, help="serve Moodle's server mode over HTTP",
+        "serve",
+        _serve,
+        help="serve Moodle's server mode over HTTP",
         description="Answer Moodle's mlbackend_python in server mode (HTTP with Basic auth). "
-                    "Users come from MOODLE_MLBACKEND_PYTHON_USERS (create entries with "
-                    "`mlbackend passwd`); models are kept in MOODLE_MLBACKEND_PYTHON_DIR, or "
-                    "in the S3 bucket MOODLE_MLBACKEND_PYTHON_S3_BUCKET_NAME; temporary files "
-                    "go to MOODLE_MLBACKEND_TEMPDIR. It speaks plain HTTP: put it behind a "
-                    "TLS reverse proxy such as nginx.")
-    p.add_argument("--host", default="127.0.0.1",
-                   help="address to listen on (0.0.0.0: every interface); "
-                        "default: %(default)s")
-    p.add_argument("--port", type=int, default=5000,
-                   help="TCP port to listen on (0 picks a free one); default: %(default)s")
-    p.add_argument("--workers", type=int, default=8, metavar="N",
-                   help="requests handled at once (threads); a queued training holds one, "
-                        "so keep it well above --max-trainings; default: %(default)s")
-    p.add_argument("--max-trainings", type=int, default=1, metavar="N",
-                   help="trainings and evaluations run at once, the rest wait their turn "
-                        "(each uses every core); default: %(default)s")
-    p.add_argument("--max-upload-mb", type=int, default=512, metavar="MB",
-                   help="largest request body accepted, in MiB; a larger upload gets HTTP "
-                        "413; default: %(default)s")
-    p.add_argument("--max-unzipped-mb", type=int, default=256, metavar="MB",
-                   help="largest total size an imported zip may expand to, in MiB; "
-                        "default: %(default)s")
-    p.add_argument("--s3-endpoint-url", metavar="URL",
-                   help="endpoint of an S3-compatible store (MinIO, Ceph...) when "
-                        "MOODLE_MLBACKEND_PYTHON_S3_BUCKET_NAME is set; default: AWS, or "
-                        "AWS_ENDPOINT_URL")
-    p.add_argument("--trusted-proxy", metavar="ADDR",
-                   help="address of the reverse proxy whose X-Forwarded-For and "
-                        "X-Forwarded-Proto headers are believed (the access log then shows "
-                        "the real client); default: none")
+        "Users come from MOODLE_MLBACKEND_PYTHON_USERS (create entries with "
+        "`mlbackend passwd`); models are kept in MOODLE_MLBACKEND_PYTHON_DIR, or "
+        "in the S3 bucket MOODLE_MLBACKEND_PYTHON_S3_BUCKET_NAME; temporary files "
+        "go to MOODLE_MLBACKEND_TEMPDIR. It speaks plain HTTP: put it behind a "
+        "TLS reverse proxy such as nginx.",
+    )
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (0.0.0.0: every interface); default: %(default)s",
+    )
+    p.add_argument(
+        "--port",
+        type=int,
+        default=5000,
+        help="TCP port to listen on (0 picks a free one); default: %(default)s",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=8,
+        metavar="N",
+        help="requests handled at once (threads); a queued training holds one, "
+        "so keep it well above --max-trainings; default: %(default)s",
+    )
+    p.add_argument(
+        "--max-trainings",
+        type=int,
+        default=1,
+        metavar="N",
+        help="trainings and evaluations run at once, the rest wait their turn "
+        "(each uses every core); default: %(default)s",
+    )
+    p.add_argument(
+        "--max-upload-mb",
+        type=int,
+        default=512,
+        metavar="MB",
+        help="largest request body accepted, in MiB; a larger upload gets HTTP "
+        "413; default: %(default)s",
+    )
+    p.add_argument(
+        "--max-unzipped-mb",
+        type=int,
+        default=256,
+        metavar="MB",
+        help="largest total size an imported zip may expand to, in MiB; default: %(default)s",
+    )
+    p.add_argument(
+        "--s3-endpoint-url",
+        metavar="URL",
+        help="endpoint of an S3-compatible store (MinIO, Ceph...) when "
+        "MOODLE_MLBACKEND_PYTHON_S3_BUCKET_NAME is set; default: AWS, or "
+        "AWS_ENDPOINT_URL",
+    )
+    p.add_argument(
+        "--trusted-proxy",
+        metavar="ADDR",
+        help="address of the reverse proxy whose X-Forwarded-For and "
+        "X-Forwarded-Proto headers are believed (the access log then shows "
+        "the real client); default: none",
+    )
 
     p = command(
-        "passwd", _passwd, help="print MOODLE_MLBACKEND_PYTHON_USERS entries for users",
+        "passwd",
+        _passwd,
+        help="print MOODLE_MLBACKEND_PYTHON_USERS entries for users",
         description="Print one line for MOODLE_MLBACKEND_PYTHON_USERS: a "
-                    "user:pbkdf2_sha256:ITERATIONS:SALT:HASH entry per user, comma-separated. "
-                    "Asks for each password (twice) unless --generate or --stdin is given. "
-                    "The server also accepts plain-text and old sha256:SALT:HEX entries.")
+        "user:pbkdf2_sha256:ITERATIONS:SALT:HASH entry per user, comma-separated. "
+        "Asks for each password (twice) unless --generate or --stdin is given. "
+        "The server also accepts plain-text and old sha256:SALT:HEX entries.",
+    )
     p.add_argument("users", nargs="+", metavar="USER", help="user name (no ',' or ':')")
     how = p.add_mutually_exclusive_group()
-    how.add_argument("--generate", action="store_true",
-                     help="make up random passwords and print them on stderr")
-    how.add_argument("--stdin", action="store_true",
-                     help="read the passwords from standard input, one line per user")
-    p.add_argument("--iterations", type=int, default=600_000,
-                   help="PBKDF2 iterations; default: %(default)s")
+    how.add_argument(
+        "--generate", action="store_true", help="make up random passwords and print them on stderr"
+    )
+    how.add_argument(
+        "--stdin",
+        action="store_true",
+        help="read the passwords from standard input, one line per user",
+    )
+    p.add_argument(
+        "--iterations", type=int, default=600_000, help="PBKDF2 iterations; default: %(default)s"
+    )
     return parser
 
 
 def moodle_modules(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
     """The subcommands Moodle calls as `-m moodlemlbackend.NAME`."""
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    return {name: p for name, p in sub.choices.items()
-            if p.get_default("moodle_args") is not None}
+    return {name: p for name, p in sub.choices.items() if p.get_default("moodle_args") is not None}
 
 
 def moodle_argv(argv: list[str], parser: argparse.ArgumentParser) -> list[str]:
@@ -194,15 +296,19 @@ def moodle_argv(argv: list[str], parser: argparse.ArgumentParser) -> list[str]:
     module = argv[1].split(".", 1)[1] if "." in argv[1] else argv[1]
     modules = moodle_modules(parser)
     if module not in modules:
-        raise UsageError(f"Unknown module {argv[1]!r}; Moodle calls one of "
-                         f"{', '.join('moodlemlbackend.' + m for m in modules)}.")
+        raise UsageError(
+            f"Unknown module {argv[1]!r}; Moodle calls one of "
+            f"{', '.join('moodlemlbackend.' + m for m in modules)}."
+        )
     names: list[str] = modules[module].get_default("moodle_args")
     optional: list[str] = modules[module].get_default("moodle_optional")
     values = argv[2:]
     if len(values) < len(names):
-        raise UsageError(f"Missing arguments, expected {len(names)} "
-                         f"({', '.join(n.strip('-') for n in names)}), got {len(values)}.",
-                         runid=str(int(time.time())))
+        raise UsageError(
+            f"Missing arguments, expected {len(names)} "
+            f"({', '.join(n.strip('-') for n in names)}), got {len(values)}.",
+            runid=str(int(time.time())),
+        )
     out = [module]
     for name, value in zip(names + optional, values):
         # NAME=VALUE: a value that starts with '-' ("-inf") is not read as an option
@@ -252,6 +358,7 @@ def main(argv: list[str] | None = None) -> int:
 # The handlers: each turns parsed arguments into a call of `mlbackend.actions`
 # and returns the answer (a dict, printed as JSON), a text, or None.
 
+
 def _model_dir(args: argparse.Namespace) -> str:
     from mlbackend import store
 
@@ -273,9 +380,15 @@ def _predict(args: argparse.Namespace) -> dict[str, Any]:
 def _evaluate(args: argparse.Namespace) -> dict[str, Any]:
     from mlbackend import actions
 
-    return actions.evaluate(_model_dir(args), args.dataset, args.min_score, args.max_deviation,
-                            args.iterations, trained_model_dir=args.trained_model_dir,
-                            progress=sys.stderr.isatty())
+    return actions.evaluate(
+        _model_dir(args),
+        args.dataset,
+        args.min_score,
+        args.max_deviation,
+        args.iterations,
+        trained_model_dir=args.trained_model_dir,
+        progress=sys.stderr.isatty(),
+    )
 
 
 def _export(args: argparse.Namespace) -> str:
@@ -313,8 +426,9 @@ def _passwd(args: argparse.Namespace) -> str:
         auth.check_user_name(user)
     lines = sys.stdin.read().splitlines() if args.stdin else []
     if args.stdin and len(lines) < len(args.users):
-        raise UsageError(f"--stdin gave {len(lines)} password line(s) for "
-                         f"{len(args.users)} user(s).")
+        raise UsageError(
+            f"--stdin gave {len(lines)} password line(s) for {len(args.users)} user(s)."
+        )
     entries = []
     for i, user in enumerate(args.users):
         if args.generate:
@@ -365,7 +479,7 @@ def _stdout_to_stderr() -> Iterator[None]:
         os.close(saved)
 
 
-class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+class StderrHandler(logging.StreamHandler):
     """The program's log on stderr: whatever `sys.stderr` is at the moment of
     writing, so that a caller who redirects it (tests, an embedding) gets it."""
 
@@ -374,7 +488,7 @@ class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
     def __init__(self) -> None:
         super().__init__(sys.stderr)
 
-    @property  # type: ignore[override]
+    @property
     def stream(self) -> Any:
         return sys.stderr
 

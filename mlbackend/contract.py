@@ -3,6 +3,7 @@
 Everything that reaches Moodle passes through here, so that the command line
 and the server answer in exactly the same shapes.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,8 +26,13 @@ class BackendError(Exception):
     answer's `errors` key when set.
     """
 
-    def __init__(self, message: str, status: int = GENERAL_ERROR,
-                 errors: str | list[str] | None = None, **extra: Any) -> None:
+    def __init__(
+        self,
+        message: str,
+        status: int = GENERAL_ERROR,
+        errors: str | list[str] | None = None,
+        **extra: Any,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.status = status
@@ -90,7 +96,7 @@ class _BoundedRepr:
                     return repr(x)
                 shape = getattr(x, "shape", None)
                 if shape == () and type(x).__module__.startswith("numpy"):
-                    return repr(x)[:limit + 1]  # a NumPy scalar or dtype: short
+                    return repr(x)[: limit + 1]  # a NumPy scalar or dtype: short
                 if isinstance(shape, tuple) and len(shape) <= 8:
                     return f"<{type(x).__name__} of shape {shape}>"
                 return f"<{type(x).__name__}>"
@@ -108,7 +114,7 @@ class _BoundedRepr:
             text = self.r.repr(value)
         except Exception:  # noqa: BLE001 - a value whose repr fails is still named
             text = f"<{type(value).__name__}>"
-        return text if len(text) <= self.limit else text[:self.limit] + "..."
+        return text if len(text) <= self.limit else text[: self.limit] + "..."
 
 
 _shown = _BoundedRepr(SHOWN_CHARS)

@@ -9,6 +9,7 @@ The reader streams the file in blocks of lines and parses each block with
 NumPy's C parser, so memory holds one block of text beside the float32
 result, and a 30 MB file parses in about a second.
 """
+
 from __future__ import annotations
 
 import csv
@@ -16,8 +17,9 @@ import io
 import json
 import math
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import BinaryIO, Callable, Iterator, List
+from typing import BinaryIO
 
 import numpy as np
 
@@ -42,6 +44,7 @@ _F32_MAX = float(np.finfo(np.float32).max)
 #: numbers (0, 1, 2...), and training sizes a lookup table by the largest one.
 MAX_CLASS = 1_000_000
 
+
 @dataclass
 class Dataset:
     """A validated Moodle dataset: features as float32, labels as class values."""
@@ -51,8 +54,15 @@ class Dataset:
     classes: list[int]
     feature_names: list[str]
     X: np.ndarray
-    y: np.ndarray | None = None          # training files: class value per row
+    y: np.ndarray | None = None  # training files: class value per row
     sample_ids: list[str] = field(default_factory=list)  # prediction files
+
+    @property
+    def labels(self) -> np.ndarray:
+        """The class value of every row: training files only."""
+        if self.y is None:
+            raise ValueError(f"{self.path} is a prediction file: it has no labels")
+        return self.y
 
     @property
     def nrows(self) -> int:
@@ -122,9 +132,12 @@ def _lines(f: BinaryIO) -> Iterator[tuple[int, list[str]]]:
         if not end:
             pending += chunk
             if len(pending) > MAX_LINE_BYTES:
-                raise _fail(f"the line is longer than {MAX_LINE_BYTES >> 20} MiB; a Moodle "
-                            "dataset's lines are far shorter. Is this a Moodle analytics "
-                            "dataset?", lineno)
+                raise _fail(
+                    f"the line is longer than {MAX_LINE_BYTES >> 20} MiB; a Moodle "
+                    "dataset's lines are far shorter. Is this a Moodle analytics "
+                    "dataset?",
+                    lineno,
+                )
             continue
         blob = bytes(pending) + chunk[:end] if pending else chunk[:end]
         pending = bytearray(chunk[end:])
@@ -136,13 +149,17 @@ def _decode(blob: bytes, lineno: int) -> list[str]:
     """The lines of `blob` (whole lines, the first being line `lineno`)."""
     nul = blob.find(b"\x00")
     if nul >= 0:
-        raise _fail("the file holds binary data (a NUL byte); a dataset must be a "
-                    "UTF-8 CSV text file.", lineno + blob.count(b"\n", 0, nul))
+        raise _fail(
+            "the file holds binary data (a NUL byte); a dataset must be a UTF-8 CSV text file.",
+            lineno + blob.count(b"\n", 0, nul),
+        )
     try:
         text = blob.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise _fail("the text is not valid UTF-8; a dataset must be a UTF-8 CSV text file.",
-                    lineno + blob.count(b"\n", 0, exc.start)) from None
+        raise _fail(
+            "the text is not valid UTF-8; a dataset must be a UTF-8 CSV text file.",
+            lineno + blob.count(b"\n", 0, exc.start),
+        ) from None
     lines = text.split("\n")
     if text.endswith("\n"):
         lines.pop()
@@ -159,17 +176,22 @@ def _csv_row(text: str, line: int) -> list[str]:
     return rows[0] if rows else []
 
 
-def _parse_header(names: list[str], values: list[str], colnames: list[str],
-                  training: bool) -> tuple[int, list[int], list[str]]:
+def _parse_header(
+    names: list[str], values: list[str], colnames: list[str], training: bool
+) -> tuple[int, list[int], list[str]]:
     names = [n.strip() for n in names]
     if "nfeatures" not in names:
         # Nothing of the line is quoted: a file that is not a dataset (a
         # mistyped path, /etc/shadow run as root) must not be echoed.
-        raise _fail("the first line must name the metadata (nfeatures, targetclasses, "
-                    "targettype, ...) but it does not. Is this a Moodle analytics dataset?", 1)
+        raise _fail(
+            "the first line must name the metadata (nfeatures, targetclasses, "
+            "targettype, ...) but it does not. Is this a Moodle analytics dataset?",
+            1,
+        )
     if len(values) != len(names):
-        raise _fail(f"the metadata names {len(names)} fields on line 1 but gives "
-                    f"{len(values)} values.", 2)
+        raise _fail(
+            f"the metadata names {len(names)} fields on line 1 but gives {len(values)} values.", 2
+        )
     meta = dict(zip(names, (v.strip() for v in values)))
     # ASCII digits only: int() also takes other scripts' digits ('\u0663' is 3).
     negative = meta["nfeatures"].startswith("-")
@@ -177,26 +199,41 @@ def _parse_header(names: list[str], values: list[str], colnames: list[str],
     if not (text.isascii() and text.isdigit()):
         raise _fail(f"nfeatures must be a whole number, not {_show(meta['nfeatures'])}.", 2)
     if len(text) > 12:  # not parsed: a 5,000-digit number is no feature count
-        raise _fail(f"nfeatures is {_show(text)}; at most {MAX_FEATURES} features are "
-                    "accepted (Moodle's datasets have a few hundred).", 2)
+        raise _fail(
+            f"nfeatures is {_show(text)}; at most {MAX_FEATURES} features are "
+            "accepted (Moodle's datasets have a few hundred).",
+            2,
+        )
     nfeatures = -int(text) if negative else int(text)
     if nfeatures < 1:
         raise _fail(f"nfeatures must be at least 1, not {_show(nfeatures)}.", 2)
     if nfeatures > MAX_FEATURES:
-        raise _fail(f"nfeatures is {_show(nfeatures)}; at most {MAX_FEATURES} features are "
-                    "accepted (Moodle's datasets have a few hundred).", 2)
+        raise _fail(
+            f"nfeatures is {_show(nfeatures)}; at most {MAX_FEATURES} features are "
+            "accepted (Moodle's datasets have a few hundred).",
+            2,
+        )
     if meta.get("targettype", "discrete") not in ("discrete", ""):
-        raise _fail(f"targettype {_show(meta['targettype'])} is not supported; this backend "
-                    "trains classifiers (targettype discrete).", 2)
+        raise _fail(
+            f"targettype {_show(meta['targettype'])} is not supported; this backend "
+            "trains classifiers (targettype discrete).",
+            2,
+        )
     if "targetclasses" not in meta:
-        raise _fail("the metadata lacks targetclasses (the list of classes, e.g. \"[0,1]\").", 1)
+        raise _fail('the metadata lacks targetclasses (the list of classes, e.g. "[0,1]").', 1)
     classes = _parse_classes(meta["targetclasses"])
     expected = nfeatures + 1
     if len(colnames) not in (expected, nfeatures) or (training and len(colnames) != expected):
-        what = "the features then the target column" if training else \
-            "the sample id column then the features"
-        raise _fail(f"nfeatures is {_show(nfeatures)}, so line 3 must name {what} "
-                    f"({_show(expected)} columns), but it names {len(colnames)}.", 3)
+        what = (
+            "the features then the target column"
+            if training
+            else "the sample id column then the features"
+        )
+        raise _fail(
+            f"nfeatures is {_show(nfeatures)}, so line 3 must name {what} "
+            f"({_show(expected)} columns), but it names {len(colnames)}.",
+            3,
+        )
     features = colnames[:nfeatures] if training else colnames[-nfeatures:]
     return nfeatures, classes, features
 
@@ -207,17 +244,23 @@ def _parse_classes(text: str) -> list[int]:
     except ValueError:
         value = None
     if not isinstance(value, list) or not value:
-        raise _fail("targetclasses must be a JSON list such as \"[0,1]\", not "
-                    f"{_show(text)}.", 2)
+        raise _fail(f'targetclasses must be a JSON list such as "[0,1]", not {_show(text)}.', 2)
     classes = []
     for c in value:
         # NaN and 1e400 (inf) are valid JSON to Python; neither is a class.
-        if isinstance(c, bool) or not isinstance(c, (int, float)) or not math.isfinite(c) \
-                or int(c) != c:
+        if (
+            isinstance(c, bool)
+            or not isinstance(c, (int, float))
+            or not math.isfinite(c)
+            or int(c) != c
+        ):
             raise _fail(f"targetclasses must list whole numbers, but it holds {_show(c)}.", 2)
         if not 0 <= c <= MAX_CLASS:
-            raise _fail(f"targetclasses must list whole numbers from 0 to {MAX_CLASS}, but it "
-                        f"holds {_show(c)}.", 2)
+            raise _fail(
+                f"targetclasses must list whole numbers from 0 to {MAX_CLASS}, but it "
+                f"holds {_show(c)}.",
+                2,
+            )
         classes.append(int(c))
     if len(set(classes)) != len(classes):
         raise _fail(f"targetclasses lists a class twice: {_show(text)}.", 2)
@@ -226,8 +269,9 @@ def _parse_classes(text: str) -> list[int]:
     return classes
 
 
-def _split_block(lines: list[str], first_line: int, ncols: int
-                 ) -> tuple[list[int], list[list[str]] | list[str]]:
+def _split_block(
+    lines: list[str], first_line: int, ncols: int
+) -> tuple[list[int], list[list[str]] | list[str]]:
     """Drop blank lines and check every row has `ncols` cells.
 
     Returns the line numbers kept and either the lines (no quoting: fast path)
@@ -248,11 +292,12 @@ def _split_block(lines: list[str], first_line: int, ncols: int
 
 
 def _ragged(found: int, ncols: int, line: int) -> BackendError:
-    return _fail(f"the row has {found} cells but every data row must have {ncols} "
-                 f"(nfeatures + 1).", line)
+    return _fail(
+        f"the row has {found} cells but every data row must have {ncols} (nfeatures + 1).", line
+    )
 
 
-Numbers = Callable[[List[str], int], "np.ndarray | None"]
+Numbers = Callable[[list[str], int], "np.ndarray | None"]
 
 
 def _numpy_numbers(lines: list[str], ncols: int) -> np.ndarray | None:
@@ -265,8 +310,9 @@ def _numpy_numbers(lines: list[str], ncols: int) -> np.ndarray | None:
     if ncols == 1:
         s = s.replace("\n\n", "\n0\n").replace("\n\n", "\n0\n")
     try:
-        arr = np.loadtxt(io.StringIO(s), delimiter=",", dtype=np.float64, ndmin=2,
-                         comments=None, quotechar=None)
+        arr = np.loadtxt(
+            io.StringIO(s), delimiter=",", dtype=np.float64, ndmin=2, comments=None, quotechar=None
+        )
     except ValueError:
         return None
     return arr if arr.shape == (len(lines), ncols) else None
@@ -291,17 +337,24 @@ def _tf_numbers(lines: list[str], ncols: int) -> np.ndarray | None:
     return tf.stack(cols, axis=1).numpy()
 
 
-def _locate_bad_cell(rows: list[list[str]], numbers: list[int], names: list[str],
-                     col_offset: int) -> BackendError:
+def _locate_bad_cell(
+    rows: list[list[str]], numbers: list[int], names: list[str], col_offset: int
+) -> BackendError:
     for row, n in zip(rows, numbers):
         for j, cell in enumerate(row):
             v = _cell_number(cell)
             if v is None:
-                return _fail(f"column {j + 1 + col_offset} ({_name(names, j)}) holds "
-                             f"{_show(cell)}, which is not a number.", n)
+                return _fail(
+                    f"column {j + 1 + col_offset} ({_name(names, j)}) holds "
+                    f"{_show(cell)}, which is not a number.",
+                    n,
+                )
             if not abs(v) <= _F32_MAX:
-                return _fail(f"column {j + 1 + col_offset} ({_name(names, j)}) holds "
-                             f"{_show(cell)}; values must be finite numbers.", n)
+                return _fail(
+                    f"column {j + 1 + col_offset} ({_name(names, j)}) holds "
+                    f"{_show(cell)}; values must be finite numbers.",
+                    n,
+                )
     return _fail("a cell is not a number.", numbers[0] if numbers else None)
 
 
@@ -335,9 +388,15 @@ def _name(names: list[str], j: int) -> str:
     return names[j] if len(names[j]) <= 40 else names[j][:40] + "..."
 
 
-def _parse_block(line_numbers: list[int], block: list[str] | list[list[str]], ncols: int,
-                 training: bool, feature_names: list[str], classes: list[int], numbers: Numbers
-                 ) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
+def _parse_block(
+    line_numbers: list[int],
+    block: list[str] | list[list[str]],
+    ncols: int,
+    training: bool,
+    feature_names: list[str],
+    classes: list[int],
+    numbers: Numbers,
+) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
     nfeat = ncols - 1
     if block and isinstance(block[0], list):
         rows = block  # already split (quoted cells)
@@ -345,7 +404,7 @@ def _parse_block(line_numbers: list[int], block: list[str] | list[list[str]], nc
         rows = None
     ids: list[str] = []
     if training:
-        lines = block if rows is None else [",".join(r) for r in rows]  # type: ignore[misc]
+        lines = block if rows is None else [",".join(r) for r in rows]
         names = feature_names + ["target"]
         col_offset = 0
     else:
@@ -375,8 +434,11 @@ def _parse_block(line_numbers: list[int], block: list[str] | list[list[str]], nc
         ok = np.isin(labels, allowed)
         if not ok.all():
             i = int(np.argmin(ok))
-            raise _fail(f"the label {labels[i]:g} in the last column is not one of the "
-                        f"targetclasses {_show(classes, 80)}.", line_numbers[i])
+            raise _fail(
+                f"the label {labels[i]:g} in the last column is not one of the "
+                f"targetclasses {_show(classes, 80)}.",
+                line_numbers[i],
+            )
         return X, labels.astype(np.int64), ids
     for i, sid in enumerate(ids):
         if not sid:
@@ -398,14 +460,15 @@ def _read(path: str, training: bool, numbers: Numbers) -> Dataset:
         if not header or (len(header) == 1 and not header[0].strip()):
             raise _fail(f"The dataset file {path} is empty.")
         if len(header) < 3:
-            raise _fail("the file ends before the data: a Moodle dataset has metadata names, "
-                        "metadata values and column names on its first three lines.",
-                        len(header) + 1)
+            raise _fail(
+                "the file ends before the data: a Moodle dataset has metadata names, "
+                "metadata values and column names on its first three lines.",
+                len(header) + 1,
+            )
         names = _csv_row(header[0], 1)
         values = _csv_row(header[1], 2)
         colnames = [c.strip() for c in _csv_row(header[2], 3)]
-        nfeatures, classes, feature_names = _parse_header(names, values, colnames,
-                                                                training)
+        nfeatures, classes, feature_names = _parse_header(names, values, colnames, training)
         ncols = nfeatures + 1
         file_size = os.fstat(f.fileno()).st_size
         X_rows = _Rows(nfeatures, np.float32)
@@ -415,8 +478,9 @@ def _read(path: str, training: bool, numbers: Numbers) -> Dataset:
             line_numbers, block = _split_block(lines, first, ncols)
             if not line_numbers:
                 continue
-            X, y, sid = _parse_block(line_numbers, block, ncols, training, feature_names,
-                                     classes, numbers)
+            X, y, sid = _parse_block(
+                line_numbers, block, ncols, training, feature_names, classes, numbers
+            )
             if X_rows.n == 0:
                 # Size the result from the first block: rows ~ bytes / bytes per row,
                 # measured on the data rows (blank lines are not rows). A row has
@@ -432,9 +496,15 @@ def _read(path: str, training: bool, numbers: Numbers) -> Dataset:
             ids.extend(sid)
     if X_rows.n == 0:
         raise _fail(f"The dataset file {path} has no data rows after its three header lines.")
-    return Dataset(path=path, nfeatures=nfeatures, classes=classes,
-                   feature_names=feature_names, X=X_rows.result(),
-                   y=y_rows.result() if training else None, sample_ids=ids)
+    return Dataset(
+        path=path,
+        nfeatures=nfeatures,
+        classes=classes,
+        feature_names=feature_names,
+        X=X_rows.result(),
+        y=y_rows.result() if training else None,
+        sample_ids=ids,
+    )
 
 
 class _Rows:
@@ -444,7 +514,7 @@ class _Rows:
 
     def __init__(self, width: int, dtype: type) -> None:
         self.width = width
-        self.buf = np.empty((0, width) if width else 0, dtype=dtype)
+        self.buf: np.ndarray = np.empty((0, width) if width else 0, dtype=dtype)
         self.n = 0
 
     @property
@@ -454,13 +524,13 @@ class _Rows:
     def reserve(self, rows: int) -> None:
         if rows > len(self.buf):
             grown = np.empty((rows, self.width) if self.width else rows, dtype=self.buf.dtype)
-            grown[:self.n] = self.buf[:self.n]
+            grown[: self.n] = self.buf[: self.n]
             self.buf = grown
 
     def add(self, block: np.ndarray) -> None:
         if self.n + len(block) > len(self.buf):
             self.reserve(max(self.n + len(block), int(len(self.buf) * 1.25)))
-        self.buf[self.n:self.n + len(block)] = block
+        self.buf[self.n : self.n + len(block)] = block
         self.n += len(block)
 
     def result(self) -> np.ndarray:
@@ -470,8 +540,9 @@ class _Rows:
         return self.buf
 
 
-def _chain(first: tuple[int, list[str]] | None,
-           rest: Iterator[tuple[int, list[str]]]) -> Iterator[tuple[int, list[str]]]:
+def _chain(
+    first: tuple[int, list[str]] | None, rest: Iterator[tuple[int, list[str]]]
+) -> Iterator[tuple[int, list[str]]]:
     if first is not None:
         yield first
     yield from rest

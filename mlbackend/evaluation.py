@@ -16,6 +16,7 @@ Each run leaves `OUTPUTDIR/logs/RUNID/` for the admin: `info.log`,
 full importance table), `roc-curve.png` (binary targets), `importance.png`
 and TensorBoard event files under `tensor/`.
 """
+
 from __future__ import annotations
 
 import errno
@@ -42,11 +43,15 @@ SIDE_BY_SIDE = 10
 #: Points kept of each iteration's ROC curve.
 ROC_POINTS = 2000
 
-LOW_SCORE_MESSAGE = ("The evaluated model prediction accuracy is not very good: score {score:.4f} "
-                     "is below the minimum {min_score}.")
-DEVIATION_MESSAGE = ("The results obtained varied too much between iterations (deviation "
-                     "{dev:.4f}, accepted {accepted}); more samples are needed to check if this "
-                     "model is valid.")
+LOW_SCORE_MESSAGE = (
+    "The evaluated model prediction accuracy is not very good: score {score:.4f} "
+    "is below the minimum {min_score}."
+)
+DEVIATION_MESSAGE = (
+    "The results obtained varied too much between iterations (deviation "
+    "{dev:.4f}, accepted {accepted}); more samples are needed to check if this "
+    "model is valid."
+)
 
 
 @dataclass
@@ -76,8 +81,9 @@ def new_run_dir(output_dir: str) -> tuple[int, str]:
             runid += 1
 
 
-def stratified_split(y_idx: np.ndarray, test_fraction: float, rng: np.random.Generator
-                     ) -> tuple[np.ndarray, np.ndarray]:
+def stratified_split(
+    y_idx: np.ndarray, test_fraction: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """80/20 per class, keeping at least one row of every class for training."""
     train, test = [], []
     for c in np.unique(y_idx):
@@ -100,11 +106,16 @@ def score(model: Model, X: np.ndarray, y_idx: np.ndarray) -> Iteration:
         auc = metrics.roc_auc(is_pos, proba[:, positive])
         if auc is not None:
             roc = _thin(*metrics.roc_curve(is_pos, proba[:, positive]))
-    return Iteration(scores=metrics.classification_scores(y_idx, yhat, nclasses),
-                     confusion=metrics.confusion_matrix(y_idx, yhat, nclasses), auc=auc, roc=roc,
-                     train_rows=0, test_rows=len(y_idx),
-                     brier=metrics.brier_score(y_idx, proba),
-                     ece=metrics.expected_calibration_error(y_idx, proba))
+    return Iteration(
+        scores=metrics.classification_scores(y_idx, yhat, nclasses),
+        confusion=metrics.confusion_matrix(y_idx, yhat, nclasses),
+        auc=auc,
+        roc=roc,
+        train_rows=0,
+        test_rows=len(y_idx),
+        brier=metrics.brier_score(y_idx, proba),
+        ece=metrics.expected_calibration_error(y_idx, proba),
+    )
 
 
 def _thin(fpr: np.ndarray, tpr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -116,27 +127,43 @@ def _thin(fpr: np.ndarray, tpr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return fpr[keep], tpr[keep]
 
 
-def evaluate(ds: Dataset, output_dir: str, min_score: float, accepted_deviation: float,
-             iterations: int, trained: Model | None = None, progress: bool = False
-             ) -> dict[str, Any]:
+def evaluate(
+    ds: Dataset,
+    output_dir: str,
+    min_score: float,
+    accepted_deviation: float,
+    iterations: int,
+    trained: Model | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
     """Run the evaluation and write its log directory; returns Moodle's answer.
 
     A log directory that cannot be written (a full disk) is an answer with
     status 1 that says so, not an unexpected error."""
     try:
-        return _evaluate(ds, output_dir, min_score, accepted_deviation, iterations, trained,
-                         progress)
+        return _evaluate(
+            ds, output_dir, min_score, accepted_deviation, iterations, trained, progress
+        )
     except OSError as exc:
         why = "the disk is full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else exc.strerror
-        raise BackendError(f"The evaluation could not write its logs in "
-                           f"{os.path.join(output_dir, store.LOGS_DIR)} ({why}).") from None
+        raise BackendError(
+            f"The evaluation could not write its logs in "
+            f"{os.path.join(output_dir, store.LOGS_DIR)} ({why})."
+        ) from None
 
 
-def _evaluate(ds: Dataset, output_dir: str, min_score: float, accepted_deviation: float,
-              iterations: int, trained: Model | None, progress: bool) -> dict[str, Any]:
+def _evaluate(
+    ds: Dataset,
+    output_dir: str,
+    min_score: float,
+    accepted_deviation: float,
+    iterations: int,
+    trained: Model | None,
+    progress: bool,
+) -> dict[str, Any]:
     from mlbackend import training  # TensorFlow: only when we train
 
-    y_idx = training.class_indices(ds.y, ds.classes)
+    y_idx = training.class_indices(ds.labels, ds.classes)
     if trained is None:
         training.require_all_classes(y_idx, len(ds.classes))
     runid, run_dir = new_run_dir(output_dir)
@@ -152,8 +179,14 @@ def _evaluate(ds: Dataset, output_dir: str, min_score: float, accepted_deviation
     if root.getEffectiveLevel() > logging.INFO:
         root.setLevel(logging.INFO)  # the stderr handler keeps its own level
     try:
-        log.info("evaluation %d of %s: %d rows, %d features, classes %s", runid, ds.path,
-                 ds.nrows, ds.nfeatures, ds.classes)
+        log.info(
+            "evaluation %d of %s: %d rows, %d features, classes %s",
+            runid,
+            ds.path,
+            ds.nrows,
+            ds.nfeatures,
+            ds.classes,
+        )
         results: list[Iteration] = []
         shuffler = np.random.default_rng(runid + 1)
         if trained is not None:
@@ -161,32 +194,47 @@ def _evaluate(ds: Dataset, output_dir: str, min_score: float, accepted_deviation
             log.info("scoring the trained model on all rows")
             results.append(score(trained, ds.X, y_idx))
             score_name, results[0].importance = importance.permutation_importance(
-                trained, ds.X, y_idx, shuffler)
-            models = [trained]
+                trained, ds.X, y_idx, shuffler
+            )
+            models: list[Model] = [trained]
         else:
             rng = np.random.default_rng(runid)
             # At most SIDE_BY_SIDE networks train at once, their splits made
             # and dropped group by group: memory does not grow with the
             # number of iterations (up to actions.MAX_ITERATIONS).
-            models: list[Model] = []
+            models = []
             for first in range(0, iterations, SIDE_BY_SIDE):
                 group = range(first, min(first + SIDE_BY_SIDE, iterations))
                 splits = [stratified_split(y_idx, 0.2, rng) for _ in group]
-                log.info("training %d networks side by side on %d rows each", len(group),
-                         len(splits[0][0]))
+                log.info(
+                    "training %d networks side by side on %d rows each",
+                    len(group),
+                    len(splits[0][0]),
+                )
                 dirs = [os.path.join(run_dir, "tensor", f"iteration-{i + 1}") for i in group]
                 options = training.TrainingOptions(progress=progress, tensorboard_dirs=dirs)
-                trained_group = training.train_splits(ds.X, ds.y, ds.classes, ds.feature_names,
-                                                      [train for train, _ in splits], options)
+                trained_group = training.train_splits(
+                    ds.X,
+                    ds.labels,
+                    ds.classes,
+                    ds.feature_names,
+                    [train for train, _ in splits],
+                    options,
+                )
                 for i, m, (train_idx, test_idx) in zip(group, trained_group, splits):
                     it = score(m, ds.X[test_idx], y_idx[test_idx])
                     it.train_rows = len(train_idx)
                     score_name, it.importance = importance.permutation_importance(
-                        m, ds.X[test_idx], y_idx[test_idx], shuffler)
+                        m, ds.X[test_idx], y_idx[test_idx], shuffler
+                    )
                     results.append(it)
-                    log.info("iteration %d: %s auc=%s epochs=%d", i + 1,
-                             json.dumps({k: round(v, 4) for k, v in it.scores.items()}),
-                             it.auc, m.history["last_epochs"])
+                    log.info(
+                        "iteration %d: %s auc=%s epochs=%d",
+                        i + 1,
+                        json.dumps({k: round(v, 4) for k, v in it.scores.items()}),
+                        it.auc,
+                        m.history["last_epochs"],
+                    )
                 models = models or trained_group[:1]  # names the importance table's inputs
                 del trained_group, splits
         out = _summarise(results, min_score, accepted_deviation, len(ds.classes) == 2)
@@ -209,8 +257,9 @@ class _RunLog(logging.FileHandler):
         raise  # the error being handled, in emit()
 
 
-def _summarise(results: list[Iteration], min_score: float, accepted_deviation: float,
-               binary: bool) -> dict[str, Any]:
+def _summarise(
+    results: list[Iteration], min_score: float, accepted_deviation: float, binary: bool
+) -> dict[str, Any]:
     keys = ["accuracy", "balanced accuracy", "precision", "recall", "f1_score"]
     means = {k: float(np.mean([r.scores[k] for r in results])) for k in keys}
     f1 = np.array([r.scores["f1_score"] for r in results])
@@ -222,8 +271,15 @@ def _summarise(results: list[Iteration], min_score: float, accepted_deviation: f
     if deviation > accepted_deviation:
         status |= NOT_ENOUGH_DATA
         info.append(DEVIATION_MESSAGE.format(dev=deviation, accepted=accepted_deviation))
-    out = answer(status, info, **means, score=score_value, score_deviation=deviation,
-                 min_score=min_score, accepted_deviation=accepted_deviation)
+    out = answer(
+        status,
+        info,
+        **means,
+        score=score_value,
+        score_deviation=deviation,
+        min_score=min_score,
+        accepted_deviation=accepted_deviation,
+    )
     if binary:
         aucs = [r.auc for r in results if r.auc is not None]
         if aucs:
@@ -234,55 +290,79 @@ def _summarise(results: list[Iteration], min_score: float, accepted_deviation: f
     return out
 
 
-def importance_table(model: Model, results: list[Iteration], names: list[str]
-                     ) -> list[dict[str, Any]]:
+def importance_table(
+    model: Model, results: list[Iteration], names: list[str]
+) -> list[dict[str, Any]]:
     """Every used column's importance, averaged over the iterations, most
     important first; columns named as in the dataset's header."""
     per_iteration = np.array([r.importance for r in results if r.importance is not None])
     if per_iteration.size == 0:
         return []
-    rows = []
+    rows: list[dict[str, Any]] = []
     for j, column in enumerate(model.columns):
         values = per_iteration[:, j]
         if np.isnan(values).all():
             continue
         name = names[column] if column < len(names) else f"column {column + 1}"
-        rows.append({"column": int(column), "name": name,
-                     "importance": float(np.nanmean(values)),
-                     "deviation": float(np.nanstd(values)),
-                     "iterations": [None if np.isnan(v) else float(v) for v in values]})
-    rows.sort(key=lambda r: -r["importance"])
+        rows.append(
+            {
+                "column": int(column),
+                "name": name,
+                "importance": float(np.nanmean(values)),
+                "deviation": float(np.nanstd(values)),
+                "iterations": [None if np.isnan(v) else float(v) for v in values],
+            }
+        )
+    rows.sort(key=lambda r: -float(r["importance"]))
     return rows
 
 
-def summary_lines(nrows: int, results: list[Iteration], trained: bool, score_name: str,
-                  table: list[dict[str, Any]]) -> list[str]:
+def summary_lines(
+    nrows: int,
+    results: list[Iteration],
+    trained: bool,
+    score_name: str,
+    table: list[dict[str, Any]],
+) -> list[str]:
     """What the admin reads in Moodle: what was measured, how well, and why."""
+
     def spread(values: list[float]) -> str:
         return f"{np.mean(values):.3f} ± {np.std(values):.3f}"
 
     if trained:
         lines = [f"The trained model was scored on all {nrows} rows."]
     else:
-        lines = [f"{len(results)} iterations: a model trained on a random 80 % of the "
-                 f"{nrows} rows, scored on the other 20 %."]
+        lines = [
+            f"{len(results)} iterations: a model trained on a random 80 % of the "
+            f"{nrows} rows, scored on the other 20 %."
+        ]
     aucs = [r.auc for r in results if r.auc is not None]
     balanced = spread([r.scores["balanced accuracy"] for r in results])
     measured = (f"AUC {spread(aucs)}, " if aucs else "") + f"balanced accuracy {balanced}"
     lines.append(measured + (" (mean ± standard deviation)." if len(results) > 1 else "."))
     top = [r for r in table[:5] if r["importance"] > 0]
     if top:
-        lines.append(f"The indicators that matter most ({score_name} lost when one is "
-                     "shuffled among the held-out rows): " +
-                     "; ".join(f"{r['name']} ({r['importance']:.3f})" for r in top) + ".")
+        lines.append(
+            f"The indicators that matter most ({score_name} lost when one is "
+            "shuffled among the held-out rows): "
+            + "; ".join(f"{r['name']} ({r['importance']:.3f})" for r in top)
+            + "."
+        )
     else:
         lines.append("No indicator changes the predictions measurably when shuffled.")
     return lines
 
 
-def _write_logs(run_dir: str, runid: int, ds: Dataset, results: list[Iteration],
-                summary: dict[str, Any], trained: bool, score_name: str,
-                table: list[dict[str, Any]]) -> None:
+def _write_logs(
+    run_dir: str,
+    runid: int,
+    ds: Dataset,
+    results: list[Iteration],
+    summary: dict[str, Any],
+    trained: bool,
+    score_name: str,
+    table: list[dict[str, Any]],
+) -> None:
     from mlbackend.rocplot import write_importance_png, write_roc_png
 
     doc = {
@@ -293,9 +373,16 @@ def _write_logs(run_dir: str, runid: int, ds: Dataset, results: list[Iteration],
         "classes": ds.classes,
         "mode": "trained model on all rows" if trained else "random 80/20 splits",
         "iterations": [
-            dict(r.scores, iteration=i + 1, auc=r.auc, brier=r.brier,
-                 expected_calibration_error=r.ece, train_rows=r.train_rows,
-                 test_rows=r.test_rows, confusion_matrix=r.confusion.tolist())
+            dict(
+                r.scores,
+                iteration=i + 1,
+                auc=r.auc,
+                brier=r.brier,
+                expected_calibration_error=r.ece,
+                train_rows=r.train_rows,
+                test_rows=r.test_rows,
+                confusion_matrix=r.confusion.tolist(),
+            )
             for i, r in enumerate(results)
         ],
         "calibration": {
@@ -304,8 +391,8 @@ def _write_logs(run_dir: str, runid: int, ds: Dataset, results: list[Iteration],
         },
         "importance": {
             "what": f"{score_name} lost when the column is shuffled among the held-out rows "
-                    f"(at most {importance.MAX_ROWS} rows, {importance.MAX_COLUMNS} columns "
-                    "per iteration), mean and standard deviation over the iterations",
+            f"(at most {importance.MAX_ROWS} rows, {importance.MAX_COLUMNS} columns "
+            "per iteration), mean and standard deviation over the iterations",
             "columns": table,
         },
         "summary": summary,

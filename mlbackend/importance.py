@@ -12,9 +12,10 @@ rows) and the rest of the forward pass (`Model.head`); at most MAX_ROWS rows
 and MAX_COLUMNS columns (those with the largest first-layer weights) are
 measured.
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -39,11 +40,13 @@ def score_function(model: Model, y_idx: np.ndarray) -> tuple[str, Callable[[np.n
         if 0 < is_pos.sum() < len(is_pos):
             return "AUC", lambda p: float(metrics.roc_auc(is_pos, p[:, positive]) or 0.0)
     return "weighted F1", lambda p: metrics.classification_scores(
-        y_idx, p.argmax(axis=1), nclasses)["f1_score"]
+        y_idx, p.argmax(axis=1), nclasses
+    )["f1_score"]
 
 
-def permutation_importance(model: Model, X: np.ndarray, y_idx: np.ndarray,
-                           rng: np.random.Generator) -> tuple[str, np.ndarray]:
+def permutation_importance(
+    model: Model, X: np.ndarray, y_idx: np.ndarray, rng: np.random.Generator
+) -> tuple[str, np.ndarray]:
     """(score name, drop of that score per used column of `model` when the
     column is shuffled); NaN for columns not measured."""
     groups = model.input_groups()

@@ -9,9 +9,11 @@ it as arrays (not a Keras object) is what lets a prediction call answer
 without importing TensorFlow, and what makes the stored format data only.
 `mlbackend.training` trains it with TensorFlow and hands back one of these.
 """
+
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,7 +44,7 @@ MAX_FEATURES = 10_000
 MAX_HIDDEN_WIDTH = 4096
 MAX_HIDDEN_LAYERS = 16
 MAX_CLASSES = 1000
-MAX_PARAMETERS = 16_000_000          # 64 MB of float32 weights
+MAX_PARAMETERS = 16_000_000  # 64 MB of float32 weights
 #: Memory one block of predicted rows may take for the network's layers:
 #: rows are predicted in blocks sized from the model's widths.
 PREDICT_BLOCK_BYTES = 64 << 20
@@ -53,7 +55,7 @@ PREDICT_BLOCK_BYTES = 64 << 20
 MAX_WORK = 500_000_000_000
 
 #: Hidden-layer activations, by the name stored in the model file.
-ACTIVATIONS = {
+ACTIVATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "relu": lambda z: np.maximum(z, 0.0),
     "tanh": np.tanh,
 }
@@ -79,7 +81,7 @@ class PiecewiseLinear:
     edges: np.ndarray
 
     @classmethod
-    def fit(cls, Xc: np.ndarray, max_edges: int = MAX_EDGES) -> "PiecewiseLinear":
+    def fit(cls, Xc: np.ndarray, max_edges: int = MAX_EDGES) -> PiecewiseLinear:
         """Edges per column of `Xc` (the used columns of the training rows):
         its distinct values when it has at most `max_edges` of them, else its
         quantiles at `max_edges` evenly spaced levels (repeats merged). A
@@ -91,16 +93,16 @@ class PiecewiseLinear:
             col = Xc[:, j]
             distinct = np.unique(col).astype(np.float32)
             if len(distinct) > max_edges:
-                distinct = np.unique(np.quantile(col.astype(np.float64), levels)
-                                     .astype(np.float32))
+                distinct = np.unique(np.quantile(col.astype(np.float64), levels).astype(np.float32))
             if len(distinct) < 2:
                 v = float(distinct[0]) if len(distinct) else 0.0
                 distinct = np.array([v, v + 1.0], dtype=np.float32)
             counts.append(len(distinct))
             edges.append(distinct)
-        return cls(counts=np.asarray(counts, dtype=np.int64),
-                   edges=np.concatenate(edges).astype(np.float32) if edges
-                   else np.zeros(0, np.float32))
+        return cls(
+            counts=np.asarray(counts, dtype=np.int64),
+            edges=np.concatenate(edges).astype(np.float32) if edges else np.zeros(0, np.float32),
+        )
 
     @property
     def width(self) -> int:
@@ -112,7 +114,7 @@ class PiecewiseLinear:
         and its bin's width (e_{t+1} - e_t, in float32)."""
         ends = np.cumsum(self.counts)
         keep = np.ones(len(self.edges), dtype=bool)
-        keep[ends - 1] = False                      # a column's last edge starts no bin
+        keep[ends - 1] = False  # a column's last edge starts no bin
         source = np.repeat(np.arange(len(self.counts)), self.counts - 1)
         lower = self.edges[keep]
         upper = self.edges[np.flatnonzero(keep) + 1]
@@ -121,8 +123,9 @@ class PiecewiseLinear:
     def encode(self, Xc: np.ndarray, dtype: type = np.float32) -> np.ndarray:
         """The encoding of `Xc` (rows of the used columns)."""
         source, lower, width = self.components()
-        return np.clip((Xc.astype(dtype)[:, source] - lower.astype(dtype)) / width.astype(dtype),
-                       0.0, 1.0)
+        return np.clip(
+            (Xc.astype(dtype)[:, source] - lower.astype(dtype)) / width.astype(dtype), 0.0, 1.0
+        )
 
     def check(self, ncolumns: int) -> str | None:
         """Why these arrays are not a valid encoding of `ncolumns` columns, or None."""
@@ -172,7 +175,8 @@ class Model:
         if nfeatures != self.nfeatures:
             raise BackendError(
                 f"The dataset has {nfeatures} features but this model was trained with "
-                f"{self.nfeatures}. The features of a model cannot change; train a new model.")
+                f"{self.nfeatures}. The features of a model cannot change; train a new model."
+            )
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         """Class probabilities, one row per sample, columns in `classes` order.
@@ -186,16 +190,17 @@ class Model:
         proba = np.empty((X.shape[0], len(self.classes)), dtype=np.float64)
         step = self.block_rows
         for start in range(0, X.shape[0], step):
-            proba[start:start + step] = self._forward(X[start:start + step], np.float32)
+            proba[start : start + step] = self._forward(X[start : start + step], np.float32)
         bad = np.flatnonzero(~np.isfinite(proba).all(axis=1))
         for start in range(0, bad.size, step):
-            rows = bad[start:start + step]
+            rows = bad[start : start + step]
             proba[rows] = self._forward(X[rows], np.float64)
         if bad.size:
             if not np.isfinite(proba).all():
                 raise BackendError(
                     "The model's output is not a number for some rows: its weights are "
-                    "damaged or out of range. Train the model again or import a good copy.")
+                    "damaged or out of range. Train the model again or import a good copy."
+                )
         return proba
 
     def check_work(self, rows: int) -> None:
@@ -205,7 +210,8 @@ class Model:
                 f"{rows} rows through this model's {self.parameters} weights would take "
                 f"{rows * self.parameters:.2g} multiply-adds, more than the {MAX_WORK:.0e} "
                 "allowed: the model is far larger than the ones this program trains. Send "
-                "fewer rows at a time, or train a new model.")
+                "fewer rows at a time, or train a new model."
+            )
 
     @property
     def parameters(self) -> int:
@@ -224,15 +230,16 @@ class Model:
         """Rows predicted at once: each row takes, in float64, its input, its
         used columns, the network's (encoded) inputs, and every layer's output
         twice (the product and the activation)."""
-        widths = [int(self.columns.size), int(self.mean.size)] + \
-            [int(w.shape[1]) for w in self.weights[0::2]]
+        widths = [int(self.columns.size), int(self.mean.size)] + [
+            int(w.shape[1]) for w in self.weights[0::2]
+        ]
         per_row = 8 * (self.nfeatures + 2 * sum(widths))
         return max(1, PREDICT_BLOCK_BYTES // per_row)
 
     def standardised(self, X: np.ndarray, dtype: type = np.float32) -> np.ndarray:
         """The network's inputs: the kept columns, encoded (if the model has an
         encoding), centred and scaled."""
-        h = X[:, self.columns].astype(dtype)
+        h: np.ndarray = X[:, self.columns].astype(dtype)
         if self.encoding is not None:
             h = self.encoding.encode(h, dtype)
         return (h - self.mean.astype(dtype)) / self.scale.astype(dtype)
@@ -268,8 +275,7 @@ class Model:
         if self.encoding is None:
             return [np.array([j]) for j in range(len(self.columns))]
         ends = np.cumsum(self.encoding.counts - 1)
-        return [np.arange(end - (count - 1), end)
-                for end, count in zip(ends, self.encoding.counts)]
+        return [np.arange(end - (count - 1), end) for end, count in zip(ends, self.encoding.counts)]
 
     # ------------------------------------------------------------------
     # To and from plain arrays (the storage format, see mlbackend.store)
@@ -304,11 +310,14 @@ class Model:
         return arrays
 
     @classmethod
-    def from_arrays(cls, arrays: dict[str, np.ndarray], source: str) -> "Model":
+    def from_arrays(cls, arrays: dict[str, np.ndarray], source: str) -> Model:
         """Rebuild a model, checking every shape: a damaged file must not load."""
+
         def bad(why: str) -> BackendError:
-            return BackendError(f"The stored model {source} is damaged or not an mlbackend "
-                                f"model ({why}).")
+            return BackendError(
+                f"The stored model {source} is damaged or not an mlbackend model ({why})."
+            )
+
         try:
             meta = json.loads(str(arrays["meta"]))
             if not isinstance(meta, dict):
@@ -316,8 +325,10 @@ class Model:
             if meta.get("format") != FORMAT_NAME:
                 raise bad("unknown format")
             if int(meta.get("format_version", 0)) > FORMAT_VERSION:
-                raise bad(f"format version {shown(meta['format_version'])} is newer than this "
-                          f"program understands")
+                raise bad(
+                    f"format version {shown(meta['format_version'])} is newer than this "
+                    f"program understands"
+                )
             activation = str(meta.get("activation", "relu"))
             if activation not in ACTIVATIONS:
                 raise bad(f"unknown activation {shown(activation)}")
@@ -333,21 +344,29 @@ class Model:
                     raise bad(f"unknown encoding {shown(meta.get('encoding'))}")
                 encoding = PiecewiseLinear(
                     counts=np.asarray(arrays["encoding_counts"], dtype=np.int64),
-                    edges=np.asarray(arrays["encoding_edges"], dtype=np.float32))
-            if not isinstance(classes, list) or not 2 <= len(classes) <= MAX_CLASSES \
-                    or not all(_whole(c) for c in classes):
-                raise bad(f"classes must be 2 to {MAX_CLASSES} whole numbers, not "
-                          f"{shown(classes)}")
+                    edges=np.asarray(arrays["encoding_edges"], dtype=np.float32),
+                )
+            if (
+                not isinstance(classes, list)
+                or not 2 <= len(classes) <= MAX_CLASSES
+                or not all(_whole(c) for c in classes)
+            ):
+                raise bad(f"classes must be 2 to {MAX_CLASSES} whole numbers, not {shown(classes)}")
             classes = [int(c) for c in classes]
             if not _whole(nfeatures) or not 1 <= nfeatures <= MAX_FEATURES:
-                raise bad(f"nfeatures must be a whole number from 1 to {MAX_FEATURES}, not "
-                          f"{shown(nfeatures)}")
+                raise bad(
+                    f"nfeatures must be a whole number from 1 to {MAX_FEATURES}, not "
+                    f"{shown(nfeatures)}"
+                )
             nfeatures = int(nfeatures)
             if not isinstance(hidden, list) or len(hidden) > MAX_HIDDEN_LAYERS:
-                raise bad(f"hidden_units must list at most {MAX_HIDDEN_LAYERS} layers, not "
-                          f"{shown(hidden)}")
-            if not isinstance(feature_names, list) \
-                    or not all(isinstance(n, str) for n in feature_names):
+                raise bad(
+                    f"hidden_units must list at most {MAX_HIDDEN_LAYERS} layers, not "
+                    f"{shown(hidden)}"
+                )
+            if not isinstance(feature_names, list) or not all(
+                isinstance(n, str) for n in feature_names
+            ):
                 raise bad(f"feature_names must be a list of names, not {shown(feature_names)}")
             if not isinstance(history, dict):
                 raise bad(f"history must be an object, not {shown(history)}")
@@ -363,7 +382,9 @@ class Model:
             raise
         except (KeyError, ValueError, TypeError, RecursionError, OverflowError) as exc:
             raise bad(f"missing or unreadable part: {shown(str(exc))}") from None
-        if columns.ndim != 1 or (columns.size and (columns.min() < 0 or columns.max() >= nfeatures)):
+        if columns.ndim != 1 or (
+            columns.size and (columns.min() < 0 or columns.max() >= nfeatures)
+        ):
             raise bad("column indices out of range")
         width = columns.size
         if encoding is not None:
@@ -381,8 +402,10 @@ class Model:
                 raise bad(f"layer {i} has the wrong shape")
             width = kernel.shape[1]
             if i < nlayers - 1 and not 1 <= width <= MAX_HIDDEN_WIDTH:
-                raise bad(f"hidden layer {i + 1} has {width} units; at most "
-                          f"{MAX_HIDDEN_WIDTH} are accepted")
+                raise bad(
+                    f"hidden layer {i + 1} has {width} units; at most "
+                    f"{MAX_HIDDEN_WIDTH} are accepted"
+                )
         parameters = sum(int(w.size) for w in weights)
         if parameters > MAX_PARAMETERS:
             raise bad(f"{parameters} weights; at most {MAX_PARAMETERS} are accepted")
@@ -390,9 +413,18 @@ class Model:
             raise bad("the output layer does not match the classes")
         if not all(np.all(np.isfinite(w)) for w in weights):
             raise bad("weights are not finite numbers")
-        return cls(classes=classes, nfeatures=nfeatures, columns=columns, mean=mean,
-                   scale=scale, weights=weights, feature_names=list(feature_names),
-                   history=dict(history), activation=activation, encoding=encoding)
+        return cls(
+            classes=classes,
+            nfeatures=nfeatures,
+            columns=columns,
+            mean=mean,
+            scale=scale,
+            weights=weights,
+            feature_names=list(feature_names),
+            history=dict(history),
+            activation=activation,
+            encoding=encoding,
+        )
 
 
 def _whole(value: Any) -> bool:

@@ -24,6 +24,7 @@ from its graph, which is code too. The result is a plain `mlbackend.inference.Mo
 The old backend named its predictions by class *index* (0, 1, ...), so a
 converted model's classes are `0..n_classes-1`: it answers what it answered.
 """
+
 from __future__ import annotations
 
 import io
@@ -35,8 +36,9 @@ import pickle
 import re
 import shutil
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -67,8 +69,12 @@ MAX_WEIGHTS = 50_000_000
 MAX_SETTING = 1 << 31
 
 _CKPT_KEY = "layer_with_weights-{i}/{part}/.ATTRIBUTES/VARIABLE_VALUE"
-_JSON_KEYS = ("initialise-vars/input-to-hidden-weights", "initialise-vars/hidden-bias",
-              "initialise-vars/hidden-to-output-weights", "initialise-vars/output-bias")
+_JSON_KEYS = (
+    "initialise-vars/input-to-hidden-weights",
+    "initialise-vars/hidden-bias",
+    "initialise-vars/hidden-to-output-weights",
+    "initialise-vars/output-bias",
+)
 
 
 # --------------------------------------------------------------------------
@@ -81,8 +87,9 @@ def detect(directory: str) -> str | None:
     A 3.x model is recognised by either of its two parts, so that one whose
     other part is missing is reported as damaged rather than as untrained.
     """
-    if (os.path.isfile(os.path.join(directory, PICKLE_FILE))
-            or os.path.isdir(os.path.join(directory, SAVEDMODEL_DIR))):
+    if os.path.isfile(os.path.join(directory, PICKLE_FILE)) or os.path.isdir(
+        os.path.join(directory, SAVEDMODEL_DIR)
+    ):
         return FORMAT_3X
     if os.path.isfile(os.path.join(directory, EXPORT_JSON)):
         return FORMAT_2X_EXPORT
@@ -91,8 +98,11 @@ def detect(directory: str) -> str | None:
 
 def legacy_files(directory: str) -> list[str]:
     """Names of the old backend's files present in `directory`."""
-    return [name for name in (PICKLE_FILE, SAVEDMODEL_DIR, EXPORT_JSON)
-            if os.path.lexists(os.path.join(directory, name))]
+    return [
+        name
+        for name in (PICKLE_FILE, SAVEDMODEL_DIR, EXPORT_JSON)
+        if os.path.lexists(os.path.join(directory, name))
+    ]
 
 
 # --------------------------------------------------------------------------
@@ -107,7 +117,7 @@ class LegacyNetwork:
 
     source: str
     fmt: str
-    columns: np.ndarray | None      # dataset columns the network sees; None: all
+    columns: np.ndarray | None  # dataset columns the network sees; None: all
     weights: list[np.ndarray]
     n_classes: int
     activation: str
@@ -129,28 +139,39 @@ class LegacyNetwork:
                 raise BackendError(
                     f"The dataset has {nfeatures} features but the {self.fmt} model in "
                     f"{self.source} was trained with {self.nfeatures}. The features of a "
-                    "model cannot change; train a new model.")
+                    "model cannot change; train a new model."
+                )
             nfeatures = self.nfeatures
         if nfeatures is None:
             raise BackendError(
                 f"The {self.fmt} model in {self.source} does not record how many features "
                 "its datasets have; it is converted the first time it is used with a "
-                "dataset (prediction, training or evaluation).")
-        columns = (np.arange(self.width, dtype=np.int64) if self.columns is None
-                   else self.columns.astype(np.int64))
+                "dataset (prediction, training or evaluation)."
+            )
+        columns = (
+            np.arange(self.width, dtype=np.int64)
+            if self.columns is None
+            else self.columns.astype(np.int64)
+        )
         if columns.size and int(columns.max()) >= nfeatures:
             raise BackendError(
                 f"The dataset has {nfeatures} features but the {self.fmt} model in "
                 f"{self.source} uses feature number {int(columns.max()) + 1}. The features "
-                "of a model cannot change; train a new model.")
+                "of a model cannot change; train a new model."
+            )
         width = columns.size
         return Model(
-            classes=list(range(self.n_classes)), nfeatures=int(nfeatures), columns=columns,
+            classes=list(range(self.n_classes)),
+            nfeatures=int(nfeatures),
+            columns=columns,
             # The old backends fed the raw features to the network.
-            mean=np.zeros(width, dtype=np.float32), scale=np.ones(width, dtype=np.float32),
-            weights=[w.astype(np.float32) for w in self.weights], feature_names=[],
+            mean=np.zeros(width, dtype=np.float32),
+            scale=np.ones(width, dtype=np.float32),
+            weights=[w.astype(np.float32) for w in self.weights],
+            feature_names=[],
             history={"converted_from": self.fmt, "legacy_settings": self.settings},
-            activation=self.activation)
+            activation=self.activation,
+        )
 
 
 def read(directory: str) -> LegacyNetwork:
@@ -160,8 +181,10 @@ def read(directory: str) -> LegacyNetwork:
         return read_3x(directory)
     if fmt == FORMAT_2X_EXPORT:
         return read_2x_export(os.path.join(directory, EXPORT_JSON))
-    raise BackendError(f"No moodlemlbackend model found in {directory} (expected "
-                       f"{PICKLE_FILE} with {SAVEDMODEL_DIR}/, or {EXPORT_JSON}).")
+    raise BackendError(
+        f"No moodlemlbackend model found in {directory} (expected "
+        f"{PICKLE_FILE} with {SAVEDMODEL_DIR}/, or {EXPORT_JSON})."
+    )
 
 
 def convert(directory: str, nfeatures: int | None = None) -> Model:
@@ -200,13 +223,15 @@ class JoblibArray:
     def read_array(self, read: Callable[[int], bytes], limit: int) -> np.ndarray:
         st = self.state
         if st.get("subclass") is not np.ndarray:
-            raise _refuse(f"a joblib array of type {shown(st.get('subclass'))}, not a plain "
-                          "array")
+            raise _refuse(f"a joblib array of type {shown(st.get('subclass'))}, not a plain array")
         dtype, shape, order = st.get("dtype"), st.get("shape"), st.get("order", "C")
         if not isinstance(dtype, np.dtype) or not _plain_dtype(dtype):
             raise _refuse(f"a joblib array of dtype {shown(dtype)}")
-        if (not isinstance(shape, tuple) or len(shape) > 8
-                or not all(isinstance(n, int) and n >= 0 for n in shape)):
+        if (
+            not isinstance(shape, tuple)
+            or len(shape) > 8
+            or not all(isinstance(n, int) and n >= 0 for n in shape)
+        ):
             raise _refuse(f"a joblib array of shape {shown(shape)}")
         if order not in ("C", "F"):
             raise _refuse(f"a joblib array of order {shown(order)}")
@@ -242,8 +267,12 @@ _PLAIN_DTYPE_STATE = (3, None, None, None, -1, -1, 0)
 def _plain_dtype(dtype: np.dtype) -> bool:
     """A little-endian (or single-byte) number type, as moodlemlbackend's
     arrays have: no subarray, no fields, the item size its type implies."""
-    if dtype.kind not in _NUMERIC_KINDS or dtype.fields is not None \
-            or dtype.subdtype is not None or dtype.byteorder not in ("<", "|", "="):
+    if (
+        dtype.kind not in _NUMERIC_KINDS
+        or dtype.fields is not None
+        or dtype.subdtype is not None
+        or dtype.byteorder not in ("<", "|", "=")
+    ):
         return False
     try:
         return dtype.itemsize == np.dtype(dtype.str).itemsize > 0
@@ -301,12 +330,12 @@ def _truncated() -> BackendError:
 
 
 #: What the opcodes that call or build may act on (the format needs no more).
-_CONSTRUCTIBLE = (LegacyRecord, JoblibArray)            # NEWOBJ, with no arguments
-_CALLABLE = (_safe_dtype, _safe_reconstruct)            # REDUCE
+_CONSTRUCTIBLE = (LegacyRecord, JoblibArray)  # NEWOBJ, with no arguments
+_CALLABLE = (_safe_dtype, _safe_reconstruct)  # REDUCE
 _BUILDABLE = (LegacyRecord, JoblibArray, np.ndarray, np.dtype)  # BUILD, instances only
 
 
-class SafeUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
+class SafeUnpickler(pickle._Unpickler):
     """Unpickler for the old backend's joblib files that runs nothing.
 
     `find_class` answers from `ALLOWED_GLOBALS` and refuses every other name,
@@ -321,7 +350,10 @@ class SafeUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
     one cannot give; joblib itself reads its files the same way.
     """
 
-    dispatch = dict(pickle._Unpickler.dispatch)  # type: ignore[attr-defined]
+    # The pure-Python unpickler's internals, which the hooks below use.
+    stack: list[Any]
+    read: Callable[[int], bytes]
+    dispatch: ClassVar[dict[int, Any]] = dict(pickle._Unpickler.dispatch)
 
     def __init__(self, file: io.BytesIO, limit: int) -> None:
         super().__init__(file)
@@ -331,8 +363,10 @@ class SafeUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
         try:
             return ALLOWED_GLOBALS[(module, name)]
         except KeyError:
-            raise _refuse(f"the global {module}.{name} (a moodlemlbackend model names "
-                          "only its classifier class and NumPy arrays)") from None
+            raise _refuse(
+                f"the global {module}.{name} (a moodlemlbackend model names "
+                "only its classifier class and NumPy arrays)"
+            ) from None
 
     def persistent_load(self, pid: Any) -> Any:
         raise _refuse("a persistent id")
@@ -343,11 +377,16 @@ class SafeUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
             raise _refuse(f"setting the state of {_describe(inst)}")
         if isinstance(inst, np.dtype):
             state = self.stack[-1]
-            if (not isinstance(state, tuple) or len(state) != 8
-                    or state[1] not in ("<", "|", "=")
-                    or tuple(state[:1]) + tuple(state[2:]) != _PLAIN_DTYPE_STATE):
-                raise _refuse(f"the NumPy dtype state {shown(state)} (a moodlemlbackend "
-                              "model's arrays are plain numbers)")
+            if (
+                not isinstance(state, tuple)
+                or len(state) != 8
+                or state[1] not in ("<", "|", "=")
+                or tuple(state[:1]) + tuple(state[2:]) != _PLAIN_DTYPE_STATE
+            ):
+                raise _refuse(
+                    f"the NumPy dtype state {shown(state)} (a moodlemlbackend "
+                    "model's arrays are plain numbers)"
+                )
         pickle._Unpickler.load_build(self)  # type: ignore[attr-defined]
         if isinstance(inst, np.dtype) and not _plain_dtype(inst):
             raise _refuse(f"the NumPy dtype {shown(inst)}")
@@ -392,36 +431,67 @@ def read_pickle(path: str) -> dict[str, Any]:
 def read_pickle_bytes(data: bytes, path: str) -> dict[str, Any]:
     """`read_pickle` for the file's bytes; `path` names it in messages."""
     if not data.startswith(b"\x80"):
-        raise BackendError(f"The old model file {path} is not an uncompressed joblib pickle "
-                           "as moodlemlbackend writes it; it is refused.")
+        raise BackendError(
+            f"The old model file {path} is not an uncompressed joblib pickle "
+            "as moodlemlbackend writes it; it is refused."
+        )
     try:
         obj = SafeUnpickler(io.BytesIO(data), limit=len(data)).load()
     except _Refused as exc:
-        raise BackendError(f"The old model file {path} was refused, nothing in it was run: "
-                           f"{exc.message}. It is not a model moodlemlbackend wrote, or it "
-                           "was tampered with.") from None
+        raise BackendError(
+            f"The old model file {path} was refused, nothing in it was run: "
+            f"{exc.message}. It is not a model moodlemlbackend wrote, or it "
+            "was tampered with."
+        ) from None
     except BackendError as exc:
         raise BackendError(f"The old model file {path} cannot be read: {exc.message}.") from None
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError,
-            AttributeError, UnicodeDecodeError, OverflowError, MemoryError,
-            RecursionError, struct.error, LookupError, ArithmeticError) as exc:
-        raise BackendError(f"The old model file {path} cannot be read: it is damaged or "
-                           f"truncated ({type(exc).__name__}: {shown(str(exc))}).") from None
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        ValueError,
+        TypeError,
+        KeyError,
+        IndexError,
+        AttributeError,
+        UnicodeDecodeError,
+        OverflowError,
+        MemoryError,
+        RecursionError,
+        struct.error,
+        LookupError,
+        ArithmeticError,
+    ) as exc:
+        raise BackendError(
+            f"The old model file {path} cannot be read: it is damaged or "
+            f"truncated ({type(exc).__name__}: {shown(str(exc))})."
+        ) from None
     if not isinstance(obj, LegacyRecord):
-        raise BackendError(f"The old model file {path} does not hold a moodlemlbackend "
-                           f"classifier (found {type(obj).__name__}).")
+        raise BackendError(
+            f"The old model file {path} does not hold a moodlemlbackend "
+            f"classifier (found {type(obj).__name__})."
+        )
     return obj.state
 
 
-def _int_setting(state: dict[str, Any], key: str, path: str, minimum: int,
-                 default: int | None = None, maximum: int = MAX_SETTING) -> int:
+def _int_setting(
+    state: dict[str, Any],
+    key: str,
+    path: str,
+    minimum: int,
+    default: int | None = None,
+    maximum: int = MAX_SETTING,
+) -> int:
     value = state.get(key, default)
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) \
-            or value < minimum:
+    if (
+        isinstance(value, (bool, np.bool_))
+        or not isinstance(value, (int, np.integer))
+        or value < minimum
+    ):
         raise BackendError(f"The old model file {path} has an invalid {key}: {shown(value)}.")
     if value > maximum:
-        raise BackendError(f"The old model file {path} has an invalid {key}: {shown(value)} "
-                           f"(more than {maximum}).")
+        raise BackendError(
+            f"The old model file {path} has an invalid {key}: {shown(value)} (more than {maximum})."
+        )
     return int(value)
 
 
@@ -451,36 +521,54 @@ def read_3x(directory: str) -> LegacyNetwork:
     pkl = os.path.join(directory, PICKLE_FILE)
     saved = os.path.join(directory, SAVEDMODEL_DIR)
     if not os.path.isfile(pkl):
-        raise BackendError(f"The old model in {directory} is incomplete: {PICKLE_FILE} is "
-                           f"missing beside {SAVEDMODEL_DIR}/.")
+        raise BackendError(
+            f"The old model in {directory} is incomplete: {PICKLE_FILE} is "
+            f"missing beside {SAVEDMODEL_DIR}/."
+        )
     if not os.path.isdir(saved):
-        raise BackendError(f"The old model in {directory} is incomplete: {SAVEDMODEL_DIR}/ "
-                           f"is missing beside {PICKLE_FILE}.")
+        raise BackendError(
+            f"The old model in {directory} is incomplete: {SAVEDMODEL_DIR}/ "
+            f"is missing beside {PICKLE_FILE}."
+        )
     state = read_pickle(pkl)
     n_classes = _int_setting(state, "n_classes", pkl, 2, maximum=MAX_CLASSES)
-    n_layers = _int_setting(state, "n_hidden_layers", pkl, 0, default=2,
-                            maximum=MAX_HIDDEN_LAYERS) + 1
+    n_layers = (
+        _int_setting(state, "n_hidden_layers", pkl, 0, default=2, maximum=MAX_HIDDEN_LAYERS) + 1
+    )
     n_inputs = _int_setting(state, "n_features", pkl, 1, maximum=MAX_FEATURES)
     columns = state.get("variable_columns")
     if columns is not None:
-        if (not isinstance(columns, np.ndarray) or columns.ndim != 1
-                or columns.dtype.kind not in "iu"):
+        if (
+            not isinstance(columns, np.ndarray)
+            or columns.ndim != 1
+            or columns.dtype.kind not in "iu"
+        ):
             raise BackendError(f"The old model file {pkl} has invalid variable_columns.")
         columns = columns.astype(np.int64)
         if columns.size != n_inputs:
-            raise BackendError(f"The old model file {pkl} is inconsistent: {columns.size} "
-                               f"variable columns for a network of {n_inputs} inputs.")
+            raise BackendError(
+                f"The old model file {pkl} is inconsistent: {columns.size} "
+                f"variable columns for a network of {n_inputs} inputs."
+            )
         if columns.size and (columns.min() < 0 or np.any(np.diff(columns) <= 0)):
-            raise BackendError(f"The old model file {pkl} has invalid variable_columns "
-                               "(not increasing column numbers).")
+            raise BackendError(
+                f"The old model file {pkl} has invalid variable_columns "
+                "(not increasing column numbers)."
+            )
     _check_activations(saved)
     weights = read_checkpoint(os.path.join(saved, CHECKPOINT_PREFIX), n_layers)
     _check_chain(weights, n_inputs, n_classes, saved)
     settings = _plain_settings(state)
-    return LegacyNetwork(source=directory, fmt=FORMAT_3X, columns=columns, weights=weights,
-                         n_classes=n_classes, activation="relu",
-                         nfeatures=None if columns is not None else n_inputs,
-                         settings=settings)
+    return LegacyNetwork(
+        source=directory,
+        fmt=FORMAT_3X,
+        columns=columns,
+        weights=weights,
+        n_classes=n_classes,
+        activation="relu",
+        nfeatures=None if columns is not None else n_inputs,
+        settings=settings,
+    )
 
 
 def _check_activations(saved: str) -> None:
@@ -494,14 +582,15 @@ def _check_activations(saved: str) -> None:
     except FileNotFoundError:
         return  # older Keras wrote none; the 3.x code always used ReLU + softmax
     except OSError as exc:
-        raise BackendError(f"The old model file {path} cannot be read ({exc.strerror}).") \
-            from None
+        raise BackendError(f"The old model file {path} cannot be read ({exc.strerror}).") from None
     found = set(re.findall(rb'"activation": "([A-Za-z_]+)"', text))
     unknown = found - {b"relu", b"softmax"}
     if unknown:
         names = ", ".join(sorted(n.decode() for n in unknown))
-        raise BackendError(f"The old model in {saved} uses activations this program does "
-                           f"not convert ({names}); moodlemlbackend 3.x used ReLU and softmax.")
+        raise BackendError(
+            f"The old model in {saved} uses activations this program does "
+            f"not convert ({names}); moodlemlbackend 3.x used ReLU and softmax."
+        )
 
 
 def read_checkpoint(prefix: str, n_layers: int) -> list[np.ndarray]:
@@ -516,45 +605,61 @@ def read_checkpoint(prefix: str, n_layers: int) -> list[np.ndarray]:
     try:
         reader = Checkpoint(prefix)
         names = reader.names()
-        wanted = [_CKPT_KEY.format(i=i, part=part)
-                  for i in range(n_layers) for part in ("kernel", "bias")]
+        wanted = [
+            _CKPT_KEY.format(i=i, part=part) for i in range(n_layers) for part in ("kernel", "bias")
+        ]
         missing = [k for k in wanted if k not in names]
         if missing:
-            raise BackendError(f"The old model's weights in {prefix} do not match its "
-                               f"settings ({n_layers} layers): {missing[0]} is missing.")
+            raise BackendError(
+                f"The old model's weights in {prefix} do not match its "
+                f"settings ({n_layers} layers): {missing[0]} is missing."
+            )
         extra = _CKPT_KEY.format(i=n_layers, part="kernel")
         if extra in names:
-            raise BackendError(f"The old model's weights in {prefix} have more layers than "
-                               f"its settings say ({n_layers}).")
+            raise BackendError(
+                f"The old model's weights in {prefix} have more layers than "
+                f"its settings say ({n_layers})."
+            )
         for key in wanted:
             shape = reader.shape(key)
             if math.prod(shape) > MAX_WEIGHTS:
-                raise BackendError(f"The old model's weights in {prefix} are too large "
-                                   f"({key}: {shown(shape)}).")
+                raise BackendError(
+                    f"The old model's weights in {prefix} are too large ({key}: {shown(shape)})."
+                )
         return [reader.tensor(k) for k in wanted]
     except CheckpointError as exc:
-        raise BackendError(f"The old model's weights in {prefix} cannot be read: they are "
-                           f"damaged or truncated ({exc.message}).") from None
+        raise BackendError(
+            f"The old model's weights in {prefix} cannot be read: they are "
+            f"damaged or truncated ({exc.message})."
+        ) from None
 
 
-def _check_chain(weights: list[np.ndarray], n_inputs: int, n_classes: int,
-                 source: str) -> None:
+def _check_chain(weights: list[np.ndarray], n_inputs: int, n_classes: int, source: str) -> None:
     """Shapes must chain input -> hidden ... -> classes, numbers be finite."""
     width = n_inputs
     for i in range(0, len(weights), 2):
         kernel, bias = weights[i], weights[i + 1]
-        if (kernel.ndim != 2 or kernel.shape[0] != width or bias.ndim != 1
-                or bias.shape[0] != kernel.shape[1] or kernel.shape[1] < 1):
-            raise BackendError(f"The old model in {source} has weights of the wrong shape "
-                               f"(layer {i // 2 + 1}: {kernel.shape} and {bias.shape} after "
-                               f"{width} inputs).")
+        if (
+            kernel.ndim != 2
+            or kernel.shape[0] != width
+            or bias.ndim != 1
+            or bias.shape[0] != kernel.shape[1]
+            or kernel.shape[1] < 1
+        ):
+            raise BackendError(
+                f"The old model in {source} has weights of the wrong shape "
+                f"(layer {i // 2 + 1}: {kernel.shape} and {bias.shape} after "
+                f"{width} inputs)."
+            )
         if kernel.dtype.kind != "f" or bias.dtype.kind != "f":
-            raise BackendError(f"The old model in {source} has weights that are not "
-                               "floating-point numbers.")
+            raise BackendError(
+                f"The old model in {source} has weights that are not floating-point numbers."
+            )
         width = kernel.shape[1]
     if width != n_classes:
-        raise BackendError(f"The old model in {source} has {width} outputs for "
-                           f"{n_classes} classes.")
+        raise BackendError(
+            f"The old model in {source} has {width} outputs for {n_classes} classes."
+        )
     if not all(np.all(np.isfinite(w)) for w in weights):
         raise BackendError(f"The old model in {source} has weights that are not finite.")
 
@@ -570,33 +675,52 @@ def read_2x_export(path: str) -> LegacyNetwork:
     try:
         doc = json.loads(raw)
     except (ValueError, RecursionError) as exc:
-        raise BackendError(f"The exported model {path} is not valid JSON "
-                           f"({shown(str(exc))}); it is "
-                           "damaged or truncated.") from None
+        raise BackendError(
+            f"The exported model {path} is not valid JSON "
+            f"({shown(str(exc))}); it is "
+            "damaged or truncated."
+        ) from None
     if not isinstance(doc, dict):
         raise BackendError(f"The exported model {path} is not a moodlemlbackend export.")
     missing = [k for k in ("n_features",) + _JSON_KEYS if k not in doc]
     if missing:
-        raise BackendError(f"The exported model {path} is not a moodlemlbackend export: "
-                           f"{missing[0]} is missing.")
+        raise BackendError(
+            f"The exported model {path} is not a moodlemlbackend export: {missing[0]} is missing."
+        )
     n_features = _int_setting(doc, "n_features", path, 1, maximum=MAX_FEATURES)
-    n_classes = _int_setting(doc, "n_classes", path, 2, default=2,  # as 2.x import did
-                             maximum=MAX_CLASSES)
+    n_classes = _int_setting(
+        doc,
+        "n_classes",
+        path,
+        2,
+        default=2,  # as 2.x import did
+        maximum=MAX_CLASSES,
+    )
     weights = []
     for key in _JSON_KEYS:
         try:
             arr = np.asarray(doc[key], dtype=np.float64)
         except (ValueError, TypeError):
-            raise BackendError(f"The exported model {path} has invalid weights under "
-                               f"{key}.") from None
+            raise BackendError(
+                f"The exported model {path} has invalid weights under {key}."
+            ) from None
         weights.append(arr)
     _check_chain(weights, n_features, n_classes, path)
     if "n_hidden" in doc and _int_setting(doc, "n_hidden", path, 1) != weights[0].shape[1]:
-        raise BackendError(f"The exported model {path} is inconsistent: n_hidden is "
-                           f"{shown(doc['n_hidden'])} but the weights have {weights[0].shape[1]}.")
-    return LegacyNetwork(source=path, fmt=FORMAT_2X_EXPORT, columns=None, weights=weights,
-                         n_classes=n_classes, activation="tanh", nfeatures=n_features,
-                         settings={"n_hidden": int(weights[0].shape[1])})
+        raise BackendError(
+            f"The exported model {path} is inconsistent: n_hidden is "
+            f"{shown(doc['n_hidden'])} but the weights have {weights[0].shape[1]}."
+        )
+    return LegacyNetwork(
+        source=path,
+        fmt=FORMAT_2X_EXPORT,
+        columns=None,
+        weights=weights,
+        n_classes=n_classes,
+        activation="tanh",
+        nfeatures=n_features,
+        settings={"n_hidden": int(weights[0].shape[1])},
+    )
 
 
 # --------------------------------------------------------------------------
@@ -608,11 +732,12 @@ def _read_bytes(path: str, limit: int) -> bytes:
         with open(path, "rb") as f:
             data = f.read(limit + 1)
     except OSError as exc:
-        raise BackendError(f"The old model file {path} cannot be read ({exc.strerror}).") \
-            from None
+        raise BackendError(f"The old model file {path} cannot be read ({exc.strerror}).") from None
     if len(data) > limit:
-        raise BackendError(f"The old model file {path} is larger than any model "
-                           f"moodlemlbackend writes ({limit} bytes at most); it is refused.")
+        raise BackendError(
+            f"The old model file {path} is larger than any model "
+            f"moodlemlbackend writes ({limit} bytes at most); it is refused."
+        )
     return data
 
 

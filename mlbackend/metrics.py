@@ -4,6 +4,7 @@ Written here rather than taken from scikit-learn: importing scikit-learn
 (and SciPy behind it) costs about a second per call and hundreds of MB in
 the frozen bundle, for a dozen lines of arithmetic.
 """
+
 from __future__ import annotations
 
 import numpy as np

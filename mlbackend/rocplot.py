@@ -10,6 +10,7 @@ $HOME). Text is drawn with a built-in 5x7 bitmap font (`bitmapfont`).
 - `importance.png`: the indicators the models relied on most, as horizontal
   bars (permutation importance, see `mlbackend.importance`).
 """
+
 from __future__ import annotations
 
 import struct
@@ -22,8 +23,18 @@ from mlbackend import bitmapfont
 
 SIZE = 480
 LEFT, BOTTOM, TOP, RIGHT = 56, 48, 24, 16
-COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
-           (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
+COLOURS = [
+    (31, 119, 180),
+    (255, 127, 14),
+    (44, 160, 44),
+    (214, 39, 40),
+    (148, 103, 189),
+    (140, 86, 75),
+    (227, 119, 194),
+    (127, 127, 127),
+    (188, 189, 34),
+    (23, 190, 207),
+]
 BLACK, GREY = (0, 0, 0), (90, 90, 90)
 #: Rows of the importance picture, and the characters of a name shown.
 IMPORTANCE_ROWS = 20
@@ -59,10 +70,11 @@ def write_roc_png(path: str, curves: list[tuple[np.ndarray, np.ndarray]]) -> Non
     xlabel = "False positive rate"
     bitmapfont.draw(img, xlabel, LEFT + span // 2 - len(xlabel) * step, SIZE - 22, BLACK, 2)
     ylabel = "True positive rate"
-    bitmapfont.draw(img, ylabel, 8, TOP + span // 2 - len(ylabel) * step, BLACK, 2,
-                    vertical=True)
-    title = (f"ROC curve: {len(curves)} iteration{'s' if len(curves) != 1 else ''}"
-             f"{', mean in black' if len(curves) > 1 else ''}")
+    bitmapfont.draw(img, ylabel, 8, TOP + span // 2 - len(ylabel) * step, BLACK, 2, vertical=True)
+    title = (
+        f"ROC curve: {len(curves)} iteration{'s' if len(curves) != 1 else ''}"
+        f"{', mean in black' if len(curves) > 1 else ''}"
+    )
     bitmapfont.draw(img, title, LEFT, 8, BLACK, 2 if len(title) * 2 * step <= span else 1)
     write_png(path, img)
 
@@ -77,8 +89,14 @@ def write_importance_png(path: str, score_name: str, table: list[dict[str, Any]]
     height = max(top + row_h * len(rows) + 20, 110)
     img = np.full((height, width, 3), 255, dtype=np.uint8)
     bitmapfont.draw(img, "Indicators that matter most", 10, 8, BLACK, 2)
-    bitmapfont.draw(img, f"{score_name} lost when an indicator is shuffled among held-out "
-                         "rows (mean +- std over iterations)", 10, 30, GREY)
+    bitmapfont.draw(
+        img,
+        f"{score_name} lost when an indicator is shuffled among held-out "
+        "rows (mean +- std over iterations)",
+        10,
+        30,
+        GREY,
+    )
     if not rows:
         bitmapfont.draw(img, "Nothing measured.", 10, top + 4, BLACK)
         write_png(path, img)
@@ -87,17 +105,23 @@ def write_importance_png(path: str, score_name: str, table: list[dict[str, Any]]
     largest = max(max(r["importance"] for r in rows), 1e-12)
     for i, r in enumerate(rows):
         y = top + i * row_h
-        name = r["name"] if len(r["name"]) <= NAME_CHARS else "..." + r["name"][-NAME_CHARS + 3:]
+        name = r["name"] if len(r["name"]) <= NAME_CHARS else "..." + r["name"][-NAME_CHARS + 3 :]
         bitmapfont.draw(img, name, 10, y + 4, BLACK)
         length = int(round(max(r["importance"], 0.0) / largest * bar_span))
-        img[y + 2:y + row_h - 2, bar_x:bar_x + max(length, 1)] = COLOURS[0]
-        bitmapfont.draw(img, f"{r['importance']:.4f} +- {r['deviation']:.4f}",
-                        bar_x + length + 6, y + 4, GREY)
+        img[y + 2 : y + row_h - 2, bar_x : bar_x + max(length, 1)] = COLOURS[0]
+        bitmapfont.draw(
+            img, f"{r['importance']:.4f} +- {r['deviation']:.4f}", bar_x + length + 6, y + 4, GREY
+        )
     write_png(path, img)
 
 
-def _line(img: np.ndarray, points: list[tuple[float, float]], colour: tuple[int, int, int],
-          span: int, width: int) -> None:
+def _line(
+    img: np.ndarray,
+    points: list[tuple[float, float]],
+    colour: tuple[int, int, int],
+    span: int,
+    width: int,
+) -> None:
     for (x0, y0), (x1, y1) in zip(points, points[1:]):
         steps = int(max(abs(x1 - x0), abs(y1 - y0)) * span * 2) + 2
         xs = LEFT + np.linspace(x0, x1, steps) * span
@@ -115,12 +139,18 @@ def write_png(path: str, img: np.ndarray) -> None:
     raw = b"".join(b"\x00" + img[r].tobytes() for r in range(height))
 
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return (struct.pack(">I", len(data)) + kind + data
-                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+        return (
+            struct.pack(">I", len(data))
+            + kind
+            + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        )
 
-    png = (b"\x89PNG\r\n\x1a\n"
-           + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-           + chunk(b"IDAT", zlib.compress(raw, 9))
-           + chunk(b"IEND", b""))
+    png = (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(raw, 9))
+        + chunk(b"IEND", b"")
+    )
     with open(path, "wb") as f:
         f.write(png)

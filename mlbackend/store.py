@@ -20,6 +20,7 @@ This is the only module that touches model files. Its promises:
   after prediction reads and checks the file once. Models are never
   modified in place, so sharing one between threads is safe.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -36,7 +37,8 @@ import threading
 import time
 import zipfile
 from collections import OrderedDict
-from typing import BinaryIO, Iterator
+from collections.abc import Iterator
+from typing import BinaryIO
 
 import numpy as np
 
@@ -97,8 +99,9 @@ def default_model_dir(model_id: str) -> str:
 
     safe = safe_name(model_id)
     if not safe:
-        raise BackendError(f"The model id {model_id!r} has no usable characters "
-                           "(letters, digits, '_' and '-').")
+        raise BackendError(
+            f"The model id {model_id!r} has no usable characters (letters, digits, '_' and '-')."
+        )
     return os.path.join(platformdirs.user_data_dir("mlbackend"), "models", safe)
 
 
@@ -109,12 +112,15 @@ def safe_name(value: str) -> str:
 
 def has_model(model_dir: str) -> bool:
     """Whether this directory holds a trained model, ours or the old backend's."""
-    return (os.path.isfile(model_path(model_dir))
-            or legacy.detect(classifier_dir(model_dir)) is not None)
+    return (
+        os.path.isfile(model_path(model_dir))
+        or legacy.detect(classifier_dir(model_dir)) is not None
+    )
 
 
-def load(model_dir: str, nfeatures: int | None = None,
-         replace_damaged: bool = False) -> Model | None:
+def load(
+    model_dir: str, nfeatures: int | None = None, replace_damaged: bool = False
+) -> Model | None:
     """The stored model, or None when this directory was never trained.
 
     `nfeatures` is the feature count of the dataset the caller is about to
@@ -133,8 +139,9 @@ def load(model_dir: str, nfeatures: int | None = None,
         if not replace_damaged:
             raise
         aside = _set_aside(model_path(model_dir))
-        log.warning("%s The damaged file is kept as %s; training makes a new model.",
-                    exc.message, aside)
+        log.warning(
+            "%s The damaged file is kept as %s; training makes a new model.", exc.message, aside
+        )
         model = None
     if model is not None or legacy.detect(classifier_dir(model_dir)) is None:
         return model
@@ -151,8 +158,10 @@ def _set_aside(path: str) -> str:
     try:
         os.rename(path, aside)
     except OSError as exc:
-        raise BackendError(f"The stored model {path} cannot be read, and it could not be "
-                           f"moved aside to train a new one ({exc.strerror}).") from None
+        raise BackendError(
+            f"The stored model {path} cannot be read, and it could not be "
+            f"moved aside to train a new one ({exc.strerror})."
+        ) from None
     return aside
 
 
@@ -160,8 +169,10 @@ def _convert_legacy(model_dir: str, nfeatures: int | None) -> Model | None:
     """Convert the old backend's model in `model_dir` to ours, once."""
     target_dir = classifier_dir(model_dir)
     if not os.access(target_dir, os.W_OK):
-        log.warning("%s is read-only: its moodlemlbackend model is converted in memory, "
-                    "on every use", target_dir)
+        log.warning(
+            "%s is read-only: its moodlemlbackend model is converted in memory, on every use",
+            target_dir,
+        )
         return legacy.convert(target_dir, nfeatures)
     with writer_lock(model_dir):
         # Another process may have converted it while we waited for the lock.
@@ -175,11 +186,18 @@ def _convert_legacy(model_dir: str, nfeatures: int | None) -> Model | None:
             aside = legacy.move_aside(target_dir)
         except OSError as exc:
             # The new model is saved and is what load() reads from now on.
-            log.warning("converted %s, but its old files could not be moved aside (%s)",
-                        target_dir, exc.strerror)
+            log.warning(
+                "converted %s, but its old files could not be moved aside (%s)",
+                target_dir,
+                exc.strerror,
+            )
         else:
-            log.warning("converted the %s model in %s to mlbackend's format; the old files "
-                        "are kept in %s", network.fmt, target_dir, aside)
+            log.warning(
+                "converted the %s model in %s to mlbackend's format; the old files are kept in %s",
+                network.fmt,
+                target_dir,
+                aside,
+            )
     return model
 
 
@@ -225,8 +243,9 @@ def _read(f: BinaryIO, path: str) -> Model:
     except BackendError:
         raise
     except Exception as exc:  # noqa: BLE001 - any damage (bad zip, bad zlib, bad header)
-        raise DamagedModel(f"The stored model {path} cannot be read "
-                           f"({shown(str(exc))}). {REPAIR_ADVICE}") from None
+        raise DamagedModel(
+            f"The stored model {path} cannot be read ({shown(str(exc))}). {REPAIR_ADVICE}"
+        ) from None
     try:
         return Model.from_arrays(arrays, path)
     except BackendError as exc:
@@ -241,9 +260,11 @@ def _check_members(archive: zipfile.ZipFile, path: str) -> None:
     for info in archive.infolist():
         unpacked += info.file_size
         if unpacked > MAX_MODEL_BYTES:
-            raise DamagedModel(f"The stored model {path} cannot be read: it unpacks to more "
-                               f"than a model can take ({MAX_MODEL_BYTES} bytes). "
-                               f"{REPAIR_ADVICE}")
+            raise DamagedModel(
+                f"The stored model {path} cannot be read: it unpacks to more "
+                f"than a model can take ({MAX_MODEL_BYTES} bytes). "
+                f"{REPAIR_ADVICE}"
+            )
         with archive.open(info) as member:
             version = np.lib.format.read_magic(member)
             if version == (1, 0):
@@ -251,14 +272,18 @@ def _check_members(archive: zipfile.ZipFile, path: str) -> None:
             else:
                 shape, _, dtype = np.lib.format.read_array_header_2_0(member)
         if dtype.hasobject or math.prod(shape) * dtype.itemsize > info.file_size:
-            raise DamagedModel(f"The stored model {path} cannot be read: its part "
-                               f"{shown(info.filename)} declares more data than it holds. "
-                               f"{REPAIR_ADVICE}")
+            raise DamagedModel(
+                f"The stored model {path} cannot be read: its part "
+                f"{shown(info.filename)} declares more data than it holds. "
+                f"{REPAIR_ADVICE}"
+            )
 
 
 #: What to do about a model file that cannot be read (training does this).
-REPAIR_ADVICE = ("Train the model again (training replaces a model that cannot be read and "
-                 "keeps the damaged file beside it) or import a good copy.")
+REPAIR_ADVICE = (
+    "Train the model again (training replaces a model that cannot be read and "
+    "keeps the damaged file beside it) or import a good copy."
+)
 
 
 class _ModelCache:
@@ -305,14 +330,21 @@ def save(model_dir: str, model: Model) -> None:
     try:
         Model.from_arrays(arrays, os.path.join(target_dir, MODEL_FILE))
     except BackendError as exc:
-        raise BackendError(f"The new model was not saved: it is not usable ({exc.message}) "
-                           "The previous model is unchanged.") from None
-    _write_atomically(model_path(model_dir), arrays, "The model could not be saved",
-                      "The previous model is unchanged.")
+        raise BackendError(
+            f"The new model was not saved: it is not usable ({exc.message}) "
+            "The previous model is unchanged."
+        ) from None
+    _write_atomically(
+        model_path(model_dir),
+        arrays,
+        "The model could not be saved",
+        "The previous model is unchanged.",
+    )
 
 
-def _write_atomically(target: str, arrays: dict[str, np.ndarray], failure: str,
-                      unchanged: str) -> None:
+def _write_atomically(
+    target: str, arrays: dict[str, np.ndarray], failure: str, unchanged: str
+) -> None:
     """Write `arrays` to `target` through a temporary file in its directory,
     fsynced, then renamed: a crash or a full disk leaves the old file (or
     none) and no temporary file behind. Used for saves and exports alike."""
@@ -324,7 +356,7 @@ def _write_atomically(target: str, arrays: dict[str, np.ndarray], failure: str,
         raise _write_error(exc, failure, target_dir, unchanged) from None
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
+            np.savez(f, allow_pickle=False, **arrays)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, target)
@@ -460,8 +492,10 @@ def _open_lock(target_dir: str) -> BinaryIO:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
-            raise BackendError(f"The lock file {path} is a symbolic link; it is not followed. "
-                               "Remove it (the program makes a plain file).") from None
+            raise BackendError(
+                f"The lock file {path} is a symbolic link; it is not followed. "
+                "Remove it (the program makes a plain file)."
+            ) from None
         raise
     return os.fdopen(fd, "a+b")
 
@@ -476,8 +510,9 @@ def _new_file(directory: str, suffix: str) -> tuple[int, str]:
     while True:
         path = os.path.join(directory, f"{TEMP_PREFIX}{secrets.token_hex(8)}{suffix}")
         try:
-            return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-                           | os.O_CLOEXEC, 0o666), path
+            return os.open(
+                path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666
+            ), path
         except FileExistsError:
             continue
 
@@ -500,8 +535,12 @@ def export_model(model_dir: str, export_dir: str) -> str:
     model = load_file(model_path(model_dir), missing_ok=True)
     if model is None:
         return _export_legacy(model_dir, export_dir)
-    _write_atomically(os.path.join(export_dir, MODEL_FILE), model.to_arrays(),
-                      "The model could not be exported", "")
+    _write_atomically(
+        os.path.join(export_dir, MODEL_FILE),
+        model.to_arrays(),
+        "The model could not be exported",
+        "",
+    )
     return os.path.abspath(export_dir)
 
 
@@ -547,12 +586,15 @@ def import_model(model_dir: str, import_dir: str) -> None:
             save(model_dir, model)
             _move_legacy_aside(classifier_dir(model_dir))
         return
-    source = next((d for d in (import_dir, classifier_dir(import_dir))
-                   if legacy.detect(d) is not None), None)
+    source = next(
+        (d for d in (import_dir, classifier_dir(import_dir)) if legacy.detect(d) is not None), None
+    )
     if source is None:
-        raise BackendError(f"No exported model found in {import_dir} (expected {MODEL_FILE}, "
-                           f"or moodlemlbackend's {legacy.EXPORT_JSON}, or its "
-                           f"{legacy.PICKLE_FILE} with {legacy.SAVEDMODEL_DIR}/).")
+        raise BackendError(
+            f"No exported model found in {import_dir} (expected {MODEL_FILE}, "
+            f"or moodlemlbackend's {legacy.EXPORT_JSON}, or its "
+            f"{legacy.PICKLE_FILE} with {legacy.SAVEDMODEL_DIR}/)."
+        )
     network = legacy.read(source)  # refuses anything hostile before a byte is copied
     if network.nfeatures is not None:
         model = network.to_model()
@@ -580,8 +622,9 @@ def _store_legacy(model_dir: str, source: str) -> None:
         _remove_quietly(model_path(model_dir))
         _fsync_dir(target_dir)
     except OSError as exc:
-        raise BackendError(f"The model could not be stored in {target_dir} "
-                           f"({exc.strerror}).") from None
+        raise BackendError(
+            f"The model could not be stored in {target_dir} ({exc.strerror})."
+        ) from None
     finally:
         remove_tree(staging)
 
@@ -591,8 +634,7 @@ def _move_legacy_aside(target_dir: str) -> None:
     imported model; they are moved aside like a converted model's, not deleted."""
     aside = legacy.move_aside(target_dir)
     if aside:
-        log.warning("the moodlemlbackend files that were in %s are kept in %s", target_dir,
-                    aside)
+        log.warning("the moodlemlbackend files that were in %s are kept in %s", target_dir, aside)
 
 
 def remove_tree(path: str) -> None:

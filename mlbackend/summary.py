@@ -6,18 +6,30 @@ command by hand: then, as httpie does, the same answer is laid out to be read.
 `--json` asks for the line anyway. Only the layout differs: the content is
 the contract's answer, nothing more or less.
 """
+
 from __future__ import annotations
 
 from typing import Any
 
 from mlbackend.contract import to_json_line
 
-STATUS_NAMES = {0: "ok", 1: "error", 2: "model not trained", 4: "score too low",
-                8: "not enough data", 12: "score too low and not enough data"}
+STATUS_NAMES = {
+    0: "ok",
+    1: "error",
+    2: "model not trained",
+    4: "score too low",
+    8: "not enough data",
+    12: "score too low and not enough data",
+}
 #: Evaluation figures, in the order a person reads them, with their labels.
-FIGURES = [("auc", "AUC"), ("balanced accuracy", "balanced accuracy"),
-           ("f1_score", "F1 (weighted)"), ("accuracy", "accuracy"),
-           ("precision", "precision"), ("recall", "recall")]
+FIGURES = [
+    ("auc", "AUC"),
+    ("balanced accuracy", "balanced accuracy"),
+    ("f1_score", "F1 (weighted)"),
+    ("accuracy", "accuracy"),
+    ("precision", "precision"),
+    ("recall", "recall"),
+]
 #: Predictions shown at a terminal; the rest are counted (the JSON has them all).
 MAX_ROWS = 50
 
@@ -57,8 +69,10 @@ def _evaluation(answer: dict[str, Any]) -> list[str]:
         spread = {"auc": "auc_deviation", "f1_score": "score_deviation"}.get(key)
         extra = f" ± {answer[spread]:.3f}" if spread and spread in answer else ""
         out.append(f"  {label:<18} {answer[key]:.3f}{extra}")
-    out.append(f"  needed: mean F1 >= {answer.get('min_score')}, "
-               f"deviation <= {answer.get('accepted_deviation')}")
+    out.append(
+        f"  needed: mean F1 >= {answer.get('min_score')}, "
+        f"deviation <= {answer.get('accepted_deviation')}"
+    )
     if answer.get("dir"):
         out.append(f"  logs: {answer['dir']} (tensorboard --logdir {answer['dir']}/tensor)")
     return out

@@ -6,6 +6,7 @@ site, empty cells for missing values, a minority positive class whose odds
 follow a few of the features. The shipped sample (`mlbackend/data/`) was made
 with `python -m mlbackend.synthetic`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,21 +19,30 @@ import numpy as np
 
 @dataclass
 class Synthetic:
-    X: np.ndarray          # rows x features, NaN where the cell is left empty
-    y: np.ndarray          # class values
+    X: np.ndarray  # rows x features, NaN where the cell is left empty
+    y: np.ndarray  # class values
     classes: list[int]
 
 
-def generate(rows: int, nfeatures: int, classes: tuple[int, ...] = (0, 1),
-             positive_rate: float = 0.15, missing: float = 0.05, constant: int = 2,
-             seed: int = 0) -> Synthetic:
+def generate(
+    rows: int,
+    nfeatures: int,
+    classes: tuple[int, ...] = (0, 1),
+    positive_rate: float = 0.15,
+    missing: float = 0.05,
+    constant: int = 2,
+    seed: int = 0,
+) -> Synthetic:
     rng = np.random.default_rng(seed)
     X = np.round(rng.uniform(-1, 1, size=(rows, nfeatures)), 2)
     binary = rng.random(nfeatures) < 0.3
     X[:, binary] = (X[:, binary] > 0.3).astype(float)
-    X[:, :min(constant, nfeatures)] = 0.0
-    informative = rng.choice(np.arange(min(constant, nfeatures), nfeatures),
-                             size=max(1, min(8, nfeatures - constant)), replace=False)
+    X[:, : min(constant, nfeatures)] = 0.0
+    informative = rng.choice(
+        np.arange(min(constant, nfeatures), nfeatures),
+        size=max(1, min(8, nfeatures - constant)),
+        replace=False,
+    )
     k = len(classes)
     weights = rng.normal(0, 1.5, size=(len(informative), k))
     logits = X[:, informative] @ weights + rng.normal(0, 0.7, size=(rows, k))
@@ -55,9 +65,11 @@ def _cell(v: float) -> str:
 
 
 def _header(nfeatures: int, classes: list[int]) -> str:
-    return ("nfeatures,targetclasses,targettype,targetcolumn,timesplitting\n"
-            f'{nfeatures},"{json.dumps(classes).replace(" ", "")}",discrete,'
-            "target,\\core\\analytics\\time_splitting\\upcoming_week\n")
+    return (
+        "nfeatures,targetclasses,targettype,targetcolumn,timesplitting\n"
+        f'{nfeatures},"{json.dumps(classes).replace(" ", "")}",discrete,'
+        "target,\\core\\analytics\\time_splitting\\upcoming_week\n"
+    )
 
 
 def write_training(path: str, data: Synthetic) -> str:
@@ -70,8 +82,9 @@ def write_training(path: str, data: Synthetic) -> str:
     return path
 
 
-def write_prediction(path: str, data: Synthetic, id_prefix: str = "sample-",
-                     sampleid_header: bool = True) -> dict[str, int]:
+def write_prediction(
+    path: str, data: Synthetic, id_prefix: str = "sample-", sampleid_header: bool = True
+) -> dict[str, int]:
     """Writes the rows without labels; returns the true class of every sample id."""
     n = data.X.shape[1]
     answers = {}
@@ -87,17 +100,19 @@ def write_prediction(path: str, data: Synthetic, id_prefix: str = "sample-",
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="Write a synthetic Moodle training and "
-                                                 "prediction CSV pair.")
-    parser.add_argument("directory", help="where to write sample-training.csv and "
-                                          "sample-prediction.csv")
+    parser = argparse.ArgumentParser(
+        description="Write a synthetic Moodle training and prediction CSV pair."
+    )
+    parser.add_argument(
+        "directory", help="where to write sample-training.csv and sample-prediction.csv"
+    )
     parser.add_argument("--rows", type=int, default=900, help="training rows")
     parser.add_argument("--features", type=int, default=24, help="features per row")
     parser.add_argument("--seed", type=int, default=2026, help="random seed")
     a = parser.parse_args()
     data = generate(a.rows + a.rows // 6, a.features, seed=a.seed)
-    train = Synthetic(data.X[:a.rows], data.y[:a.rows], data.classes)
-    rest = Synthetic(data.X[a.rows:], data.y[a.rows:], data.classes)
+    train = Synthetic(data.X[: a.rows], data.y[: a.rows], data.classes)
+    rest = Synthetic(data.X[a.rows :], data.y[a.rows :], data.classes)
     os.makedirs(a.directory, exist_ok=True)
     write_training(os.path.join(a.directory, "sample-training.csv"), train)
     answers = write_prediction(os.path.join(a.directory, "sample-prediction.csv"), rest)

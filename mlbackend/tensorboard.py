@@ -6,6 +6,7 @@ is TensorFlow's: a scalar is a float tensor tagged for the "scalars" plugin,
 which is all TensorBoard needs to draw it. Moodle tells admins to point
 TensorBoard at an evaluation run's `tensor/` directory.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -28,14 +29,15 @@ class ScalarWriter:
     def scalar(self, tag: str, value: float, step: int) -> None:
         tf = self._tf
         with self._writer.as_default():
-            tf.summary.write(tag, tf.constant(float(value), tf.float32), step=step,
-                             metadata=self._metadata)
+            tf.summary.write(
+                tag, tf.constant(float(value), tf.float32), step=step, metadata=self._metadata
+            )
 
     def close(self) -> None:
         self._writer.flush()
         self._writer.close()
 
-    def __enter__(self) -> "ScalarWriter":
+    def __enter__(self) -> ScalarWriter:
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -5,6 +5,7 @@ files, reading old checkpoints) imports it through `import_tensorflow`, so
 the set-up below happens once, before TensorFlow is loaded, whichever path
 gets there first. Prediction, `version` and `--help` never import it.
 """
+
 from __future__ import annotations
 
 import logging

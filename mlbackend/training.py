@@ -18,13 +18,14 @@ TensorFlow is imported inside these functions only: prediction, `version`
 and `--help` never pay for it. Training hands back plain
 `mlbackend.inference.Model`s.
 """
+
 from __future__ import annotations
 
 import logging
-import os
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -76,7 +77,7 @@ class TrainingOptions:
     validation_fraction: float = 0.15
     #: 1 weighs every class equally in the loss (balanced), 0 weighs every row equally.
     class_weight_power: float = 0.5
-    progress: bool = False           # a progress line on stderr (terminals only)
+    progress: bool = False  # a progress line on stderr (terminals only)
     #: One TensorBoard directory per network trained side by side (evaluation).
     tensorboard_dirs: list[str] = field(default_factory=list)
 
@@ -90,19 +91,28 @@ def class_indices(y: np.ndarray, classes: list[int]) -> np.ndarray:
 
 def require_all_classes(y_idx: np.ndarray, nclasses: int) -> None:
     if len(np.unique(y_idx)) < nclasses:
-        raise BackendError(MISSING_CLASSES_MESSAGE, status=NOT_ENOUGH_DATA,
-                           errors=MISSING_CLASSES_MESSAGE)
+        raise BackendError(
+            MISSING_CLASSES_MESSAGE, status=NOT_ENOUGH_DATA, errors=MISSING_CLASSES_MESSAGE
+        )
 
 
-def train(X: np.ndarray, y: np.ndarray, classes: list[int], feature_names: list[str],
-          previous: Model | None = None, options: TrainingOptions | None = None) -> Model:
+def train(
+    X: np.ndarray,
+    y: np.ndarray,
+    classes: list[int],
+    feature_names: list[str],
+    previous: Model | None = None,
+    options: TrainingOptions | None = None,
+) -> Model:
     """Train a new model, or continue training `previous` on new rows."""
     options = options or TrainingOptions()
     if previous is not None:
         previous.check_features(X.shape[1])
         if previous.classes != classes:
-            raise BackendError(f"The dataset's targetclasses {classes} differ from the "
-                               f"model's {previous.classes}; train a new model.")
+            raise BackendError(
+                f"The dataset's targetclasses {classes} differ from the "
+                f"model's {previous.classes}; train a new model."
+            )
     y_idx = class_indices(y, classes)
     require_all_classes(y_idx, len(classes))
     if previous is not None:
@@ -113,14 +123,24 @@ def train(X: np.ndarray, y: np.ndarray, classes: list[int], feature_names: list[
         activation = previous.activation  # tanh for models converted from 2.x
     else:
         columns, _, _ = scaling(X)
-        encoding, mean, scale = piecewise_inputs(X, columns, None, options.seed,
-                                                 _rarest(y_idx, len(classes)))
+        encoding, mean, scale = piecewise_inputs(
+            X, columns, None, options.seed, _rarest(y_idx, len(classes))
+        )
         hidden = hidden_units(X, len(columns))
         activation = "relu"
     init = [w[None] for w in previous.weights] if previous is not None else None
-    weights, epochs = _fit_side_by_side(X, columns, [(encoding, mean, scale)], y_idx,
-                                        [np.arange(len(y_idx))], len(classes), hidden, options,
-                                        init, activation=activation)
+    weights, epochs = _fit_side_by_side(
+        X,
+        columns,
+        [(encoding, mean, scale)],
+        y_idx,
+        [np.arange(len(y_idx))],
+        len(classes),
+        hidden,
+        options,
+        init,
+        activation=activation,
+    )
     past = dict(previous.history) if previous is not None else {}
     record = {
         "trainings": int(past.get("trainings", 0)) + 1,
@@ -128,13 +148,28 @@ def train(X: np.ndarray, y: np.ndarray, classes: list[int], feature_names: list[
         "last_epochs": epochs[0],
     }
     log.info("trained %d rows for %d epochs (hidden layers %s)", len(y_idx), epochs[0], hidden)
-    return Model(classes=list(classes), nfeatures=int(X.shape[1]), columns=columns, mean=mean,
-                 scale=scale, weights=weights[0], feature_names=list(feature_names),
-                 history=record, activation=activation, encoding=encoding)
+    return Model(
+        classes=list(classes),
+        nfeatures=int(X.shape[1]),
+        columns=columns,
+        mean=mean,
+        scale=scale,
+        weights=weights[0],
+        feature_names=list(feature_names),
+        history=record,
+        activation=activation,
+        encoding=encoding,
+    )
 
 
-def train_splits(X: np.ndarray, y: np.ndarray, classes: list[int], feature_names: list[str],
-                 splits: list[np.ndarray], options: TrainingOptions | None = None) -> list[Model]:
+def train_splits(
+    X: np.ndarray,
+    y: np.ndarray,
+    classes: list[int],
+    feature_names: list[str],
+    splits: list[np.ndarray],
+    options: TrainingOptions | None = None,
+) -> list[Model]:
     """Train one fresh model per row subset, side by side (evaluation's iterations).
 
     The subsets must be of equal size. Every model keeps the columns that vary
@@ -145,18 +180,29 @@ def train_splits(X: np.ndarray, y: np.ndarray, classes: list[int], feature_names
     y_idx = class_indices(y, classes)
     columns, _, _ = scaling(X)
     hidden = hidden_units(X, len(columns))
-    inputs = [piecewise_inputs(X, columns, rows, options.seed,
-                               _rarest(y_idx[rows], len(classes))) for rows in splits]
-    weights, epochs = _fit_side_by_side(X, columns, inputs, y_idx,
-                                        splits, len(classes), hidden, options, None)
+    inputs = [
+        piecewise_inputs(X, columns, rows, options.seed, _rarest(y_idx[rows], len(classes)))
+        for rows in splits
+    ]
+    weights, epochs = _fit_side_by_side(
+        X, columns, inputs, y_idx, splits, len(classes), hidden, options, None
+    )
     models = []
     for k, rows in enumerate(splits):
         encoding, mean, scale = inputs[k]
-        models.append(Model(classes=list(classes), nfeatures=int(X.shape[1]), columns=columns,
-                            mean=mean, scale=scale, weights=weights[k],
-                            feature_names=list(feature_names),
-                            history={"trainings": 1, "rows_seen": len(rows),
-                                     "last_epochs": epochs[k]}, encoding=encoding))
+        models.append(
+            Model(
+                classes=list(classes),
+                nfeatures=int(X.shape[1]),
+                columns=columns,
+                mean=mean,
+                scale=scale,
+                weights=weights[k],
+                feature_names=list(feature_names),
+                history={"trainings": 1, "rows_seen": len(rows), "last_epochs": epochs[k]},
+                encoding=encoding,
+            )
+        )
     return models
 
 
@@ -165,8 +211,9 @@ def _rarest(y_idx: np.ndarray, nclasses: int) -> int:
     return int(np.bincount(y_idx, minlength=nclasses).min())
 
 
-def piecewise_inputs(X: np.ndarray, columns: np.ndarray, rows: np.ndarray | None,
-                     seed: int, rarest: int) -> Inputs:
+def piecewise_inputs(
+    X: np.ndarray, columns: np.ndarray, rows: np.ndarray | None, seed: int, rarest: int
+) -> Inputs:
     """The piecewise-linear encoding of `columns` fitted on `rows` (all by
     default), with one bin per MINORITY_ROWS_PER_BIN rows of the rarest class
     (`rarest` of them), and the encoded inputs' mean there (scale 1: the
@@ -178,14 +225,16 @@ def piecewise_inputs(X: np.ndarray, columns: np.ndarray, rows: np.ndarray | None
     encoding = PiecewiseLinear.fit(Xc, max_edges=rarest // MINORITY_ROWS_PER_BIN + 1)
     total = np.zeros(encoding.width)
     for start in range(0, len(Xc), ENCODE_BLOCK_ROWS):
-        total += encoding.encode(Xc[start:start + ENCODE_BLOCK_ROWS]).sum(axis=0,
-                                                                            dtype=np.float64)
+        total += encoding.encode(Xc[start : start + ENCODE_BLOCK_ROWS]).sum(
+            axis=0, dtype=np.float64
+        )
     mean = (total / max(len(Xc), 1)).astype(np.float32)
     return encoding, mean, np.ones_like(mean)
 
 
-def scaling(X: np.ndarray, columns: np.ndarray | None = None, rows: np.ndarray | None = None
-            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def scaling(
+    X: np.ndarray, columns: np.ndarray | None = None, rows: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Keep the columns that vary (unless given); centre them.
 
     Constant columns carry no information and the old backend dropped them
@@ -223,8 +272,11 @@ def _row_blocks(X: np.ndarray, rows: np.ndarray | None) -> Iterator[np.ndarray]:
     """X (or its `rows`) in blocks of STATS_BLOCK_ROWS rows."""
     n = X.shape[0] if rows is None else len(rows)
     for start in range(0, n, STATS_BLOCK_ROWS):
-        yield X[start:start + STATS_BLOCK_ROWS] if rows is None else \
-            X[rows[start:start + STATS_BLOCK_ROWS]]
+        yield (
+            X[start : start + STATS_BLOCK_ROWS]
+            if rows is None
+            else X[rows[start : start + STATS_BLOCK_ROWS]]
+        )
 
 
 def hidden_units(X: np.ndarray, width: int) -> list[int]:
@@ -242,8 +294,9 @@ def batch_size(rows: int) -> int:
     return int(min(1024, max(16, rows // 40)))
 
 
-def validation_split(y_idx: np.ndarray, fraction: float, rng: np.random.Generator
-                     ) -> tuple[np.ndarray, np.ndarray | None]:
+def validation_split(
+    y_idx: np.ndarray, fraction: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Stratified hold-out for early stopping; none when the data is too small."""
     n = len(y_idx)
     counts = np.bincount(y_idx)
@@ -279,11 +332,18 @@ def _initial_weights(rng: np.random.Generator, K: int, sizes: list[int]) -> list
     return weights
 
 
-def _fit_side_by_side(X: np.ndarray, columns: np.ndarray, encodings: list[Inputs],
-                      y_idx: np.ndarray, subsets: list[np.ndarray], nclasses: int,
-                      hidden: list[int], options: TrainingOptions,
-                      init: list[np.ndarray] | None, activation: str = "relu"
-                      ) -> tuple[list[list[np.ndarray]], list[int]]:
+def _fit_side_by_side(
+    X: np.ndarray,
+    columns: np.ndarray,
+    encodings: list[Inputs],
+    y_idx: np.ndarray,
+    subsets: list[np.ndarray],
+    nclasses: int,
+    hidden: list[int],
+    options: TrainingOptions,
+    init: list[np.ndarray] | None,
+    activation: str = "relu",
+) -> tuple[list[list[np.ndarray]], list[int]]:
     """Train len(subsets) networks at once, network k on rows `subsets[k]` of
     X[:, columns] made into inputs by `encodings[k]`; returns their weights
     and the epochs each ran."""
@@ -309,15 +369,17 @@ def _fit_side_by_side(X: np.ndarray, columns: np.ndarray, encodings: list[Inputs
     else:
         max_epochs = options.max_epochs
     n = min(len(r) for r in train_rows)
-    train_idx = np.stack([r[:n] for r in train_rows])                     # [K, n]
+    train_idx = np.stack([r[:n] for r in train_rows])  # [K, n]
     bs = min(batch_size(n), n)
-    cw = np.stack([class_weights(y_idx[r], nclasses, options.class_weight_power)
-                   for r in train_idx]).astype(np.float32)                  # [K, C]
+    cw = np.stack(
+        [class_weights(y_idx[r], nclasses, options.class_weight_power) for r in train_idx]
+    ).astype(np.float32)  # [K, C]
     prepare, depth = _input_graph(tf, encodings, width)
     chunk = max(bs, (CHUNK_VALUES // max(K * max(width, depth), 1)) // bs * bs)
     if with_validation:
-        m = min(len(v) for v in val_rows)
-        val_idx = np.stack([v[:m] for v in val_rows])                        # [K, m]
+        val_sets = [v for v in val_rows if v is not None]
+        m = min(len(v) for v in val_sets)
+        val_idx = np.stack([v[:m] for v in val_sets])  # [K, m]
 
     # The used columns, once, unless that copy is large: then per chunk.
     source = X[:, columns] if X.nbytes <= PRESELECT_BYTES and width < X.shape[1] else None
@@ -325,8 +387,13 @@ def _fit_side_by_side(X: np.ndarray, columns: np.ndarray, encodings: list[Inputs
     def inputs(idx: np.ndarray) -> np.ndarray:
         """Rows X[idx[k], columns] per network: [K, len, d] (standardised in the graph)."""
         flat = idx.reshape(-1)
-        rows = source[flat] if source is not None else X[flat][:, columns] \
-            if width < X.shape[1] else X[flat]
+        rows = (
+            source[flat]
+            if source is not None
+            else X[flat][:, columns]
+            if width < X.shape[1]
+            else X[flat]
+        )
         return rows.reshape(idx.shape[0], idx.shape[1], width)
 
     sizes = [depth] + list(hidden) + [nclasses]
@@ -350,10 +417,9 @@ def _fit_side_by_side(X: np.ndarray, columns: np.ndarray, encodings: list[Inputs
         return tf.matmul(h, kernel) + bias[:, None, :]
 
     def train_step(b: Any, total: Any, x: Any, y: Any, w: Any) -> tuple[Any, ...]:
-        xb, yb, wb = (t[:, b * bs:(b + 1) * bs] for t in (x, y, w))
+        xb, yb, wb = (t[:, b * bs : (b + 1) * bs] for t in (x, y, w))
         with tf.GradientTape() as tape:
-            ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=yb,
-                                                                logits=forward(xb, True))
+            ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=yb, logits=forward(xb, True))
             per_model = tf.reduce_mean(ce * wb, axis=1)
             penalty = tf.add_n([tf.reduce_sum(tf.square(k), axis=[1, 2]) for k in kernels])
             loss = tf.reduce_sum(per_model + l2 * penalty)
@@ -362,15 +428,29 @@ def _fit_side_by_side(X: np.ndarray, columns: np.ndarray, encodings: list[Inputs
         b1_power, b2_power = tf.pow(b1, t), tf.pow(b2, t)
         # Adam, one fused kernel per variable (few ops per step is what makes
         # small batches quick: TensorFlow spends microseconds on each op).
-        updates = [tf.raw_ops.ResourceApplyAdam(
-            var=p.handle, m=m_.handle, v=v_.handle, beta1_power=b1_power,
-            beta2_power=b2_power, lr=lr, beta1=b1, beta2=b2, epsilon=eps, grad=g)
-            for p, g, m_, v_ in zip(params, grads, slots_m, slots_v)]
+        updates = [
+            tf.raw_ops.ResourceApplyAdam(
+                var=p.handle,
+                m=m_.handle,
+                v=v_.handle,
+                beta1_power=b1_power,
+                beta2_power=b2_power,
+                lr=lr,
+                beta1=b1,
+                beta2=b2,
+                epsilon=eps,
+                grad=g,
+            )
+            for p, g, m_, v_ in zip(params, grads, slots_m, slots_v)
+        ]
         with tf.control_dependencies(updates):
             return b + 1, total + per_model, x, y, w
 
-    spec = (tf.TensorSpec([K, None, width], tf.float32), tf.TensorSpec([K, None], tf.int32),
-            tf.TensorSpec([K, None], tf.float32))
+    spec = (
+        tf.TensorSpec([K, None, width], tf.float32),
+        tf.TensorSpec([K, None], tf.int32),
+        tf.TensorSpec([K, None], tf.float32),
+    )
 
     # autograph=False: converting Python source to a graph costs 0.7 s a call,
     # so the batch loop is an explicit while_loop. XLA (jit_compile) took 50 s
@@ -380,8 +460,9 @@ def _fit_side_by_side(X: np.ndarray, columns: np.ndarray, encodings: list[Inputs
         """One pass over a chunk of shuffled rows, batch by batch; summed batch losses."""
         batches = (tf.shape(x)[1] + bs - 1) // bs
         x = prepare(x)
-        _, total, *_ = tf.while_loop(lambda b, *rest: b < batches, train_step,
-                                     (tf.constant(0), tf.zeros([K]), x, y, w))
+        _, total, *_ = tf.while_loop(
+            lambda b, *rest: b < batches, train_step, (tf.constant(0), tf.zeros([K]), x, y, w)
+        )
         return total
 
     @tf.function(autograph=False, input_signature=spec[:2])
@@ -394,16 +475,17 @@ def _fit_side_by_side(X: np.ndarray, columns: np.ndarray, encodings: list[Inputs
         order = train_idx[:, rng.permutation(n)]
         total = np.zeros(K)
         for c in range(0, n, chunk):
-            idx = order[:, c:c + chunk]
+            idx = order[:, c : c + chunk]
             y = y_idx[idx]
-            total += train_chunk(inputs(idx), y.astype(np.int32),
-                                 np.take_along_axis(cw, y, axis=1)).numpy()
+            total += train_chunk(
+                inputs(idx), y.astype(np.int32), np.take_along_axis(cw, y, axis=1)
+            ).numpy()
         return total / -(-n // bs)
 
     def validation_loss() -> np.ndarray:
         total = np.zeros(K)
         for c in range(0, val_idx.shape[1], chunk):
-            idx = val_idx[:, c:c + chunk]
+            idx = val_idx[:, c : c + chunk]
             total += loss_of(inputs(idx), y_idx[idx].astype(np.int32)).numpy()
         return total / val_idx.shape[1]
 
@@ -436,8 +518,10 @@ def _fit_side_by_side(X: np.ndarray, columns: np.ndarray, encodings: list[Inputs
     stopped_at = np.minimum(stopped_at, e + 1)
     # Network k's first kernel without the rows of its padding inputs.
     own = [len(mu) for _, mu, _ in encodings]
-    return ([[w[k][:own[k]] if i == 0 else w[k] for i, w in enumerate(final)] for k in range(K)],
-            [int(s) for s in stopped_at])
+    return (
+        [[w[k][: own[k]] if i == 0 else w[k] for i, w in enumerate(final)] for k in range(K)],
+        [int(s) for s in stopped_at],
+    )
 
 
 def _input_graph(tf: Any, encodings: list[Inputs], width: int) -> tuple[Any, int]:
@@ -450,8 +534,9 @@ def _input_graph(tf: Any, encodings: list[Inputs], width: int) -> tuple[Any, int
     K = len(encodings)
     if encodings[0][0] is None:  # a model of format 1 or 2: standardised columns
         mean = tf.constant(np.stack([mu for _, mu, _ in encodings])[:, None, :], tf.float32)
-        inv_scale = tf.constant((1.0 / np.stack([sc for _, _, sc in encodings]))[:, None, :],
-                                tf.float32)
+        inv_scale = tf.constant(
+            (1.0 / np.stack([sc for _, _, sc in encodings]))[:, None, :], tf.float32
+        )
         return (lambda x: (x - mean) * inv_scale), width
     depth = max(len(mu) for _, mu, _ in encodings)
     source = np.zeros((K, depth), np.int32)
@@ -464,12 +549,14 @@ def _input_graph(tf: Any, encodings: list[Inputs], width: int) -> tuple[Any, int
         source[k, :d], lower[k, :d], bin_width[k, :d] = encoding.components()
         mean[k, :d], scale[k, :d] = mu, sc
     source_t = tf.constant(source)
-    lower_t, width_t, mean_t, scale_t = (tf.constant(a[:, None, :])
-                                         for a in (lower, bin_width, mean, scale))
+    lower_t, width_t, mean_t, scale_t = (
+        tf.constant(a[:, None, :]) for a in (lower, bin_width, mean, scale)
+    )
 
     def prepare(x: Any) -> Any:
         parts = tf.gather(x, source_t, axis=2, batch_dims=1)
         return (tf.clip_by_value((parts - lower_t) / width_t, 0.0, 1.0) - mean_t) / scale_t
+
     return prepare, depth
 
 
@@ -481,13 +568,15 @@ def _tensorboard_writers(dirs: list[str]) -> list[Any]:
     return [ScalarWriter(d) for d in dirs]
 
 
-def _log_epoch(e: int, max_epochs: int, logs: dict[str, np.ndarray], writers: list[Any],
-               progress: bool) -> None:
+def _log_epoch(
+    e: int, max_epochs: int, logs: dict[str, np.ndarray], writers: list[Any], progress: bool
+) -> None:
     for k, writer in enumerate(writers):
         for key, values in logs.items():
             writer.scalar(f"epoch_{key}", float(values[k]), e)
     if progress:
         extra = f", validation loss {logs['val_loss'].mean():.4f}" if "val_loss" in logs else ""
-        sys.stderr.write(f"\r  epoch {e + 1:>3} (at most {max_epochs}): "
-                         f"loss {logs['loss'].mean():.4f}{extra}   ")
+        sys.stderr.write(
+            f"\r  epoch {e + 1:>3} (at most {max_epochs}): loss {logs['loss'].mean():.4f}{extra}   "
+        )
         sys.stderr.flush()

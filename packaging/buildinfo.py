@@ -8,6 +8,7 @@ the bundle needs (`readelf -V`, its version-needs section): the dynamic loader
 refuses to start the program, or to load that library, on an older glibc.
 Prints the glibc line. install.sh reads `version` and `glibc` from the file.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -57,9 +58,15 @@ def floors(bundle: str) -> dict[str, tuple[tuple[int, ...], str]]:
 
 def git_commit() -> str:
     """The commit the bundle was built from ("-dirty" with uncommitted changes)."""
+
     def git(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["git", *args], capture_output=True, text=True,
-                              cwd=os.path.dirname(os.path.abspath(__file__)))
+        return subprocess.run(
+            ["git", *args],
+            capture_output=True,
+            text=True,
+            cwd=os.path.dirname(os.path.abspath(__file__)),
+        )
+
     try:
         head = git("rev-parse", "--short=12", "HEAD")
         dirty = git("status", "--porcelain", "--untracked-files=no").stdout.strip()
@@ -102,10 +109,12 @@ def main() -> int:
         f"glibc: {show('GLIBC')}",
     ]
     if "GLIBCXX" in found:
-        bundled = any(n.startswith("libstdc++.so") for _, _, names in os.walk(bundle)
-                      for n in names)
-        lines.append(f"libstdc++: GLIBCXX_{show('GLIBCXX')}"
-                     + ("" if bundled else ", from the host"))
+        bundled = any(
+            n.startswith("libstdc++.so") for _, _, names in os.walk(bundle) for n in names
+        )
+        lines.append(
+            f"libstdc++: GLIBCXX_{show('GLIBCXX')}" + ("" if bundled else ", from the host")
+        )
     with open(os.path.join(bundle, "BUILD-INFO"), "w") as f:
         f.write("\n".join(lines) + "\n")
     print(f"glibc floor: {show('GLIBC')}")

@@ -1,6 +1,7 @@
 """Shared fixtures: Moodle-format data made by the tests, and the two ways of
 running the program (in process through `main()`, and as Moodle does, as a
 subprocess with `-m moodlemlbackend.MODULE`)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -14,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hostile import FUZZ
 from hypothesis import HealthCheck, settings
 
-from hostile import FUZZ
 from mlbackend import synthetic
 from mlbackend.cli import main
 
@@ -26,12 +27,16 @@ ROOT = Path(__file__).resolve().parent.parent
 # every time, so that a red run can be repeated; `make fuzz` draws fresh ones
 # and keeps failing examples in .hypothesis/ to replay them first next time.
 # No deadline: the machine is shared, and some examples start a process.
-_SLOW_OK = [HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
-            HealthCheck.data_too_large]
-settings.register_profile("quick", derandomize=True, database=None, deadline=None,
-                          suppress_health_check=_SLOW_OK, print_blob=True)
-settings.register_profile("fuzz", deadline=None, suppress_health_check=_SLOW_OK,
-                          print_blob=True)
+_SLOW_OK = [HealthCheck.too_slow, HealthCheck.function_scoped_fixture, HealthCheck.data_too_large]
+settings.register_profile(
+    "quick",
+    derandomize=True,
+    database=None,
+    deadline=None,
+    suppress_health_check=_SLOW_OK,
+    print_blob=True,
+)
+settings.register_profile("fuzz", deadline=None, suppress_health_check=_SLOW_OK, print_blob=True)
 settings.load_profile("fuzz" if FUZZ else "quick")
 
 
@@ -58,13 +63,26 @@ def backend_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def moodle(module: str, *args: Any, env: dict[str, str] | None = None,
-           timeout: float = 900) -> Result:
+def moodle(
+    module: str, *args: Any, env: dict[str, str] | None = None, timeout: float = 900
+) -> Result:
     """Run the program exactly as Moodle's PHP does (stdout, stderr, exit code)."""
-    cmd = [sys.executable, "-m", "mlbackend", "-m", f"moodlemlbackend.{module}",
-           *[str(a) for a in args]]
-    p = subprocess.run(cmd, capture_output=True, text=True, env=backend_env(env),
-                       timeout=timeout, stdin=subprocess.DEVNULL)
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlbackend",
+        "-m",
+        f"moodlemlbackend.{module}",
+        *[str(a) for a in args],
+    ]
+    p = subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        env=backend_env(env),
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
     return Result(p.returncode, p.stdout, p.stderr)
 
 
@@ -89,10 +107,12 @@ def moodle_in_process(module: str, *args: Any, env: dict[str, str] | None = None
 @pytest.fixture
 def run_main(capsys: pytest.CaptureFixture[str]):
     """Call `main(argv)` in process; returns a Result like `moodle()`."""
+
     def run(*argv: Any) -> Result:
         rc = main([str(a) for a in argv])
         out = capsys.readouterr()
         return Result(rc, out.out, out.err)
+
     return run
 
 
@@ -122,8 +142,9 @@ def multiclass_data(datadir: Path) -> dict[str, Any]:
     return {
         "train": synthetic.write_training(str(datadir / "multi-train.csv"), train),
         "predict": str(datadir / "multi-predict.csv"),
-        "answers": synthetic.write_prediction(str(datadir / "multi-predict.csv"), rest,
-                                              id_prefix="123-"),
+        "answers": synthetic.write_prediction(
+            str(datadir / "multi-predict.csv"), rest, id_prefix="123-"
+        ),
     }
 
 

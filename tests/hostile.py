@@ -12,6 +12,7 @@ time; `make fuzz` (MLBACKEND_FUZZ=1) runs thousands with fresh seeds. The
 profiles are registered in conftest.py; `examples(quick, fuzz)` picks the
 count for one test.
 """
+
 from __future__ import annotations
 
 import io
@@ -36,43 +37,135 @@ def examples(quick: int, fuzz: int) -> int:
 # --------------------------------------------------------------------------
 # Cells, lines, files
 
-GOOD_CELLS = st.sampled_from(["0", "1", "-1", "0.5", "-0.25", "", "0.33", "1.0", ".5", "+1",
-                              " 1 ", "1e-3", "-0", '"0.5"'])
-HOSTILE_CELLS = st.sampled_from([
-    "nan", "NaN", "-nan", "inf", "-inf", "Infinity", "1e308", "-1e308", "3.4e38", "-3.4e38",
-    "3.5e38", "1e39", "1e-320", "1e999", "1" * 400, '"1,5"', '""', '"', '"a""b"',
-    "abc", "0x10", "1_0", "\u0661\u0662", "\u00a0", "1e", "--1", "\t0\t", "0,", "TRUE",
-    "\ufeff1", "1\r", "\u2028", "\u00e9",
-])
+GOOD_CELLS = st.sampled_from(
+    ["0", "1", "-1", "0.5", "-0.25", "", "0.33", "1.0", ".5", "+1", " 1 ", "1e-3", "-0", '"0.5"']
+)
+HOSTILE_CELLS = st.sampled_from(
+    [
+        "nan",
+        "NaN",
+        "-nan",
+        "inf",
+        "-inf",
+        "Infinity",
+        "1e308",
+        "-1e308",
+        "3.4e38",
+        "-3.4e38",
+        "3.5e38",
+        "1e39",
+        "1e-320",
+        "1e999",
+        "1" * 400,
+        '"1,5"',
+        '""',
+        '"',
+        '"a""b"',
+        "abc",
+        "0x10",
+        "1_0",
+        "\u0661\u0662",
+        "\u00a0",
+        "1e",
+        "--1",
+        "\t0\t",
+        "0,",
+        "TRUE",
+        "\ufeff1",
+        "1\r",
+        "\u2028",
+        "\u00e9",
+    ]
+)
 CELLS = st.one_of(GOOD_CELLS, HOSTILE_CELLS, st.text(max_size=6))
 
 GOOD_CLASSES = st.sampled_from(['"[0,1]"', '"[0,1,2]"', '"[1,0]"', '"[0, 1]"'])
-HOSTILE_CLASSES = st.sampled_from([
-    '[0,1]', '"[NaN,1]"', '"[1e400,0]"', '"[-1,0]"', '"[0,1000000000000]"', '"[]"', '"[0,0]"',
-    '"[true,false]"', '"{}"', '"[0.5,1]"', '"[0,1.0]"', '"[1]"', '""', '"[0, 1"', '"[[0],[1]]"',
-    '"[""0"",1]"', '"null"', '"[0,' + "9" * 5000 + ']"',
-    '"[' + ",".join(map(str, range(300))) + ']"'])
-HOSTILE_NFEATURES = st.sampled_from(["0", "-1", "10000000000", "99999999999999999999999",
-                                     "1e3", "", "x", "3.0", " 2 ", "9" * 5000, "\u0663", "2 2"])
+HOSTILE_CLASSES = st.sampled_from(
+    [
+        "[0,1]",
+        '"[NaN,1]"',
+        '"[1e400,0]"',
+        '"[-1,0]"',
+        '"[0,1000000000000]"',
+        '"[]"',
+        '"[0,0]"',
+        '"[true,false]"',
+        '"{}"',
+        '"[0.5,1]"',
+        '"[0,1.0]"',
+        '"[1]"',
+        '""',
+        '"[0, 1"',
+        '"[[0],[1]]"',
+        '"[""0"",1]"',
+        '"null"',
+        '"[0,' + "9" * 5000 + ']"',
+        '"[' + ",".join(map(str, range(300))) + ']"',
+    ]
+)
+HOSTILE_NFEATURES = st.sampled_from(
+    [
+        "0",
+        "-1",
+        "10000000000",
+        "99999999999999999999999",
+        "1e3",
+        "",
+        "x",
+        "3.0",
+        " 2 ",
+        "9" * 5000,
+        "\u0663",
+        "2 2",
+    ]
+)
 HOSTILE_NEWLINES = st.sampled_from(["\r", "\u2028", "\n\n", "\r\r\n", "\x85", "\n\n\n\n"])
-INSERTS = st.sampled_from([b"\xff", b"\x00", b"\xc3", b"\xef\xbb\xbf", b"\r", b'"', b",",
-                           b"\n", b"\n" * 50, b",,,,,,,,", b"\xe2\x80\xa8", b"\x85"])
+INSERTS = st.sampled_from(
+    [
+        b"\xff",
+        b"\x00",
+        b"\xc3",
+        b"\xef\xbb\xbf",
+        b"\r",
+        b'"',
+        b",",
+        b"\n",
+        b"\n" * 50,
+        b",,,,,,,,",
+        b"\xe2\x80\xa8",
+        b"\x85",
+    ]
+)
 
 
-DAMAGE = ["nfeatures", "classes", "metadata", "cells", "ids", "labels", "ragged",
-          "line ends", "bytes", "cut"]
+DAMAGE = [
+    "nfeatures",
+    "classes",
+    "metadata",
+    "cells",
+    "ids",
+    "labels",
+    "ragged",
+    "line ends",
+    "bytes",
+    "cut",
+]
 
 
 @st.composite
-def datasets(draw: Any, features: st.SearchStrategy[int] = st.integers(1, 4),
-             predictions: st.SearchStrategy[bool] = st.booleans()) -> bytes:
+def datasets(
+    draw: Any,
+    features: st.SearchStrategy[int] = st.integers(1, 4),
+    predictions: st.SearchStrategy[bool] = st.booleans(),
+) -> bytes:
     """A Moodle dataset file, training- or prediction-shaped, bent at random.
 
     Each file gets zero, one or two kinds of damage (`DAMAGE`), so that many
     are valid or wrong in one way only, and get past the first checks.
     """
-    damage = set(draw(st.lists(st.sampled_from(DAMAGE), max_size=draw(
-        st.sampled_from([0, 0, 0, 1, 1, 2])))))
+    damage = set(
+        draw(st.lists(st.sampled_from(DAMAGE), max_size=draw(st.sampled_from([0, 0, 0, 1, 1, 2]))))
+    )
 
     def some(kind: str) -> bool:  # this kind of damage, here?
         return kind in damage and draw(st.booleans())
@@ -81,13 +174,28 @@ def datasets(draw: Any, features: st.SearchStrategy[int] = st.integers(1, 4),
     prediction = draw(predictions)
     declared = draw(HOSTILE_NFEATURES) if "nfeatures" in damage else str(nfeatures)
     classes = draw(HOSTILE_CLASSES if "classes" in damage else GOOD_CLASSES)
-    meta = [("nfeatures", declared), ("targetclasses", classes), ("targettype", "discrete"),
-            ("timesplitting", '"\\core\\analytics\\time_splitting\\upcoming_week"')]
+    meta = [
+        ("nfeatures", declared),
+        ("targetclasses", classes),
+        ("targettype", "discrete"),
+        ("timesplitting", '"\\core\\analytics\\time_splitting\\upcoming_week"'),
+    ]
     if some("metadata"):
-        meta += draw(st.lists(st.sampled_from([("moodleversion", "4.5"), ("other", "x"),
-                                               ("targettype", "linear"), ("nfeatures", "2"),
-                                               ("targetclasses", '"[0,1,2,3]"')]),
-                              min_size=1, max_size=2))
+        meta += draw(
+            st.lists(
+                st.sampled_from(
+                    [
+                        ("moodleversion", "4.5"),
+                        ("other", "x"),
+                        ("targettype", "linear"),
+                        ("nfeatures", "2"),
+                        ("targetclasses", '"[0,1,2,3]"'),
+                    ]
+                ),
+                min_size=1,
+                max_size=2,
+            )
+        )
     meta = draw(st.permutations(meta))
     if some("metadata"):
         meta.pop(draw(st.integers(0, len(meta) - 1)))
@@ -96,12 +204,16 @@ def datasets(draw: Any, features: st.SearchStrategy[int] = st.integers(1, 4),
     except ValueError:
         labels = None
     labels = [str(c) for c in labels] if isinstance(labels, list) and labels else ["0", "1"]
-    header = ["sampleid"] * prediction + [f"f{i}" for i in range(nfeatures)] + \
-        ["target"] * (not prediction)
+    header = (
+        ["sampleid"] * prediction
+        + [f"f{i}" for i in range(nfeatures)]
+        + ["target"] * (not prediction)
+    )
     lines = [",".join(m[0] for m in meta), ",".join(m[1] for m in meta), ",".join(header)]
     for _ in range(draw(st.integers(1, 8))):
-        cells = draw(st.lists(CELLS if some("cells") else GOOD_CELLS,
-                              min_size=nfeatures, max_size=nfeatures))
+        cells = draw(
+            st.lists(CELLS if some("cells") else GOOD_CELLS, min_size=nfeatures, max_size=nfeatures)
+        )
         if prediction:
             ids = ["", '"a,b"', "x" * 50, "\u00e9"] if some("ids") else ["s1", "123-4", "7"]
             cells.insert(0, draw(st.sampled_from(ids)))
@@ -111,8 +223,9 @@ def datasets(draw: Any, features: st.SearchStrategy[int] = st.integers(1, 4),
             cells = cells[:-1] if draw(st.booleans()) else cells + ["0"]
         lines.append(",".join(cells))
     line_end = draw(st.sampled_from(["\n", "\r\n"]))
-    text = "".join(line + (draw(HOSTILE_NEWLINES) if some("line ends") else line_end)
-                   for line in lines)
+    text = "".join(
+        line + (draw(HOSTILE_NEWLINES) if some("line ends") else line_end) for line in lines
+    )
     data = text.encode("utf-8")
     if draw(st.booleans()):
         data = b"\xef\xbb\xbf" + data
@@ -121,7 +234,7 @@ def datasets(draw: Any, features: st.SearchStrategy[int] = st.integers(1, 4),
             at = draw(st.integers(0, len(data)))
             data = data[:at] + draw(INSERTS) + data[at:]
     if "cut" in damage:
-        data = data[:draw(st.integers(0, len(data)))]
+        data = data[: draw(st.integers(0, len(data)))]
     return data
 
 
@@ -136,7 +249,8 @@ def deflated_npz(path: Path, name: str, megabytes: int) -> None:
     hundred KB on disk, deflated."""
     header = io.BytesIO()
     np.lib.format.write_array_header_1_0(
-        header, {"descr": "<f4", "fortran_order": False, "shape": (megabytes << 18,)})
+        header, {"descr": "<f4", "fortran_order": False, "shape": (megabytes << 18,)}
+    )
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
         with archive.open(name, "w", force_zip64=True) as member:
             member.write(header.getvalue())
@@ -193,8 +307,10 @@ class DtypeWithState:
 
 #: dtype states a crafted pickle may give; only the first is what NumPy writes.
 DTYPE_STATES = {
-    "subarray (the 272-byte crash)": ("f8", (3, "<", (np.dtype("f8"), (200_000_000,)), None,
-                                             None, 8, 1, 0)),
+    "subarray (the 272-byte crash)": (
+        "f8",
+        (3, "<", (np.dtype("f8"), (200_000_000,)), None, None, 8, 1, 0),
+    ),
     "item size larger than the type": ("f8", (3, "<", None, None, None, 1 << 30, 1, 0)),
     "fields": ("f8", (3, "|", None, ("a",), {"a": (np.dtype("f8"), 0)}, 8, 1, 16)),
     "big-endian": ("f8", (3, ">", None, None, None, -1, -1, 0)),
@@ -224,16 +340,21 @@ def proto_field(number: int, value: int | bytes) -> bytes:
 def bundle_entry(dtype: int, dims: list[int], offset: int, size: int, shard: int = 0) -> bytes:
     """A BundleEntryProto as TensorFlow writes it."""
     shape = b"".join(proto_field(2, proto_field(1, d)) for d in dims)
-    return (proto_field(1, dtype) + proto_field(2, shape) + proto_field(3, shard)
-            + proto_field(4, offset) + proto_field(5, size))
+    return (
+        proto_field(1, dtype)
+        + proto_field(2, shape)
+        + proto_field(3, shard)
+        + proto_field(4, offset)
+        + proto_field(5, size)
+    )
 
 
 def write_table(path: Path, entries: dict[str, bytes]) -> None:
     """A LevelDB-style table (a checkpoint's .index) holding `entries`,
     keys sorted, one data block, as TensorFlow lays it out."""
+
     def block(items: list[tuple[bytes, bytes]]) -> bytes:
-        body = b"".join(_varint(0) + _varint(len(k)) + _varint(len(v)) + k + v
-                        for k, v in items)
+        body = b"".join(_varint(0) + _varint(len(k)) + _varint(len(v)) + k + v for k, v in items)
         return body + (0).to_bytes(4, "little") + (1).to_bytes(4, "little")
 
     items = sorted((k.encode(), v) for k, v in entries.items())
@@ -245,8 +366,9 @@ def write_table(path: Path, entries: dict[str, bytes]) -> None:
     index_offset = len(out)
     index = block([(items[-1][0] + b"\0", _varint(0) + _varint(len(data)))])
     out += index + b"\0\0\0\0\0"
-    handles = _varint(meta_offset) + _varint(len(meta)) + _varint(index_offset) + \
-        _varint(len(index))
+    handles = (
+        _varint(meta_offset) + _varint(len(meta)) + _varint(index_offset) + _varint(len(index))
+    )
     out += handles + bytes(40 - len(handles)) + (0xDB4775248B80FB57).to_bytes(8, "little")
     path.write_bytes(out)
 
@@ -255,8 +377,7 @@ def write_table(path: Path, entries: dict[str, bytes]) -> None:
 # Model files (model.npz), bent at random
 
 
-def small_model_arrays(nfeatures: int = 3, hidden: int = 4, seed: int = 0
-                       ) -> dict[str, np.ndarray]:
+def small_model_arrays(nfeatures: int = 3, hidden: int = 4, seed: int = 0) -> dict[str, np.ndarray]:
     """The arrays of a valid model.npz, made without training."""
     from mlbackend.inference import Model
 
@@ -264,34 +385,95 @@ def small_model_arrays(nfeatures: int = 3, hidden: int = 4, seed: int = 0
     sizes = [nfeatures, hidden, 2]
     weights = []
     for a, b in zip(sizes, sizes[1:]):
-        weights += [rng.normal(size=(a, b)).astype(np.float32),
-                    rng.normal(size=b).astype(np.float32)]
-    return Model(classes=[0, 1], nfeatures=nfeatures, columns=np.arange(nfeatures),
-                 mean=np.zeros(nfeatures, np.float32), scale=np.ones(nfeatures, np.float32),
-                 weights=weights, feature_names=[f"f{i}" for i in range(nfeatures)]).to_arrays()
+        weights += [
+            rng.normal(size=(a, b)).astype(np.float32),
+            rng.normal(size=b).astype(np.float32),
+        ]
+    return Model(
+        classes=[0, 1],
+        nfeatures=nfeatures,
+        columns=np.arange(nfeatures),
+        mean=np.zeros(nfeatures, np.float32),
+        scale=np.ones(nfeatures, np.float32),
+        weights=weights,
+        feature_names=[f"f{i}" for i in range(nfeatures)],
+    ).to_arrays()
 
 
-HOSTILE_JSON = st.sampled_from([
-    None, True, 5, -1, 0, 1.5, float("nan"), 10 ** 30, "x", "", [], [1, 2], {}, {"a": 1},
-    [[[[[]]]]], "relu", "tanh", "softmax", "mlbackend-classifier", [0, 1], [0, 1, 1],
-    [True, False], ["0", "1"], [0.5, 1], 2, 3, 10_001, 99, [10], [16_000_000], [0],
-    list(range(20)), ["a"] * 3, "\u0663"])
-META_KEYS = ["format", "format_version", "classes", "nfeatures", "hidden_units", "activation",
-             "output", "feature_names", "history"]
-HOSTILE_ARRAYS = st.sampled_from([
-    np.zeros(0, np.float32), np.zeros((3, 4, 1), np.float32), np.zeros(3, np.int64) - 5,
-    np.array(5.0), np.full(3, np.nan, np.float32), np.zeros(3, np.complex64),
-    np.array(["a", "b", "c"]), np.zeros(3, dtype=[("a", "f4")]), np.zeros(3, bool),
-    np.zeros((3, 4), ">f4"), np.zeros((4, 2), np.float16), np.array([1e39, 0, 0]),
-    np.arange(3) + 10, np.ones((3, 5000), np.float32)])
+HOSTILE_JSON = st.sampled_from(
+    [
+        None,
+        True,
+        5,
+        -1,
+        0,
+        1.5,
+        float("nan"),
+        10**30,
+        "x",
+        "",
+        [],
+        [1, 2],
+        {},
+        {"a": 1},
+        [[[[[]]]]],
+        "relu",
+        "tanh",
+        "softmax",
+        "mlbackend-classifier",
+        [0, 1],
+        [0, 1, 1],
+        [True, False],
+        ["0", "1"],
+        [0.5, 1],
+        2,
+        3,
+        10_001,
+        99,
+        [10],
+        [16_000_000],
+        [0],
+        list(range(20)),
+        ["a"] * 3,
+        "\u0663",
+    ]
+)
+META_KEYS = [
+    "format",
+    "format_version",
+    "classes",
+    "nfeatures",
+    "hidden_units",
+    "activation",
+    "output",
+    "feature_names",
+    "history",
+]
+HOSTILE_ARRAYS = st.sampled_from(
+    [
+        np.zeros(0, np.float32),
+        np.zeros((3, 4, 1), np.float32),
+        np.zeros(3, np.int64) - 5,
+        np.array(5.0),
+        np.full(3, np.nan, np.float32),
+        np.zeros(3, np.complex64),
+        np.array(["a", "b", "c"]),
+        np.zeros(3, dtype=[("a", "f4")]),
+        np.zeros(3, bool),
+        np.zeros((3, 4), ">f4"),
+        np.zeros((4, 2), np.float16),
+        np.array([1e39, 0, 0]),
+        np.arange(3) + 10,
+        np.ones((3, 5000), np.float32),
+    ]
+)
 
 
 @st.composite
 def model_files(draw: Any) -> bytes:
     """A model.npz: valid, or with its metadata, arrays or bytes bent."""
     arrays = small_model_arrays(draw(st.integers(1, 4)), draw(st.integers(1, 5)))
-    kind = draw(st.sampled_from(["valid", "meta", "meta", "arrays", "arrays", "bytes",
-                                 "cut"]))
+    kind = draw(st.sampled_from(["valid", "meta", "meta", "arrays", "arrays", "bytes", "cut"]))
     if kind == "meta":
         meta = json.loads(str(arrays["meta"]))
         if draw(st.integers(0, 5)) == 0:
@@ -317,7 +499,7 @@ def model_files(draw: Any) -> bytes:
     if kind == "bytes":
         for _ in range(draw(st.integers(1, 4))):
             at = draw(st.integers(0, len(data) - 1))
-            data = data[:at] + bytes([draw(st.integers(0, 255))]) + data[at + 1:]
+            data = data[:at] + bytes([draw(st.integers(0, 255))]) + data[at + 1 :]
     elif kind == "cut":
-        data = data[:draw(st.integers(0, len(data)))]
+        data = data[: draw(st.integers(0, len(data)))]
     return data

@@ -5,6 +5,7 @@ tests: the program never imports Keras, and the frozen bundle leaves it out.
 The piecewise-linear encoding of format 3 is computed here again with
 TensorFlow ops from the stored bin edges, column by column, independently of
 `PiecewiseLinear.encode`."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -25,9 +26,9 @@ def tf_inputs(model: Model, X: np.ndarray) -> np.ndarray:
     if model.encoding is not None:
         parts, start = [], 0
         for j, count in enumerate(model.encoding.counts):
-            edges = tf.constant(model.encoding.edges[start:start + count])
+            edges = tf.constant(model.encoding.edges[start : start + count])
             start += count
-            x = used[:, j:j + 1]
+            x = used[:, j : j + 1]
             parts.append(tf.clip_by_value((x - edges[:-1]) / (edges[1:] - edges[:-1]), 0.0, 1.0))
         used = tf.concat(parts, axis=1)
     return ((used - model.mean) / model.scale).numpy()

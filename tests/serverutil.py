@@ -1,5 +1,6 @@
 """Starting real servers for the server-mode tests: `mlbackend serve` and moto's
 S3 server as subprocesses on free loopback ports, stopped by their own pid."""
+
 from __future__ import annotations
 
 import hashlib
@@ -17,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import requests
-
 from conftest import backend_env
 
 HOST = "127.0.0.1"
@@ -73,15 +73,35 @@ class Server:
     auth: tuple[str, str] = (USER, PASSWORD)
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def post(self, endpoint: str, data: dict[str, Any], files: dict[str, Any] | None = None,
-             auth: Any = "default", timeout: float = 600) -> requests.Response:
-        return requests.post(f"{self.url}/{endpoint}", data=data, files=files,
-                             auth=self.auth if auth == "default" else auth, timeout=timeout)
+    def post(
+        self,
+        endpoint: str,
+        data: dict[str, Any],
+        files: dict[str, Any] | None = None,
+        auth: Any = "default",
+        timeout: float = 600,
+    ) -> requests.Response:
+        return requests.post(
+            f"{self.url}/{endpoint}",
+            data=data,
+            files=files,
+            auth=self.auth if auth == "default" else auth,
+            timeout=timeout,
+        )
 
-    def get(self, endpoint: str, params: dict[str, Any] | None = None, auth: Any = "default",
-            timeout: float = 600) -> requests.Response:
-        return requests.get(f"{self.url}/{endpoint}", params=params,
-                            auth=self.auth if auth == "default" else auth, timeout=timeout)
+    def get(
+        self,
+        endpoint: str,
+        params: dict[str, Any] | None = None,
+        auth: Any = "default",
+        timeout: float = 600,
+    ) -> requests.Response:
+        return requests.get(
+            f"{self.url}/{endpoint}",
+            params=params,
+            auth=self.auth if auth == "default" else auth,
+            timeout=timeout,
+        )
 
     def train(self, uid: str, dirhash: str, path: str) -> dict[str, Any]:
         with open(path, "rb") as f:
@@ -107,13 +127,33 @@ def start_server(tmp: Path, env: dict[str, str], *args: str, name: str = "server
     port = free_port()
     full_env = backend_env({"MOODLE_MLBACKEND_TEMPDIR": str(tempdir), **env})
     with open(stdout, "wb") as out, open(stderr, "wb") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "mlbackend", "serve", "--host", HOST,
-                                 "--port", str(port), *args],
-                                stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=full_env)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "mlbackend",
+                "serve",
+                "--host",
+                HOST,
+                "--port",
+                str(port),
+                *args,
+            ],
+            stdout=out,
+            stderr=err,
+            stdin=subprocess.DEVNULL,
+            env=full_env,
+        )
     wait_for_port(port, proc, stdout, stderr)
     storage = env.get("MOODLE_MLBACKEND_PYTHON_DIR")
-    return Server(url=f"http://{HOST}:{port}", proc=proc, stdout=stdout, stderr=stderr,
-                  tempdir=tempdir, storage=Path(storage) if storage else None)
+    return Server(
+        url=f"http://{HOST}:{port}",
+        proc=proc,
+        stdout=stdout,
+        stderr=stderr,
+        tempdir=tempdir,
+        storage=Path(storage) if storage else None,
+    )
 
 
 def start_moto(tmp: Path) -> tuple[str, subprocess.Popen[bytes]]:
@@ -121,19 +161,27 @@ def start_moto(tmp: Path) -> tuple[str, subprocess.Popen[bytes]]:
     port = free_port()
     log = tmp / "moto.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", HOST, "-p", str(port)],
-                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env={**os.environ, **aws_env(tmp)})
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", HOST, "-p", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **aws_env(tmp)},
+        )
     wait_for_port(port, proc, log)
     return f"http://{HOST}:{port}", proc
 
 
 def aws_env(tmp: Path) -> dict[str, str]:
     """Fake credentials, no config files and no instance metadata: only the loopback endpoint."""
-    return {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true",
-            "AWS_CONFIG_FILE": str(tmp / "no-aws-config"),
-            "AWS_SHARED_CREDENTIALS_FILE": str(tmp / "no-aws-credentials")}
+    return {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "AWS_CONFIG_FILE": str(tmp / "no-aws-config"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp / "no-aws-credentials"),
+    }
 
 
 def dirhash(outputdir: str) -> str:
@@ -177,15 +225,21 @@ class S3Endpoint:
 
     def requests_for(self, key: str) -> list[tuple[str, int]]:
         """(method, HTTP status) of every request moto served for `key`, from its log."""
-        pattern = re.compile(rf'"([A-Z]+) /{re.escape(self.bucket)}/{re.escape(key)}'
-                             r'(?:\?[^ ]*)? HTTP/1\.1" (\d{3})')
+        pattern = re.compile(
+            rf'"([A-Z]+) /{re.escape(self.bucket)}/{re.escape(key)}'
+            r'(?:\?[^ ]*)? HTTP/1\.1" (\d{3})'
+        )
         text = re.sub(r"\x1b\[[0-9;]*m", "", self.log.read_text())  # werkzeug's colours
         return [(m[1], int(m[2])) for m in pattern.finditer(text)]
 
     def server_env(self, **extra: str) -> dict[str, str]:
         """The environment of `mlbackend serve` replicas sharing this bucket."""
-        return {**self.env, "MOODLE_MLBACKEND_PYTHON_USERS": f"{USER}:{PASSWORD}",
-                "MOODLE_MLBACKEND_PYTHON_S3_BUCKET_NAME": self.bucket, **extra}
+        return {
+            **self.env,
+            "MOODLE_MLBACKEND_PYTHON_USERS": f"{USER}:{PASSWORD}",
+            "MOODLE_MLBACKEND_PYTHON_S3_BUCKET_NAME": self.bucket,
+            **extra,
+        }
 
 
 def start_s3(tmp: Path, bucket: str) -> S3Endpoint:
@@ -194,11 +248,16 @@ def start_s3(tmp: Path, bucket: str) -> S3Endpoint:
     url, proc = start_moto(tmp)
     env = aws_env(tmp)
     client = boto3.session.Session().client(
-        "s3", endpoint_url=url, aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"], region_name=env["AWS_DEFAULT_REGION"])
+        "s3",
+        endpoint_url=url,
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+        region_name=env["AWS_DEFAULT_REGION"],
+    )
     client.create_bucket(Bucket=bucket)
-    return S3Endpoint(url=url, proc=proc, client=client, env=env, bucket=bucket,
-                      log=tmp / "moto.log")
+    return S3Endpoint(
+        url=url, proc=proc, client=client, env=env, bucket=bucket, log=tmp / "moto.log"
+    )
 
 
 def wait_for_log(server: Server, text: str, count: int = 1, timeout: float = 600) -> None:

@@ -1,4 +1,5 @@
 """The human form of the commands, the parser, and what stays cheap."""
+
 from __future__ import annotations
 
 import json
@@ -8,21 +9,24 @@ import subprocess
 import sys
 
 import pytest
+from conftest import backend_env, moodle
 
 from mlbackend import cli
-from conftest import backend_env, moodle
 
 
 def test_version_and_help_import_neither_tensorflow_nor_numpy():
-    code = ("import sys\n"
-            "from mlbackend.cli import main\n"
-            "main(['version'])\n"
-            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
-            "main(['training', '--help'])\n"
-            "main(['-m', 'moodlemlbackend.version'])\n"
-            "print(sorted({'tensorflow', 'numpy'} & set(sys.modules)))\n")
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                       env=backend_env())
+    code = (
+        "import sys\n"
+        "from mlbackend.cli import main\n"
+        "main(['version'])\n"
+        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "main(['training', '--help'])\n"
+        "main(['-m', 'moodlemlbackend.version'])\n"
+        "print(sorted({'tensorflow', 'numpy'} & set(sys.modules)))\n"
+    )
+    p = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=backend_env()
+    )
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip().splitlines()[-1] == "[]"
 
@@ -32,8 +36,7 @@ def test_training_writes_nothing_in_home(tmp_path, binary_data):
     for files (TensorFlow's legacy Keras would write ~/.keras/keras.json)."""
     home = tmp_path / "home"
     home.mkdir()
-    r = moodle("training", "x", tmp_path / "model", binary_data["train"],
-               env={"HOME": str(home)})
+    r = moodle("training", "x", tmp_path / "model", binary_data["train"], env={"HOME": str(home)})
     assert r.rc == 0, r.stderr
     assert list(home.iterdir()) == []
 
@@ -41,25 +44,43 @@ def test_training_writes_nothing_in_home(tmp_path, binary_data):
 def test_prediction_does_not_import_tensorflow(tmp_path, binary_data, run_main):
     model_dir = tmp_path / "m"
     assert run_main("training", binary_data["train"], "--model-dir", model_dir).rc == 0
-    code = ("import sys, io, contextlib\n"
-            "from mlbackend.cli import main\n"
-            f"rc = main(['prediction', {binary_data['predict']!r}, '--model-dir', {str(model_dir)!r}])\n"
-            "print('TF' if 'tensorflow' in sys.modules else 'no TF', rc)\n")
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                       env=backend_env())
+    code = (
+        "import sys, io, contextlib\n"
+        "from mlbackend.cli import main\n"
+        f"rc = main(['prediction', {binary_data['predict']!r}, "
+        f"'--model-dir', {str(model_dir)!r}])\n"
+        "print('TF' if 'tensorflow' in sys.modules else 'no TF', rc)\n"
+    )
+    p = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=backend_env()
+    )
     assert p.stdout.strip().splitlines()[-1] == "no TF 0", p.stderr
 
 
 def test_human_form_defaults_to_the_user_data_directory(tmp_path, binary_data):
     env = {"HOME": str(tmp_path), "XDG_DATA_HOME": str(tmp_path / "data")}
-    cmd = [sys.executable, "-m", "mlbackend", "training", binary_data["train"],
-           "--model-id", "dropout risk!"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlbackend",
+        "training",
+        binary_data["train"],
+        "--model-id",
+        "dropout risk!",
+    ]
     p = subprocess.run(cmd, capture_output=True, text=True, env=backend_env(env))
     assert p.returncode == 0, p.stderr
     stored = tmp_path / "data" / "mlbackend" / "models" / "dropoutrisk" / "classifier"
     assert (stored / "model.npz").is_file()
-    cmd = [sys.executable, "-m", "mlbackend", "prediction", binary_data["predict"],
-           "--model-id", "dropout risk!"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlbackend",
+        "prediction",
+        binary_data["predict"],
+        "--model-id",
+        "dropout risk!",
+    ]
     p = subprocess.run(cmd, capture_output=True, text=True, env=backend_env(env))
     assert p.returncode == 0 and len(json.loads(p.stdout)["predictions"]) == 150
 
@@ -81,24 +102,28 @@ def test_usage_errors_are_json(run_main, tmp_path):
     assert r.rc == 1 and "from 1 to 100" in r.json["info"][0]
 
 
-@pytest.mark.parametrize("option,value,message", [
-    ("--iterations", "101", "from 1 to 100"),
-    ("--iterations", "1000000", "from 1 to 100"),
-    ("--min-score", "nan", "minimum score must be a finite number"),
-    ("--max-deviation", "inf", "accepted deviation must be a finite number"),
-    ("--min-score", "-inf", "minimum score must be a finite number"),
-])
-def test_absurd_evaluation_settings_are_refused_before_it_runs(run_main, tmp_path,
-                                                                binary_data, option, value,
-                                                                message):
+@pytest.mark.parametrize(
+    "option,value,message",
+    [
+        ("--iterations", "101", "from 1 to 100"),
+        ("--iterations", "1000000", "from 1 to 100"),
+        ("--min-score", "nan", "minimum score must be a finite number"),
+        ("--max-deviation", "inf", "accepted deviation must be a finite number"),
+        ("--min-score", "-inf", "minimum score must be a finite number"),
+    ],
+)
+def test_absurd_evaluation_settings_are_refused_before_it_runs(
+    run_main, tmp_path, binary_data, option, value, message
+):
     """Refused before the dataset is read or anything trains: no log directory."""
     r = run_main("evaluation", binary_data["train"], "--model-dir", tmp_path, f"{option}={value}")
     assert r.rc == 1 and message in r.json["info"][0], r.json
     assert "Unexpected" not in r.stdout and not (tmp_path / "logs").exists()
     if option != "--iterations":  # Moodle's argv: MINSCORE and MAXDEVIATION, positional
         args = ["0.7", value] if option == "--max-deviation" else [value, "0.05"]
-        r = run_main("-m", "moodlemlbackend.evaluation", "m", tmp_path, binary_data["train"],
-                     *args, "10")
+        r = run_main(
+            "-m", "moodlemlbackend.evaluation", "m", tmp_path, binary_data["train"], *args, "10"
+        )
         assert r.rc == 1 and message in r.json["info"][0], r.json
 
 
@@ -111,7 +136,9 @@ def test_unexpected_errors_become_a_json_answer(run_main, monkeypatch, tmp_path)
     monkeypatch.setattr(actions, "predict", boom)
     r = run_main("prediction", "x.csv", "--model-dir", tmp_path)
     assert r.rc == 1
-    assert r.json["info"] == ["Unexpected error (RuntimeError: disk on fire). See the log on stderr."]
+    assert r.json["info"] == [
+        "Unexpected error (RuntimeError: disk on fire). See the log on stderr."
+    ]
     assert "Traceback" in r.stderr
 
 
@@ -127,8 +154,16 @@ def test_progress_on_a_terminal_only(tmp_path, binary_data):
     quiet = moodle("training", "q", tmp_path / "q", binary_data["train"])
     assert quiet.rc == 0 and quiet.stderr == ""
     master, slave = pty.openpty()
-    cmd = [sys.executable, "-m", "mlbackend", "-m", "moodlemlbackend.training", "t",
-           str(tmp_path / "t"), binary_data["train"]]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlbackend",
+        "-m",
+        "moodlemlbackend.training",
+        "t",
+        str(tmp_path / "t"),
+        binary_data["train"],
+    ]
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=slave, env=backend_env())
     os.close(slave)
     chunks = []
@@ -158,19 +193,22 @@ def test_every_moodle_argv_maps_onto_its_subcommands_options():
     the options the human form documents, in Moodle's order."""
     parser = cli.build_parser()
     modules = cli.moodle_modules(parser)
-    assert set(modules) == {"training", "prediction", "evaluation", "export", "import",
-                            "version"}
+    assert set(modules) == {"training", "prediction", "evaluation", "export", "import", "version"}
     for module, sub in modules.items():
         names = sub.get_default("moodle_args") + sub.get_default("moodle_optional")
-        values = [f"v{i}" if not n.endswith(("score", "deviation", "iterations")) else str(i)
-                  for i, n in enumerate(names)]
-        args = parser.parse_args(cli.moodle_argv(["-m", f"moodlemlbackend.{module}", *values],
-                                                 parser))
+        values = [
+            f"v{i}" if not n.endswith(("score", "deviation", "iterations")) else str(i)
+            for i, n in enumerate(names)
+        ]
+        args = parser.parse_args(
+            cli.moodle_argv(["-m", f"moodlemlbackend.{module}", *values], parser)
+        )
         assert args.command == module and args.handler is sub.get_default("handler")
         for name, value in zip(names, values):
             dest = name.lstrip("-").replace("-", "_").lower()
-            dest = {"dataset": "dataset", "exportdir": "export_dir",
-                    "importdir": "import_dir"}.get(dest, dest)
+            dest = {"dataset": "dataset", "exportdir": "export_dir", "importdir": "import_dir"}.get(
+                dest, dest
+            )
             got = getattr(args, dest)
             assert str(got) == value or got == type(got)(value), (module, name, got)
 
@@ -178,8 +216,12 @@ def test_every_moodle_argv_maps_onto_its_subcommands_options():
 def _run_at_terminal(argv: list[str]) -> str:
     """Run the program with stdout on a pseudo-terminal; returns what it showed."""
     master, slave = pty.openpty()
-    p = subprocess.Popen([sys.executable, "-m", "mlbackend", *argv], stdout=slave,
-                         stderr=subprocess.DEVNULL, env=backend_env())
+    p = subprocess.Popen(
+        [sys.executable, "-m", "mlbackend", *argv],
+        stdout=slave,
+        stderr=subprocess.DEVNULL,
+        env=backend_env(),
+    )
     os.close(slave)
     chunks = []
     while True:
@@ -195,8 +237,7 @@ def _run_at_terminal(argv: list[str]) -> str:
     return b"".join(chunks).decode().replace("\r\n", "\n")
 
 
-def test_a_person_at_a_terminal_reads_a_summary_moodle_reads_json(tmp_path, binary_data,
-                                                                  run_main):
+def test_a_person_at_a_terminal_reads_a_summary_moodle_reads_json(tmp_path, binary_data, run_main):
     model = str(tmp_path / "m")
     assert run_main("training", binary_data["train"], "--model-dir", model).rc == 0
     shown = _run_at_terminal(["prediction", binary_data["predict"], "--model-dir", model])
@@ -205,23 +246,41 @@ def test_a_person_at_a_terminal_reads_a_summary_moodle_reads_json(tmp_path, bina
     with pytest.raises(json.JSONDecodeError):
         json.loads(shown)
     # --json at a terminal, and no terminal (Moodle): the one JSON line.
-    shown = _run_at_terminal(["prediction", binary_data["predict"], "--model-dir", model,
-                              "--json"])
+    shown = _run_at_terminal(["prediction", binary_data["predict"], "--model-dir", model, "--json"])
     assert len(json.loads(shown.strip())["predictions"]) == 150
-    assert len(run_main("prediction", binary_data["predict"], "--model-dir", model)
-               .json["predictions"]) == 150
+    assert (
+        len(
+            run_main("prediction", binary_data["predict"], "--model-dir", model).json["predictions"]
+        )
+        == 150
+    )
 
 
 def test_evaluation_summary_and_errors_read_as_text():
     from mlbackend.summary import format_answer
 
-    answer = {"status": 4, "info": ["The score is too low."], "runid": 1, "accuracy": 0.9,
-              "balanced accuracy": 0.8, "precision": 0.9, "recall": 0.9, "f1_score": 0.6,
-              "score": 0.6, "score_deviation": 0.01, "auc": 0.95, "auc_deviation": 0.02,
-              "min_score": 0.7, "accepted_deviation": 0.05, "dir": "/x/logs/1"}
+    answer = {
+        "status": 4,
+        "info": ["The score is too low."],
+        "runid": 1,
+        "accuracy": 0.9,
+        "balanced accuracy": 0.8,
+        "precision": 0.9,
+        "recall": 0.9,
+        "f1_score": 0.6,
+        "score": 0.6,
+        "score_deviation": 0.01,
+        "auc": 0.95,
+        "auc_deviation": 0.02,
+        "min_score": 0.7,
+        "accepted_deviation": 0.05,
+        "dir": "/x/logs/1",
+    }
     text = format_answer("evaluation", answer, as_json=False)
     assert text.splitlines()[0] == "Evaluation: score too low (status 4)"
     assert "AUC                0.950 ± 0.020" in text and "The score is too low." in text
-    assert format_answer(None, {"status": 1, "info": ["Bad file."]}, as_json=False) == \
-        "Mlbackend: error (status 1)\n  Bad file."
+    assert (
+        format_answer(None, {"status": 1, "info": ["Bad file."]}, as_json=False)
+        == "Mlbackend: error (status 1)\n  Bad file."
+    )
     assert json.loads(format_answer("evaluation", answer, as_json=True)) == answer

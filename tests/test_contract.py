@@ -5,6 +5,7 @@ The contract itself (exit codes, nothing on stdout but the answer, the
 version gate) is checked the way Moodle runs us, as a subprocess (`moodle`);
 the behaviour behind each answer through the same argv in process
 (`moodle_in_process`), which spares a TensorFlow start-up per call."""
+
 from __future__ import annotations
 
 import json
@@ -13,7 +14,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from conftest import moodle, moodle_in_process, write
 
 HEAD = 'nfeatures,targetclasses,targettype\n3,"[0,1]","discrete"\n'
@@ -69,6 +69,7 @@ def test_training_again_continues_from_the_stored_model(tmp_path, binary_data):
     assert r.rc == 0 and r.json["status"] == 0
     assert (outdir / "classifier" / "model.npz").read_bytes() != first
     import numpy as np
+
     with np.load(outdir / "classifier" / "model.npz", allow_pickle=False) as npz:
         history = json.loads(str(npz["meta"]))["history"]
     assert history["trainings"] == 2 and history["rows_seen"] == 1200
@@ -102,11 +103,16 @@ def test_three_row_file_and_all_zero_features(tmp_path):
 def test_three_distinct_rows_repeated_with_three_classes(tmp_path):
     # Moodle's own PHP tests send exactly this.
     rows = "1,0,0,0\n0,1,0,1\n0,0,1,2\n" * 50
-    train = write(tmp_path / "r.csv",
-                  'nfeatures,targetclasses,targettype\n3,"[0,1,2]",discrete\nf1,f2,f3,t\n' + rows)
+    train = write(
+        tmp_path / "r.csv",
+        'nfeatures,targetclasses,targettype\n3,"[0,1,2]",discrete\nf1,f2,f3,t\n' + rows,
+    )
     assert moodle_in_process("training", "rep", tmp_path / "m", train).rc == 0
-    pred = write(tmp_path / "p.csv", 'nfeatures,targetclasses,targettype\n3,"[0,1,2]",discrete\n'
-                 "sampleid,f1,f2,f3\nx,1,0,0\ny,0,1,0\nz,0,0,1\n")
+    pred = write(
+        tmp_path / "p.csv",
+        'nfeatures,targetclasses,targettype\n3,"[0,1,2]",discrete\n'
+        "sampleid,f1,f2,f3\nx,1,0,0\ny,0,1,0\nz,0,0,1\n",
+    )
     r = moodle_in_process("prediction", "rep", tmp_path / "m", pred)
     assert [p[1] for p in r.json["predictions"]] == ["0", "1", "2"]
 
@@ -115,8 +121,19 @@ def test_evaluation_answer_and_log_directory(tmp_path, binary_data):
     r = moodle_in_process("evaluation", "ev", tmp_path, binary_data["train"], 0.7, 0.05, 3)
     assert r.rc == r.json["status"]
     a = r.json
-    for key in ("accuracy", "balanced accuracy", "precision", "recall", "f1_score", "score",
-                "score_deviation", "auc", "auc_deviation", "min_score", "accepted_deviation"):
+    for key in (
+        "accuracy",
+        "balanced accuracy",
+        "precision",
+        "recall",
+        "f1_score",
+        "score",
+        "score_deviation",
+        "auc",
+        "auc_deviation",
+        "min_score",
+        "accepted_deviation",
+    ):
         assert isinstance(a[key], float), key
     assert isinstance(a["runid"], int) and isinstance(a["info"], list)
     assert a["score"] == pytest.approx(a["f1_score"])
@@ -141,7 +158,9 @@ def test_evaluation_statuses_low_score_and_deviation(tmp_path, binary_data):
 
 
 def test_evaluation_of_a_trained_model(trained, tmp_path, binary_data):
-    r = moodle_in_process("evaluation", "ev", tmp_path, binary_data["train"], 0.5, 0.05, 10, trained)
+    r = moodle_in_process(
+        "evaluation", "ev", tmp_path, binary_data["train"], 0.5, 0.05, 10, trained
+    )
     assert r.rc == 0, r.stderr
     assert r.json["score_deviation"] == 0.0 and r.json["score"] > 0.8
     metrics = json.loads((Path(r.json["dir"]) / "metrics.json").read_text())
@@ -159,7 +178,9 @@ def test_export_and_import_predict_the_same(trained, tmp_path, binary_data):
     r = moodle_in_process("import", "course2", tmp_path / "imported", moved)
     assert r.rc == 0 and r.last == "Ok"
     a = moodle_in_process("prediction", "course1", trained, binary_data["predict"]).json
-    b = moodle_in_process("prediction", "course2", tmp_path / "imported", binary_data["predict"]).json
+    b = moodle_in_process(
+        "prediction", "course2", tmp_path / "imported", binary_data["predict"]
+    ).json
     assert a["predictions"] == b["predictions"]
 
 
@@ -193,9 +214,13 @@ def test_training_without_every_class_is_status_8(tmp_path):
 
 
 def test_missing_arguments(tmp_path):
-    for module, args in (("training", ["x"]), ("prediction", ["x", tmp_path]),
-                         ("evaluation", ["x", tmp_path, "d.csv"]), ("export", []),
-                         ("import", ["x"])):
+    for module, args in (
+        ("training", ["x"]),
+        ("prediction", ["x", tmp_path]),
+        ("evaluation", ["x", tmp_path, "d.csv"]),
+        ("export", []),
+        ("import", ["x"]),
+    ):
         r = moodle(module, *args)
         assert r.rc == 1, module
         assert r.json["status"] == 1 and r.json["info"][0].startswith("Missing arguments")
@@ -242,8 +267,14 @@ def test_prediction_file_with_other_features_than_the_model(trained, tmp_path):
 
 
 def test_bad_prediction_file_names_the_line(trained, tmp_path):
-    text = 'nfeatures,targetclasses\n20,"[0,1]"\nsampleid,' + ",".join(
-        f"f{i}" for i in range(20)) + "\ns1," + ",".join(["0"] * 20) + "\ns2," + ",".join(
-        ["0"] * 19) + ",x\n"
+    text = (
+        'nfeatures,targetclasses\n20,"[0,1]"\nsampleid,'
+        + ",".join(f"f{i}" for i in range(20))
+        + "\ns1,"
+        + ",".join(["0"] * 20)
+        + "\ns2,"
+        + ",".join(["0"] * 19)
+        + ",x\n"
+    )
     r = moodle_in_process("prediction", "course1", trained, write(tmp_path / "p.csv", text))
     assert r.rc == 1 and r.json["info"][0].startswith("Line 5 of the dataset")

@@ -5,6 +5,7 @@ Everything runs as Moodle runs it (a process per call, `-m moodlemlbackend.MODUL
 on small data so that a training call takes a few seconds, most of them
 importing TensorFlow.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -23,8 +24,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-
 from conftest import backend_env, moodle
+
 from mlbackend import actions, store, synthetic
 
 NFEATURES = 8
@@ -37,14 +38,25 @@ SAVE_ATTEMPTS = 12
 
 
 def moodle_cmd(module: str, *args: Any) -> list[str]:
-    return [sys.executable, "-m", "mlbackend", "-m", f"moodlemlbackend.{module}",
-            *[str(a) for a in args]]
+    return [
+        sys.executable,
+        "-m",
+        "mlbackend",
+        "-m",
+        f"moodlemlbackend.{module}",
+        *[str(a) for a in args],
+    ]
 
 
 def start(module: str, *args: Any) -> subprocess.Popen[str]:
-    return subprocess.Popen(moodle_cmd(module, *args), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
-                            env=backend_env())
+    return subprocess.Popen(
+        moodle_cmd(module, *args),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        env=backend_env(),
+    )
 
 
 def answer_of(stdout: str) -> dict[str, Any]:
@@ -125,8 +137,11 @@ def test_a_training_killed_at_any_moment_never_loses_the_model(tmp_path, data):
     # import, reading, training, saving, exit) gets kills.
     moments = [(i + rng.random()) / KILLS * duration * 1.1 for i in range(KILLS)]
     rng.shuffle(moments)
-    outcomes = {"killed, old model kept": 0, "finished before the kill": 0,
-                "killed after saving": 0}
+    outcomes = {
+        "killed, old model kept": 0,
+        "finished before the kill": 0,
+        "killed after saving": 0,
+    }
     state = {"current": current, "trained": trained, "predictions": predictions}
 
     def kill_once(n: int, kind: str, moment: float | None) -> bool:
@@ -157,8 +172,11 @@ def test_a_training_killed_at_any_moment_never_loses_the_model(tmp_path, data):
             outcomes["finished before the kill" if finished else "killed after saving"] += 1
             if finished:
                 assert proc.returncode == 0 and answer_of(stdout)["status"] == 0, stderr
-            state.update(current=now, trained=history,
-                         predictions=expected_predictions(now, data["predict"], scratch))
+            state.update(
+                current=now,
+                trained=history,
+                predictions=expected_predictions(now, data["predict"], scratch),
+            )
         r = moodle("prediction", "crash", outdir, data["predict"])
         assert r.rc == 0, f"{where}: {r.stdout} {r.stderr}"
         assert r.json["predictions"] == state["predictions"], where
@@ -174,8 +192,10 @@ def test_a_training_killed_at_any_moment_never_loses_the_model(tmp_path, data):
     while hit_save < SAVE_KILLS and attempts < SAVE_ATTEMPTS:
         hit_save += kill_once(KILLS + attempts, "save", None)
         attempts += 1
-    print(f"\n{KILLS + attempts} kills over a {duration:.2f} s call (seed {seed}): "
-          f"{outcomes}; {hit_save} of {attempts} aimed kills cut a save short")
+    print(
+        f"\n{KILLS + attempts} kills over a {duration:.2f} s call (seed {seed}): "
+        f"{outcomes}; {hit_save} of {attempts} aimed kills cut a save short"
+    )
     assert hit_save == SAVE_KILLS, f"only {hit_save} of {attempts} aimed kills hit the save"
     assert outcomes["killed, old model kept"] > 0  # the kills did interrupt trainings
     # And the model still trains on.
@@ -256,7 +276,7 @@ def test_trainings_and_predictions_at_once(tmp_path, data):
     try:
         trainings = [start("training", "busy", outdir, b["path"]) for b in data["batches"]]
         predictions = []
-        for i in range(8):  # spread over the trainings, which queue on the lock
+        for _ in range(8):  # spread over the trainings, which queue on the lock
             predictions.append(start("prediction", "busy", outdir, data["predict"]))
             time.sleep(one_call / 2)
         results = [(p, *p.communicate()) for p in trainings + predictions]
@@ -280,13 +300,12 @@ def test_trainings_and_predictions_at_once(tmp_path, data):
     assert strays(outdir) == []
     # Every prediction is that of one of the saved models.
     possible = [expected_predictions(v, data["predict"], tmp_path) for v in versions]
-    for proc, stdout, _ in results[len(trainings):]:
+    for _proc, stdout, _ in results[len(trainings) :]:
         assert answer_of(stdout)["predictions"] in possible
 
 
 def test_two_evaluations_at_once_get_their_own_runs(tmp_path, data):
-    procs = [start("evaluation", "evals", tmp_path, data["first"], 0.5, 0.5, 2)
-             for _ in range(2)]
+    procs = [start("evaluation", "evals", tmp_path, data["first"], 0.5, 0.5, 2) for _ in range(2)]
     answers = []
     for proc in procs:
         stdout, stderr = proc.communicate()
@@ -312,13 +331,20 @@ def small_disk(tmp_path: Path):
     mount = tmp_path / "disk"
     mount.mkdir()
     if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root; the simulated full disk "
-                    "(test_a_save_failing_with_enospc_*) still runs")
-    p = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)],
-                       capture_output=True, text=True)
+        pytest.skip(
+            "mounting a small tmpfs needs root; the simulated full disk "
+            "(test_a_save_failing_with_enospc_*) still runs"
+        )
+    p = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)],
+        capture_output=True,
+        text=True,
+    )
     if p.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({p.stderr.strip() or p.returncode}); the "
-                    "simulated full disk (test_a_save_failing_with_enospc_*) still runs")
+        pytest.skip(
+            f"cannot mount a tmpfs here ({p.stderr.strip() or p.returncode}); the "
+            "simulated full disk (test_a_save_failing_with_enospc_*) still runs"
+        )
     try:
         yield mount
     finally:
@@ -373,8 +399,9 @@ def test_a_full_disk_keeps_the_previous_model(small_disk, data):
 
 
 @pytest.mark.parametrize("failing", ["write", "fsync", "rename"])
-def test_a_save_failing_with_enospc_keeps_the_previous_model(tmp_path, data, monkeypatch,
-                                                           failing, run_main):
+def test_a_save_failing_with_enospc_keeps_the_previous_model(
+    tmp_path, data, monkeypatch, failing, run_main
+):
     """The same in process, with the failure at each step of the save."""
     outdir = tmp_path / "model"
     assert run_main("training", data["first"], "--model-dir", outdir).rc == 0
@@ -431,13 +458,16 @@ def test_training_replaces_a_damaged_model_and_keeps_it_aside(tmp_path, data):
     assert moodle("prediction", "damaged", outdir, data["predict"]).rc == 0
 
 
-@pytest.mark.parametrize("meta,words", [
-    ([1, 2], "metadata is a list"),
-    ({"feature_names": 5}, "feature_names must be a list"),
-    ({"history": [1, 2]}, "history must be an object"),
-    ({"classes": [0, "x"]}, "classes must be"),
-    ({"nfeatures": "\u0663"}, "nfeatures must be"),
-])
+@pytest.mark.parametrize(
+    "meta,words",
+    [
+        ([1, 2], "metadata is a list"),
+        ({"feature_names": 5}, "feature_names must be a list"),
+        ({"history": [1, 2]}, "history must be an object"),
+        ({"classes": [0, "x"]}, "classes must be"),
+        ({"nfeatures": "\u0663"}, "nfeatures must be"),
+    ],
+)
 def test_a_model_with_odd_metadata_is_a_clean_error(tmp_path, data, run_main, meta, words):
     outdir = tmp_path / "model"
     assert run_main("training", data["first"], "--model-dir", outdir).rc == 0
@@ -499,6 +529,7 @@ def test_a_wide_model_is_refused_by_the_work_it_causes(tmp_path):
 
 def test_prediction_in_row_blocks_gives_the_same_answers(monkeypatch):
     from hostile import small_model_arrays
+
     from mlbackend import inference
 
     model = inference.Model.from_arrays(small_model_arrays(nfeatures=5, hidden=7), "m")
@@ -529,8 +560,9 @@ def test_an_evaluation_log_holds_its_own_run_only(tmp_path, data, run_main):
     thread = threading.Thread(target=another_request)
     thread.start()
     try:
-        result = actions.evaluate(str(tmp_path / "eval"), data["first"], 0.5, 0.5, 1,
-                                  trained_model_dir=str(outdir))
+        result = actions.evaluate(
+            str(tmp_path / "eval"), data["first"], 0.5, 0.5, 1, trained_model_dir=str(outdir)
+        )
     finally:
         stop.set()
         thread.join()
@@ -558,5 +590,6 @@ def test_evaluation_trains_its_iterations_in_bounded_groups(tmp_path, data, monk
     doc = json.loads((Path(result["dir"]) / "metrics.json").read_text())
     assert [it["iteration"] for it in doc["iterations"]] == [1, 2, 3, 4, 5]
     assert len({it["test_rows"] for it in doc["iterations"]}) == 1
-    assert sorted(p.name for p in (Path(result["dir"]) / "tensor").iterdir()) == \
-        ["evaluation"] + [f"iteration-{i}" for i in range(1, 6)]
+    assert sorted(p.name for p in (Path(result["dir"]) / "tensor").iterdir()) == ["evaluation"] + [
+        f"iteration-{i}" for i in range(1, 6)
+    ]

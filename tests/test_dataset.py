@@ -1,27 +1,29 @@
 """The dataset reader: Moodle's real shapes parse, every malformed file is
 refused with a message that names the line."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import write
 
 from mlbackend import dataset
 from mlbackend.contract import BackendError
-
-from conftest import write
 
 HEAD = 'nfeatures,targetclasses,targettype\n3,"[0,1]",discrete\n'
 
 
 @pytest.mark.parametrize("tensorflow", [False, True], ids=["numpy", "tensorflow"])
 def test_metadata_in_any_order_missing_cells_and_crlf(tmp_path, tensorflow):
-    path = write(tmp_path / "a.csv",
-                 'targettype,timesplitting,targetclasses,nfeatures,somethingnew\r\n'
-                 'discrete,"\\a\\b","[0,1]",3,x\r\n'
-                 'f1,f2,f3,target\r\n'
-                 '1,,0.5,1\r\n'
-                 '\r\n'
-                 ',-1,,0\r\n')
+    path = write(
+        tmp_path / "a.csv",
+        "targettype,timesplitting,targetclasses,nfeatures,somethingnew\r\n"
+        'discrete,"\\a\\b","[0,1]",3,x\r\n'
+        "f1,f2,f3,target\r\n"
+        "1,,0.5,1\r\n"
+        "\r\n"
+        ",-1,,0\r\n",
+    )
     ds = dataset.read_training(path, tensorflow=tensorflow)
     assert ds.nfeatures == 3 and ds.classes == [0, 1]
     assert ds.feature_names == ["f1", "f2", "f3"]
@@ -41,14 +43,17 @@ def test_prediction_ids_are_strings_with_or_without_sampleid_header(tmp_path):
 
 def test_bom_and_quoted_cells(tmp_path):
     path = tmp_path / "q.csv"
-    path.write_bytes(b"\xef\xbb\xbf" + (HEAD + 'f1,f2,f3,target\n"1",0,"0.25",1\n0,1,1,0\n').encode())
+    path.write_bytes(
+        b"\xef\xbb\xbf" + (HEAD + 'f1,f2,f3,target\n"1",0,"0.25",1\n0,1,1,0\n').encode()
+    )
     ds = dataset.read_training(str(path))
     np.testing.assert_array_equal(ds.X, [[1, 0, 0.25], [0, 1, 1]])
 
 
 def test_multiclass_labels(tmp_path):
-    path = write(tmp_path / "m.csv",
-                 'nfeatures,targetclasses\n2,"[0,1,2]"\nf1,f2,t\n1,0,2\n0,1,1\n0,0,0\n')
+    path = write(
+        tmp_path / "m.csv", 'nfeatures,targetclasses\n2,"[0,1,2]"\nf1,f2,t\n1,0,2\n0,1,1\n0,0,0\n'
+    )
     ds = dataset.read_training(path)
     assert ds.classes == [0, 1, 2] and ds.y.tolist() == [2, 1, 0]
 
@@ -65,36 +70,72 @@ def test_large_file_spans_many_blocks_and_both_decoders_agree(tmp_path, monkeypa
     np.testing.assert_array_equal(fast.y, ds.y)
 
 
-@pytest.mark.parametrize("name,text,line,words", [
-    ("empty", "", None, "is empty"),
-    ("no metadata", "1,0,1,0\n0,1,1,1\n1,1,1,1\n", 1, "metadata"),
-    ("short header", HEAD, 3, "ends before"),
-    ("no rows", HEAD + "f1,f2,f3,t\n", None, "no data rows"),
-    ("non numeric", HEAD + "f1,f2,f3,t\n1,0,1,0\n1,abc,1,0\n", 5, "column 2 (f2) holds 'abc'"),
-    ("ragged", HEAD + "f1,f2,f3,t\n1,0,1,0\n0,1\n", 5, "has 2 cells"),
-    ("too many cells", HEAD + "f1,f2,f3,t\n1,0,1,0,1,1\n", 4, "has 6 cells"),
-    ("nfeatures mismatch", 'nfeatures,targetclasses\n5,"[0,1]"\nf1,f2,f3,t\n1,0,1,0\n', 3,
-     "nfeatures is 5"),
-    ("nfeatures not a number", 'nfeatures,targetclasses\nx,"[0,1]"\nf1,t\n1,0\n', 2, "whole number"),
-    ("bad targetclasses", 'nfeatures,targetclasses\n3,"[0,1"\nf1,f2,f3,t\n1,0,1,0\n', 2,
-     "JSON list"),
-    ("one class", 'nfeatures,targetclasses\n3,"[1]"\nf1,f2,f3,t\n1,0,1,1\n', 2, "at least two"),
-    ("label outside", HEAD + "f1,f2,f3,t\n1,0,1,7\n", 4, "label 7"),
-    ("fractional label", HEAD + "f1,f2,f3,t\n1,0,1,0.5\n", 4, "label 0.5"),
-    ("nan cell", HEAD + "f1,f2,f3,t\n1,nan,1,0\n", 4, "finite"),
-    ("huge cell", HEAD + "f1,f2,f3,t\n1,1e308,1,0\n", 4, "finite"),
-    ("regression", 'nfeatures,targetclasses,targettype\n3,"[0,1]",linear\nf1,f2,f3,t\n', 2,
-     "not supported"),
-    ("metadata values missing", 'nfeatures,targetclasses,targettype\n3,"[0,1]"\nf1,f2,f3,t\n', 2,
-     "3 fields"),
-    ("whitespace-only cell", HEAD + "f1,f2,f3,t\n1,0,1,0\n1, ,1,0\n", 5,
-     "column 2 (f2) holds ' '"),
-    ("tab-only cell", HEAD + "f1,f2,f3,t\n1,0,\t,0\n", 4, "column 3 (f3) holds '\\t'"),
-    ("nfeatures in Arabic-Indic digits", 'nfeatures,targetclasses\n\u0663,"[0,1]"\nf1,f2,f3,t\n'
-     '1,0,1,0\n', 2, "whole number"),
-    ("nfeatures of 5,000 digits", 'nfeatures,targetclasses\n' + "9" * 5000 + ',"[0,1]"\nf,t\n'
-     '1,0\n', 2, "at most 10000 features"),
-])
+@pytest.mark.parametrize(
+    "name,text,line,words",
+    [
+        ("empty", "", None, "is empty"),
+        ("no metadata", "1,0,1,0\n0,1,1,1\n1,1,1,1\n", 1, "metadata"),
+        ("short header", HEAD, 3, "ends before"),
+        ("no rows", HEAD + "f1,f2,f3,t\n", None, "no data rows"),
+        ("non numeric", HEAD + "f1,f2,f3,t\n1,0,1,0\n1,abc,1,0\n", 5, "column 2 (f2) holds 'abc'"),
+        ("ragged", HEAD + "f1,f2,f3,t\n1,0,1,0\n0,1\n", 5, "has 2 cells"),
+        ("too many cells", HEAD + "f1,f2,f3,t\n1,0,1,0,1,1\n", 4, "has 6 cells"),
+        (
+            "nfeatures mismatch",
+            'nfeatures,targetclasses\n5,"[0,1]"\nf1,f2,f3,t\n1,0,1,0\n',
+            3,
+            "nfeatures is 5",
+        ),
+        (
+            "nfeatures not a number",
+            'nfeatures,targetclasses\nx,"[0,1]"\nf1,t\n1,0\n',
+            2,
+            "whole number",
+        ),
+        (
+            "bad targetclasses",
+            'nfeatures,targetclasses\n3,"[0,1"\nf1,f2,f3,t\n1,0,1,0\n',
+            2,
+            "JSON list",
+        ),
+        ("one class", 'nfeatures,targetclasses\n3,"[1]"\nf1,f2,f3,t\n1,0,1,1\n', 2, "at least two"),
+        ("label outside", HEAD + "f1,f2,f3,t\n1,0,1,7\n", 4, "label 7"),
+        ("fractional label", HEAD + "f1,f2,f3,t\n1,0,1,0.5\n", 4, "label 0.5"),
+        ("nan cell", HEAD + "f1,f2,f3,t\n1,nan,1,0\n", 4, "finite"),
+        ("huge cell", HEAD + "f1,f2,f3,t\n1,1e308,1,0\n", 4, "finite"),
+        (
+            "regression",
+            'nfeatures,targetclasses,targettype\n3,"[0,1]",linear\nf1,f2,f3,t\n',
+            2,
+            "not supported",
+        ),
+        (
+            "metadata values missing",
+            'nfeatures,targetclasses,targettype\n3,"[0,1]"\nf1,f2,f3,t\n',
+            2,
+            "3 fields",
+        ),
+        (
+            "whitespace-only cell",
+            HEAD + "f1,f2,f3,t\n1,0,1,0\n1, ,1,0\n",
+            5,
+            "column 2 (f2) holds ' '",
+        ),
+        ("tab-only cell", HEAD + "f1,f2,f3,t\n1,0,\t,0\n", 4, "column 3 (f3) holds '\\t'"),
+        (
+            "nfeatures in Arabic-Indic digits",
+            'nfeatures,targetclasses\n\u0663,"[0,1]"\nf1,f2,f3,t\n1,0,1,0\n',
+            2,
+            "whole number",
+        ),
+        (
+            "nfeatures of 5,000 digits",
+            "nfeatures,targetclasses\n" + "9" * 5000 + ',"[0,1]"\nf,t\n1,0\n',
+            2,
+            "at most 10000 features",
+        ),
+    ],
+)
 @pytest.mark.parametrize("tensorflow", [False, True], ids=["numpy", "tensorflow"])
 def test_malformed_training_files(tmp_path, name, text, line, words, tensorflow):
     path = write(tmp_path / "bad.csv", text)

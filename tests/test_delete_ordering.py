@@ -4,6 +4,7 @@ The old server deleted the directory, lock file included, while a training
 held the lock: the training then saved the model again after "Ok", and a
 later training locked a new lock file and ran at the same time as the first.
 """
+
 from __future__ import annotations
 
 import concurrent.futures
@@ -11,8 +12,9 @@ import fcntl
 import os
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from serverutil import PASSWORD, USER, Server, dirhash, start_server, stop
@@ -46,7 +48,8 @@ def test_delete_waits_for_the_writer_and_removes_what_it_saved(tmp_path: Path) -
 
 
 def test_a_writer_waiting_on_a_deleted_lock_file_does_not_run_beside_a_new_one(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     """Writers waiting on the lock file the delete removed must lock the new
     file, not run beside whoever locked it."""
     model_dir = str(tmp_path / "m")
@@ -103,8 +106,13 @@ def test_a_writer_waiting_on_a_deleted_lock_file_does_not_run_beside_a_new_one(
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     tmp = tmp_path_factory.mktemp("delete-server")
-    srv = start_server(tmp, {"MOODLE_MLBACKEND_PYTHON_USERS": f"{USER}:{PASSWORD}",
-                             "MOODLE_MLBACKEND_PYTHON_DIR": str(tmp / "models")})
+    srv = start_server(
+        tmp,
+        {
+            "MOODLE_MLBACKEND_PYTHON_USERS": f"{USER}:{PASSWORD}",
+            "MOODLE_MLBACKEND_PYTHON_DIR": str(tmp / "models"),
+        },
+    )
     yield srv
     stop(srv.proc)
 
@@ -125,11 +133,13 @@ def held_by_someone(lock_file: Path) -> bool:
 
 
 def test_deletemodel_during_a_training_waits_for_it_and_the_model_stays_deleted(
-        server: Server, binary_data: dict[str, Any], tmp_path: Path) -> None:
+    server: Server, binary_data: dict[str, Any], tmp_path: Path
+) -> None:
     assert server.storage is not None
     uid, h = "deleted-local", dirhash("/moodledata/models/deleted-local/v1")
-    big = synthetic.write_training(str(tmp_path / "long.csv"),
-                                   synthetic.generate(8000, 20, seed=11))
+    big = synthetic.write_training(
+        str(tmp_path / "long.csv"), synthetic.generate(8000, 20, seed=11)
+    )
     server.train(uid, h, binary_data["train"])
     lock_file = server.storage / uid / h / store.CLASSIFIER_DIR / store.LOCK_FILE
 

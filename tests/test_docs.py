@@ -1,6 +1,7 @@
 """The docs that come from the code (cog blocks in docs/*.md: every --help,
 the server's options and environment) must match it: change a help text and
 this fails until `make docs` is run."""
+
 from __future__ import annotations
 
 import subprocess
@@ -12,8 +13,12 @@ GENERATED = ["docs/cli.md", "docs/server.md"]
 
 
 def test_generated_docs_are_current():
-    p = subprocess.run([sys.executable, "-m", "cogapp", "--check", "-I", "docs", *GENERATED],
-                       cwd=ROOT, capture_output=True, text=True)
+    p = subprocess.run(
+        [sys.executable, "-m", "cogapp", "--check", "-I", "docs", *GENERATED],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert p.returncode == 0, f"stale docs: run `make docs`\n{p.stdout}{p.stderr}"
 
 
@@ -25,8 +30,12 @@ def test_a_changed_help_text_makes_the_docs_stale(tmp_path):
     assert needle in text
     stale = tmp_path / "cli.md"
     stale.write_text(text.replace(needle, "name of the model"))
-    p = subprocess.run([sys.executable, "-m", "cogapp", "--check", "-I", str(ROOT / "docs"),
-                        str(stale)], cwd=ROOT, capture_output=True, text=True)
+    p = subprocess.run(
+        [sys.executable, "-m", "cogapp", "--check", "-I", str(ROOT / "docs"), str(stale)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert p.returncode != 0
 
 

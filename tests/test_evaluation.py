@@ -1,5 +1,6 @@
 """Evaluation says why: the summary in the answer's `info` (what Moodle shows
 the admin), the importance table and calibration in metrics.json, the pictures."""
+
 from __future__ import annotations
 
 import json
@@ -11,14 +12,16 @@ import pytest
 from mlbackend import dataset, evaluation, importance, synthetic, training
 
 #: Header names as Moodle sends them: indicator class names, some with parameters.
-NAMES = ["\\core\\analytics\\indicator\\any_write_action",
-         "\\core\\analytics\\indicator\\read_actions",
-         "\\mod_assign\\analytics\\indicator\\cognitive_depth",
-         "\\core_course\\analytics\\indicator\\no_teacher",
-         "\\core\\analytics\\indicator\\any_course_access",
-         "\\mod_quiz\\analytics\\indicator\\social_breadth",
-         "\\core_user\\analytics\\indicator\\user_track_forums",
-         "\\mod_forum\\analytics\\indicator\\cognitive_depth"]
+NAMES = [
+    "\\core\\analytics\\indicator\\any_write_action",
+    "\\core\\analytics\\indicator\\read_actions",
+    "\\mod_assign\\analytics\\indicator\\cognitive_depth",
+    "\\core_course\\analytics\\indicator\\no_teacher",
+    "\\core\\analytics\\indicator\\any_course_access",
+    "\\mod_quiz\\analytics\\indicator\\social_breadth",
+    "\\core_user\\analytics\\indicator\\user_track_forums",
+    "\\mod_forum\\analytics\\indicator\\cognitive_depth",
+]
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +65,19 @@ def test_info_summarises_and_names_the_header_columns_that_matter(named_csv, tmp
     for picture in ("roc-curve.png", "importance.png"):
         assert (run / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # The contract's keys are unchanged.
-    for key in ("accuracy", "balanced accuracy", "precision", "recall", "f1_score", "score",
-                "score_deviation", "auc", "auc_deviation", "min_score", "accepted_deviation"):
+    for key in (
+        "accuracy",
+        "balanced accuracy",
+        "precision",
+        "recall",
+        "f1_score",
+        "score",
+        "score_deviation",
+        "auc",
+        "auc_deviation",
+        "min_score",
+        "accepted_deviation",
+    ):
         assert isinstance(out[key], float), key
 
 
@@ -81,13 +95,15 @@ def test_permutation_importance_is_exact_for_the_shuffled_column_and_bounded(nam
     ds = dataset.read_training(named_csv, tensorflow=True)
     model = training.train(ds.X, ds.y, ds.classes, ds.feature_names)
     y_idx = training.class_indices(ds.y, ds.classes)
-    name, imp = importance.permutation_importance(model, ds.X, y_idx,
-                                                  np.random.default_rng(0))
+    name, imp = importance.permutation_importance(model, ds.X, y_idx, np.random.default_rng(0))
     assert name == "AUC" and imp.shape == (len(model.columns),)
     # The same permutations, applied to the rows themselves.
     rng = np.random.default_rng(0)
-    rows = np.sort(rng.choice(len(y_idx), importance.MAX_ROWS, replace=False)) \
-        if len(y_idx) > importance.MAX_ROWS else np.arange(len(y_idx))
+    rows = (
+        np.sort(rng.choice(len(y_idx), importance.MAX_ROWS, replace=False))
+        if len(y_idx) > importance.MAX_ROWS
+        else np.arange(len(y_idx))
+    )
     X, y = ds.X[rows], y_idx[rows]
     _, score = importance.score_function(model, y)
     base = score(model.predict_proba(X))
@@ -115,8 +131,8 @@ def read_png(path: Path) -> np.ndarray:
     data = path.read_bytes()
     width, height = struct.unpack(">II", data[16:24])
     start = data.index(b"IDAT") + 4
-    length = struct.unpack(">I", data[start - 8:start - 4])[0]
-    raw = zlib.decompress(data[start:start + length])
+    length = struct.unpack(">I", data[start - 8 : start - 4])[0]
+    raw = zlib.decompress(data[start : start + length])
     rows = np.frombuffer(raw, dtype=np.uint8).reshape(height, 1 + 3 * width)
     assert (rows[:, 0] == 0).all()
     return rows[:, 1:].reshape(height, width, 3)
@@ -130,16 +146,22 @@ def test_the_pictures_have_their_labels(tmp_path):
     img = read_png(tmp_path / "roc.png")
     black = (img == 0).all(axis=2)
     # "False positive rate" under the plot, "True positive rate" left of it, in black.
-    assert black[rocplot.SIZE - 22:rocplot.SIZE - 8, rocplot.LEFT:].sum() > 100
-    assert black[rocplot.TOP:rocplot.SIZE - rocplot.BOTTOM, :22].sum() > 100
+    assert black[rocplot.SIZE - 22 : rocplot.SIZE - 8, rocplot.LEFT :].sum() > 100
+    assert black[rocplot.TOP : rocplot.SIZE - rocplot.BOTTOM, :22].sum() > 100
     # The glyphs are the font's: the x-axis title as rendered, at scale 2.
     text = bitmapfont.render("False positive rate", 2)
     x0 = rocplot.LEFT + (rocplot.SIZE - rocplot.LEFT - rocplot.RIGHT) // 2 - 19 * 6
-    drawn = black[rocplot.SIZE - 22:rocplot.SIZE - 22 + text.shape[0], x0:x0 + text.shape[1]]
+    drawn = black[rocplot.SIZE - 22 : rocplot.SIZE - 22 + text.shape[0], x0 : x0 + text.shape[1]]
     np.testing.assert_array_equal(drawn, text)
 
-    table = [{"name": f"\\core\\analytics\\indicator\\number_{i}", "importance": 0.1 / (i + 1),
-              "deviation": 0.01} for i in range(30)]
+    table = [
+        {
+            "name": f"\\core\\analytics\\indicator\\number_{i}",
+            "importance": 0.1 / (i + 1),
+            "deviation": 0.01,
+        }
+        for i in range(30)
+    ]
     rocplot.write_importance_png(str(tmp_path / "imp.png"), "AUC", table)
     img = read_png(tmp_path / "imp.png")
     bars = (img == rocplot.COLOURS[0]).all(axis=2)

@@ -4,6 +4,7 @@ program answers a contract JSON, never a traceback; memory stays bounded.
 
 `make test` runs a few examples of each; `make fuzz` thousands (see hostile.py).
 """
+
 from __future__ import annotations
 
 import json
@@ -11,17 +12,28 @@ import os
 import subprocess
 import sys
 import tracemalloc
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pytest
+from conftest import backend_env, moodle
+from hostile import (
+    any_bytes,
+    bundle_entry,
+    check_answer,
+    check_predictions,
+    datasets,
+    deflated_npz,
+    examples,
+    model_files,
+    proto_field,
+    write_table,
+)
 from hypothesis import event, example, given, settings
 from hypothesis import strategies as st
 
-from conftest import backend_env, moodle
-from hostile import (any_bytes, bundle_entry, check_answer, check_predictions, datasets,
-                     deflated_npz, examples, model_files, proto_field, write_table)
 from mlbackend import dataset
 from mlbackend.contract import BackendError
 
@@ -47,9 +59,11 @@ def read_all_ways(path: str) -> None:
     TensorFlow's, the in-process tests and tools with NumPy's)."""
     size = os.path.getsize(path)
     outcomes = []
-    for read in (lambda: dataset.read_training(path),
-                 lambda: dataset.read_training(path, tensorflow=True),
-                 lambda: dataset.read_prediction(path)):
+    for read in (
+        lambda: dataset.read_training(path),
+        lambda: dataset.read_training(path, tensorflow=True),
+        lambda: dataset.read_prediction(path),
+    ):
         tracemalloc.reset_peak()
         before = tracemalloc.get_traced_memory()[0]
         try:
@@ -82,8 +96,15 @@ def check_dataset(ds: dataset.Dataset) -> None:
 
 @settings(max_examples=examples(300, 2500))
 @given(data=datasets())
-@example(data=('nfeatures,targetclasses\n300,"[0,1]"\n' + ",".join(["f"] * 301) + "\n"
-               + ",".join(["0"] * 301) + "\n" * 20000).encode())
+@example(
+    data=(
+        'nfeatures,targetclasses\n300,"[0,1]"\n'
+        + ",".join(["f"] * 301)
+        + "\n"
+        + ",".join(["0"] * 301)
+        + "\n" * 20000
+    ).encode()
+)
 @example(data=(HEAD + "f1,f2,f3,t\n" + "1,nan,inf,0\n").encode())
 @example(data=b'nfeatures,targetclasses\n2,"[NaN,1]"\na,b,t\n1,1,1\n')
 @example(data=b'nfeatures,targetclasses\n2,"[1e400,0]"\na,b,t\n1,1,0\n')
@@ -108,8 +129,10 @@ ENORMOUS = {
     # under the line limit, but a million and a half cells in one row
     "millions of cells": (HEAD + "f1,f2,f3,t\n" + "0," * 1_500_000 + "1\n", "1500001 cells"),
     "millions of names": (HEAD + "f," * 1_500_000 + "t\n0,0,0,1\n", "but it names 1500001"),
-    "millions declared": ('nfeatures,targetclasses\n2000000,"[0,1]"\n' + "f," * 2_000_000 +
-                          "t\n0,1\n", "at most 10000 features"),
+    "millions declared": (
+        'nfeatures,targetclasses\n2000000,"[0,1]"\n' + "f," * 2_000_000 + "t\n0,1\n",
+        "at most 10000 features",
+    ),
 }
 
 
@@ -118,9 +141,11 @@ def test_enormous_lines_are_refused_with_bounded_memory(traced, tmp_path, case):
     text, words = ENORMOUS[case]
     path = tmp_path / "wide.csv"
     path.write_text(text)
-    for read in (lambda: dataset.read_training(str(path)),
-                 lambda: dataset.read_training(str(path), tensorflow=True),
-                 lambda: dataset.read_prediction(str(path))):
+    for read in (
+        lambda: dataset.read_training(str(path)),
+        lambda: dataset.read_training(str(path), tensorflow=True),
+        lambda: dataset.read_prediction(str(path)),
+    ):
         tracemalloc.reset_peak()
         before = tracemalloc.get_traced_memory()[0]
         with pytest.raises(BackendError) as err:
@@ -145,11 +170,15 @@ def model_3(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     X = np.round(rng.uniform(-1, 1, (60, 3)), 2)
     y = (X[:, 0] + X[:, 1] > 0).astype(int)
     train = tmp / "train.csv"
-    train.write_text(HEAD + "f1,f2,f3,target\n" +
-                     "".join(f"{a},{b},{c},{t}\n" for (a, b, c), t in zip(X, y)))
+    train.write_text(
+        HEAD + "f1,f2,f3,target\n" + "".join(f"{a},{b},{c},{t}\n" for (a, b, c), t in zip(X, y))
+    )
     predict = tmp / "predict.csv"
-    predict.write_text(HEAD + "sampleid,f1,f2,f3\n" +
-                       "".join(f"s{i},{a},{b},{c}\n" for i, (a, b, c) in enumerate(X[:10])))
+    predict.write_text(
+        HEAD
+        + "sampleid,f1,f2,f3\n"
+        + "".join(f"s{i},{a},{b},{c}\n" for i, (a, b, c) in enumerate(X[:10]))
+    )
     outdir = tmp / "model"
     assert moodle("training", "fuzz", outdir, train).rc == 0
     return {"dir": outdir, "predict": predict}
@@ -178,8 +207,11 @@ def test_training_answers_every_file_and_keeps_the_model(model_3, tmp_path_facto
 
 
 @settings(max_examples=examples(12, 400))
-@given(data=st.one_of(datasets(features=st.just(3), predictions=st.just(True)), datasets(),
-                      any_bytes()))
+@given(
+    data=st.one_of(
+        datasets(features=st.just(3), predictions=st.just(True)), datasets(), any_bytes()
+    )
+)
 def test_prediction_answers_every_file(model_3, tmp_path_factory, data):
     path = tmp_path_factory.mktemp("predict") / "d.csv"
     path.write_bytes(data)
@@ -201,12 +233,27 @@ def test_a_model_file_that_unpacks_to_gigabytes_is_refused_unread(tmp_path):
     assert (importdir / "model.npz").stat().st_size < 1 << 20
     # The peak resident memory of the program itself (VmHWM: getrusage's
     # maxrss would count the test process it was forked from).
-    code = ("import sys\nfrom mlbackend.cli import main\nrc = main(sys.argv[1:])\n"
-            "peak = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0]\n"
-            "print('MAXRSS', peak.split()[1], file=sys.stderr)\nsys.exit(rc)\n")
-    p = subprocess.run([sys.executable, "-c", code, "-m", "moodlemlbackend.import", "fuzz",
-                        str(tmp_path / "imported"), str(importdir)], capture_output=True,
-                       text=True, env=backend_env(), stdin=subprocess.DEVNULL)
+    code = (
+        "import sys\nfrom mlbackend.cli import main\nrc = main(sys.argv[1:])\n"
+        "peak = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0]\n"
+        "print('MAXRSS', peak.split()[1], file=sys.stderr)\nsys.exit(rc)\n"
+    )
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            code,
+            "-m",
+            "moodlemlbackend.import",
+            "fuzz",
+            str(tmp_path / "imported"),
+            str(importdir),
+        ],
+        capture_output=True,
+        text=True,
+        env=backend_env(),
+        stdin=subprocess.DEVNULL,
+    )
     answer = check_answer(p.returncode, p.stdout, p.stderr, (1,))
     assert "unpacks to" in answer["info"][0]
     maxrss_kib = int(p.stderr.split("MAXRSS ")[1].split()[0])
@@ -219,8 +266,11 @@ def test_a_model_with_unusable_numbers_is_refused_or_answers_numbers(model_3, tm
     that overflow: refused at import, or at prediction, never a 'nan' answer."""
     with np.load(model_3["dir"] / "classifier" / "model.npz", allow_pickle=False) as npz:
         arrays = {k: npz[k] for k in npz.files}
-    name, value = {"NaN mean": ("mean", np.nan), "infinite scale": ("scale", np.inf),
-                   "huge weights": ("layer0_kernel", 3e38)}[damage]
+    name, value = {
+        "NaN mean": ("mean", np.nan),
+        "infinite scale": ("scale", np.inf),
+        "huge weights": ("layer0_kernel", 3e38),
+    }[damage]
     arrays[name] = np.full_like(arrays[name], value)
     importdir = tmp_path / "import"
     importdir.mkdir()
@@ -238,8 +288,9 @@ def test_a_model_with_unusable_numbers_is_refused_or_answers_numbers(model_3, tm
 def test_inputs_that_overflow_float32_still_get_probabilities(model_3, tmp_path):
     big = 3.4e38
     path = tmp_path / "p.csv"
-    path.write_text(HEAD + "sampleid,f1,f2,f3\n" + f"a,{big},{-big},{big}\nb,{-big},{big},0\n"
-                    "c,0.5,0,-0.5\n")
+    path.write_text(
+        HEAD + "sampleid,f1,f2,f3\n" + f"a,{big},{-big},{big}\nb,{-big},{big},0\nc,0.5,0,-0.5\n"
+    )
     r = moodle("prediction", "fuzz", model_3["dir"], path)
     answer = check_answer(r.rc, r.stdout, r.stderr, (0,))
     check_predictions(answer, 2, ["0", "1"])
@@ -294,22 +345,50 @@ def shared_list(levels: int) -> Any:
     return value
 
 
-PICKLE_VALUES = st.sampled_from([
-    None, True, 0, 2, -1, 1 << 40, 10 ** 5000, 1.5, float("nan"), "x", "x" * 10_000,
-    b"bytes", (1, 2), {"a": 1}, {(1, 2): 3}, shared_list(50), np.arange(3),
-    np.zeros((2, 2)), np.float64(2.0), np.int64(2), np.zeros(3, np.uint8)])
+PICKLE_VALUES = st.sampled_from(
+    [
+        None,
+        True,
+        0,
+        2,
+        -1,
+        1 << 40,
+        10**5000,
+        1.5,
+        float("nan"),
+        "x",
+        "x" * 10_000,
+        b"bytes",
+        (1, 2),
+        {"a": 1},
+        {(1, 2): 3},
+        shared_list(50),
+        np.arange(3),
+        np.zeros((2, 2)),
+        np.float64(2.0),
+        np.int64(2),
+        np.zeros(3, np.uint8),
+    ]
+)
 
 
 @settings(max_examples=examples(100, 2000))
-@given(changes=st.dictionaries(st.sampled_from(["n_classes", "n_hidden_layers", "n_features",
-                                                "variable_columns", "n_epoch", "other"]),
-                               PICKLE_VALUES, max_size=3),
-       damage=st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), max_size=3),
-       cut=st.one_of(st.none(), st.integers(0, 10_000)))
+@given(
+    changes=st.dictionaries(
+        st.sampled_from(
+            ["n_classes", "n_hidden_layers", "n_features", "variable_columns", "n_epoch", "other"]
+        ),
+        PICKLE_VALUES,
+        max_size=3,
+    ),
+    damage=st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), max_size=3),
+    cut=st.one_of(st.none(), st.integers(0, 10_000)),
+)
 @example(changes={}, damage=[], cut=40)  # cut inside a 4-byte integer: struct.error
 def test_every_legacy_pickle_is_read_or_refused(tmp_path_factory, changes, damage, cut):
-    from mlbackend import legacy
     from test_legacy import legacy_pickle, tf_state
+
+    from mlbackend import legacy
 
     data = bytearray(legacy_pickle(tf_state(3, [0, 1, 2], **changes)))
     for at, value in damage:
@@ -329,13 +408,17 @@ def test_every_legacy_pickle_is_read_or_refused(tmp_path_factory, changes, damag
 
 
 @settings(max_examples=examples(100, 3000))
-@given(dtype=st.integers(-3, 300),
-       dims=st.lists(st.integers(-(1 << 62), 1 << 62) | st.integers(0, 9), max_size=10),
-       offset=st.integers(-5, 1 << 62) | st.integers(0, 200),
-       size=st.integers(-5, 1 << 62) | st.integers(0, 200), shard=st.integers(-2, 3),
-       garbage=st.one_of(st.none(), st.binary(max_size=40)))
-def test_every_checkpoint_entry_is_read_or_refused(tmp_path_factory, dtype, dims, offset, size,
-                                                   shard, garbage):
+@given(
+    dtype=st.integers(-3, 300),
+    dims=st.lists(st.integers(-(1 << 62), 1 << 62) | st.integers(0, 9), max_size=10),
+    offset=st.integers(-5, 1 << 62) | st.integers(0, 200),
+    size=st.integers(-5, 1 << 62) | st.integers(0, 200),
+    shard=st.integers(-2, 3),
+    garbage=st.one_of(st.none(), st.binary(max_size=40)),
+)
+def test_every_checkpoint_entry_is_read_or_refused(
+    tmp_path_factory, dtype, dims, offset, size, shard, garbage
+):
     """TensorFlow aborted on such entries; our reader answers each."""
     from mlbackend import checkpoint
 

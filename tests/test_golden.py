@@ -2,18 +2,20 @@
 written stays readable and predicts exactly as it did.
 
 tests/golden/ holds one small model.npz per format version, as the program
-of that time wrote it, with the probabilities it gave (`model-vN.expected.json`)
-for `model-vN.predict.csv`, or `predict.csv` when there is none. Add a file here whenever a new version is
-written; never regenerate an old one.
+of that time wrote it, with the probabilities it gave
+(`model-vN.expected.json`) for `model-vN.predict.csv`, or `predict.csv` when
+there is none. Add a file here whenever a new version is written; never
+regenerate an old one.
 """
+
 from __future__ import annotations
 
 import json
 
 import numpy as np
 import pytest
-
 from conftest import ROOT
+
 from mlbackend import dataset, store
 from mlbackend.inference import FORMAT_VERSION
 
@@ -35,8 +37,9 @@ def test_golden_model_reads_and_predicts_as_when_written(version, tmp_path, run_
     npz = GOLDEN / f"model-{version}.npz"
     meta = json.loads(str(np.load(npz)["meta"]))
     assert meta["format_version"] == int(version[1:])
-    expected = np.array(json.loads((GOLDEN / f"model-{version}.expected.json").read_text())
-                        ["proba"])
+    expected = np.array(
+        json.loads((GOLDEN / f"model-{version}.expected.json").read_text())["proba"]
+    )
     model = store.load_file(str(npz))
     X = dataset.read_prediction(str(_input(version))).X
     np.testing.assert_allclose(model.predict_proba(X), expected, rtol=0, atol=1e-6)

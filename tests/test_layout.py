@@ -1,6 +1,7 @@
 """The shape of the code: no import circles between the package's modules
 (imports inside functions count too: a lazy import is still a dependency),
 and TensorFlow imported through mlbackend.tf only."""
+
 from __future__ import annotations
 
 import ast
@@ -45,8 +46,9 @@ def test_no_import_circles():
         stack.append(node)
         for dep in sorted(graph[node]):
             if state.get(dep) == 1:
-                raise AssertionError("import circle: " + " -> ".join(
-                    stack[stack.index(dep):] + [dep]))
+                raise AssertionError(
+                    "import circle: " + " -> ".join(stack[stack.index(dep) :] + [dep])
+                )
             if dep not in state:
                 visit(dep)
         stack.pop()
@@ -62,7 +64,13 @@ def test_tensorflow_is_imported_in_one_place():
         if path.name == "tf.py":
             continue
         for node in ast.walk(ast.parse(path.read_text())):
-            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
-                     [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
-            assert not [n for n in names if n == "tensorflow"], \
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
+            assert not [n for n in names if n == "tensorflow"], (
                 f"{path.name} imports tensorflow itself: use mlbackend.tf.import_tensorflow()"
+            )

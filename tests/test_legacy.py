@@ -10,6 +10,7 @@ old module names only while writing), beside a SavedModel whose variables
 carry the tf.keras names `layer_with_weights-N/{kernel,bias}`. The expected
 answers come from a Keras network with the same weights, not from our code.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -21,15 +22,16 @@ import pickle
 import shutil
 import sys
 import types
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 from unittest import mock
 
 import numpy as np
 import pytest
-
 from conftest import moodle, moodle_in_process
 from hostile import DTYPE_STATES, DtypeWithState, bundle_entry, write_table
+
 from mlbackend import dataset, legacy, store
 from mlbackend.contract import BackendError
 from mlbackend.inference import Model
@@ -50,9 +52,16 @@ def old_module_names() -> Iterator[dict[str, type]]:
     registered in sys.modules only while a fixture pickle is written."""
     tf_cls = type("TF", (), {"__module__": "moodlemlbackend.model.tensor"})
     wrapper = type("NumpyArrayWrapper", (), {"__module__": "joblib.numpy_pickle"})
-    modules = {name: types.ModuleType(name) for name in (
-        "moodlemlbackend", "moodlemlbackend.model", "moodlemlbackend.model.tensor",
-        "joblib", "joblib.numpy_pickle")}
+    modules = {
+        name: types.ModuleType(name)
+        for name in (
+            "moodlemlbackend",
+            "moodlemlbackend.model",
+            "moodlemlbackend.model.tensor",
+            "joblib",
+            "joblib.numpy_pickle",
+        )
+    }
     modules["moodlemlbackend.model.tensor"].TF = tf_cls
     modules["joblib.numpy_pickle"].NumpyArrayWrapper = wrapper
     with mock.patch.dict(sys.modules, modules):
@@ -70,8 +79,9 @@ class JoblibLikePickler(pickle._Pickler):  # type: ignore[name-defined]
     def save(self, obj: Any, save_persistent_id: bool = True) -> None:
         if isinstance(obj, np.ndarray):
             w = self.wrapper()
-            w.__dict__.update(subclass=np.ndarray, shape=obj.shape, order="C",
-                              dtype=obj.dtype, allow_mmap=True)
+            w.__dict__.update(
+                subclass=np.ndarray, shape=obj.shape, order="C", dtype=obj.dtype, allow_mmap=True
+            )
             super().save(w)
             self.framer.commit_frame(force=True)
             self.framer.file_write(obj.tobytes("C"))
@@ -89,8 +99,14 @@ def legacy_pickle(state: dict[str, Any]) -> bytes:
 
 
 def tf_state(n_inputs: int, columns: list[int] | None = None, **changes: Any) -> dict[str, Any]:
-    state: dict[str, Any] = {"n_epoch": 110, "batch_size": 1414, "n_features": n_inputs,
-                             "n_hidden": HIDDEN, "n_hidden_layers": 2, "n_classes": 2}
+    state: dict[str, Any] = {
+        "n_epoch": 110,
+        "batch_size": 1414,
+        "n_features": n_inputs,
+        "n_hidden": HIDDEN,
+        "n_hidden_layers": 2,
+        "n_classes": 2,
+    }
     if columns is not None:
         state["variable_columns"] = np.array(columns, dtype=np.int64)
     state.update(changes)
@@ -112,11 +128,16 @@ def write_savedmodel(path: Path, weights: list[np.ndarray], activations: list[st
     optimizer.iter = tf.Variable(np.int64(42))  # the real one has optimizer state too
     root.optimizer = optimizer
     tf.saved_model.save(root, str(path))
-    layers = [{"class_name": "Dense", "config": {"units": int(weights[2 * i].shape[1]),
-                                                 "activation": act}}
-              for i, act in enumerate(activations)]
+    layers = [
+        {
+            "class_name": "Dense",
+            "config": {"units": int(weights[2 * i].shape[1]), "activation": act},
+        }
+        for i, act in enumerate(activations)
+    ]
     (path / "keras_metadata.pb").write_bytes(
-        b"\n\x04root\x12\x11_tf_keras_network" + json.dumps({"layers": layers}).encode())
+        b"\n\x04root\x12\x11_tf_keras_network" + json.dumps({"layers": layers}).encode()
+    )
 
 
 def random_weights(sizes: list[int], seed: int) -> list[np.ndarray]:
@@ -134,6 +155,7 @@ def keras_reference(X: np.ndarray, weights: list[np.ndarray], activation: str) -
 
     quiet_tensorflow()
     import keras
+
     layers: list[Any] = [keras.Input(shape=(weights[0].shape[0],))]
     for i in range(len(weights) // 2 - 1):
         layers.append(keras.layers.Dense(weights[2 * i].shape[1], activation=activation))
@@ -148,14 +170,16 @@ def keras_reference(X: np.ndarray, weights: list[np.ndarray], activation: str) -
 
 
 @pytest.fixture(scope="session")
-def legacy3(tmp_path_factory: pytest.TempPathFactory, binary_data: dict[str, Any]
-            ) -> dict[str, Any]:
+def legacy3(
+    tmp_path_factory: pytest.TempPathFactory, binary_data: dict[str, Any]
+) -> dict[str, Any]:
     """A moodlemlbackend 3.x classifier/ and the answers it must give."""
     d = tmp_path_factory.mktemp("legacy3") / "classifier"
     d.mkdir()
     weights = random_weights([len(VARIABLE_COLUMNS), HIDDEN, HIDDEN, 2], seed=3)
-    (d / "classifier.pkl").write_bytes(legacy_pickle(tf_state(len(VARIABLE_COLUMNS),
-                                                              VARIABLE_COLUMNS)))
+    (d / "classifier.pkl").write_bytes(
+        legacy_pickle(tf_state(len(VARIABLE_COLUMNS), VARIABLE_COLUMNS))
+    )
     write_savedmodel(d / "model.ckpt", weights, ["relu", "relu", "softmax"])
     ds = dataset.read_prediction(binary_data["predict"])
     proba = keras_reference(ds.X[:, VARIABLE_COLUMNS], weights, "relu")
@@ -163,8 +187,9 @@ def legacy3(tmp_path_factory: pytest.TempPathFactory, binary_data: dict[str, Any
 
 
 @pytest.fixture(scope="session")
-def export2(tmp_path_factory: pytest.TempPathFactory, binary_data: dict[str, Any]
-            ) -> dict[str, Any]:
+def export2(
+    tmp_path_factory: pytest.TempPathFactory, binary_data: dict[str, Any]
+) -> dict[str, Any]:
     """A moodlemlbackend 2.x export: model.json, one tanh layer of 10."""
     d = tmp_path_factory.mktemp("export2")
     weights = random_weights([20, 10, 2], seed=4)
@@ -173,8 +198,13 @@ def export2(tmp_path_factory: pytest.TempPathFactory, binary_data: dict[str, Any
         doc[key] = w.astype(np.float64).tolist()
     (d / "model.json").write_text(json.dumps(doc))
     ds = dataset.read_prediction(binary_data["predict"])
-    return {"dir": d, "doc": doc, "weights": weights,
-            "proba": keras_reference(ds.X, weights, "tanh"), "ids": ds.sample_ids}
+    return {
+        "dir": d,
+        "doc": doc,
+        "weights": weights,
+        "proba": keras_reference(ds.X, weights, "tanh"),
+        "ids": ds.sample_ids,
+    }
 
 
 def outputdir_with(tmp_path: Path, source: Path) -> Path:
@@ -202,8 +232,14 @@ def check_predictions(answer: dict[str, Any], expected: np.ndarray, ids: list[st
 #: moodlemlbackend 3.0.5's classifier.pkl for a site-b model (in the shared
 #: example, not in this repository): its SHA-256 and the values it holds.
 REAL_PICKLE_SHA256 = "f306fcc4c2286d6e67e1a6d4b088fce9c73bc300281e502f5a436f725efd54b8"
-REAL_PICKLE_STATE = {"n_epoch": 110, "batch_size": 1414, "n_features": 176, "n_hidden": 58,
-                     "n_hidden_layers": 2, "n_classes": 2}
+REAL_PICKLE_STATE = {
+    "n_epoch": 110,
+    "batch_size": 1414,
+    "n_features": 176,
+    "n_hidden": 58,
+    "n_hidden_layers": 2,
+    "n_classes": 2,
+}
 REAL_VARIABLE_COLUMNS = (
     "1 3 7 8 10 18 19 23 31 32 33 35 36 41 45 46 49 52 59 61 62 63 64 65 66 67 71 72 73 75 76 "
     "79 80 81 82 83 85 87 88 91 95 96 98 103 108 109 117 119 122 124 131 135 136 137 140 141 "
@@ -212,7 +248,8 @@ REAL_VARIABLE_COLUMNS = (
     "253 254 257 258 260 261 262 263 267 268 269 270 271 274 275 277 278 279 280 281 282 283 "
     "285 286 287 291 292 294 295 296 298 299 303 305 307 308 310 313 316 320 321 325 327 329 "
     "334 341 342 343 344 346 347 349 353 354 356 361 362 363 365 369 372 379 384 386 397 399 "
-    "400 406 407 408 409 412 416 418 419 420")
+    "400 406 407 408 409 412 416 418 419 420"
+)
 
 
 def test_the_fixture_writer_reproduces_a_real_moodlemlbackend_pickle() -> None:
@@ -243,7 +280,8 @@ def test_reads_the_fixture_without_moodlemlbackend_or_joblib(legacy3: dict[str, 
 
 
 def test_prediction_converts_a_3x_model_once_and_keeps_the_old_files(
-        tmp_path: Path, legacy3: dict[str, Any], binary_data: dict[str, Any]) -> None:
+    tmp_path: Path, legacy3: dict[str, Any], binary_data: dict[str, Any]
+) -> None:
     out = outputdir_with(tmp_path, legacy3["dir"])
     r = moodle_in_process("prediction", "m1", out, binary_data["predict"])
     assert r.rc == 0, r.stderr
@@ -265,8 +303,9 @@ def test_prediction_converts_a_3x_model_once_and_keeps_the_old_files(
     assert "converted" not in again.stderr
 
 
-def test_training_continues_from_a_3x_model(tmp_path: Path, legacy3: dict[str, Any],
-                                            binary_data: dict[str, Any]) -> None:
+def test_training_continues_from_a_3x_model(
+    tmp_path: Path, legacy3: dict[str, Any], binary_data: dict[str, Any]
+) -> None:
     out = outputdir_with(tmp_path, legacy3["dir"])
     r = moodle_in_process("training", "m1", out, binary_data["train"])
     assert r.rc == 0 and r.json == {"status": 0, "info": []}, r.stderr
@@ -280,11 +319,13 @@ def test_training_continues_from_a_3x_model(tmp_path: Path, legacy3: dict[str, A
     assert p.rc == 0 and len(p.json["predictions"]) == len(legacy3["ids"])
 
 
-def test_evaluation_of_a_trained_3x_model(tmp_path: Path, legacy3: dict[str, Any],
-                                          binary_data: dict[str, Any]) -> None:
+def test_evaluation_of_a_trained_3x_model(
+    tmp_path: Path, legacy3: dict[str, Any], binary_data: dict[str, Any]
+) -> None:
     trained = outputdir_with(tmp_path, legacy3["dir"])
-    r = moodle_in_process("evaluation", "m1", tmp_path / "eval", binary_data["train"], 0.7, 0.05, 10,
-               trained)
+    r = moodle_in_process(
+        "evaluation", "m1", tmp_path / "eval", binary_data["train"], 0.7, 0.05, 10, trained
+    )
     assert r.rc in (0, 4), r.stderr
     answer = r.json
     assert 0.0 <= answer["accuracy"] <= 1.0 and "auc" in answer
@@ -308,8 +349,9 @@ def test_a_3x_model_needs_the_columns_it_used(tmp_path: Path, legacy3: dict[str,
 # Import and export
 
 
-def test_import_of_a_2x_export_converts_it(tmp_path: Path, export2: dict[str, Any],
-                                           binary_data: dict[str, Any]) -> None:
+def test_import_of_a_2x_export_converts_it(
+    tmp_path: Path, export2: dict[str, Any], binary_data: dict[str, Any]
+) -> None:
     out = tmp_path / "model"
     r = moodle_in_process("import", "m2", out, export2["dir"])
     assert r.rc == 0 and r.last == "Ok", r.stderr
@@ -321,7 +363,8 @@ def test_import_of_a_2x_export_converts_it(tmp_path: Path, export2: dict[str, An
 
 
 def test_import_of_a_3x_model_then_export_and_import_again(
-        tmp_path: Path, legacy3: dict[str, Any], binary_data: dict[str, Any]) -> None:
+    tmp_path: Path, legacy3: dict[str, Any], binary_data: dict[str, Any]
+) -> None:
     out = tmp_path / "model"
     r = moodle_in_process("import", "m3", out, legacy3["dir"])
     assert r.rc == 0 and r.last == "Ok", r.stderr
@@ -337,8 +380,9 @@ def test_import_of_a_3x_model_then_export_and_import_again(
     check_predictions(p.json, legacy3["proba"], legacy3["ids"])
 
 
-def test_import_over_a_model_moves_old_files_aside(tmp_path: Path, legacy3: dict[str, Any],
-                                                   export2: dict[str, Any]) -> None:
+def test_import_over_a_model_moves_old_files_aside(
+    tmp_path: Path, legacy3: dict[str, Any], export2: dict[str, Any]
+) -> None:
     out = outputdir_with(tmp_path, legacy3["dir"])
     store.import_model(str(out), str(export2["dir"]))
     cls = out / "classifier"
@@ -348,9 +392,15 @@ def test_import_over_a_model_moves_old_files_aside(tmp_path: Path, legacy3: dict
 
 
 def test_a_tanh_model_is_format_version_2() -> None:
-    m = Model(classes=[0, 1], nfeatures=2, columns=np.arange(2), mean=np.zeros(2, np.float32),
-              scale=np.ones(2, np.float32),
-              weights=random_weights([2, 3, 2], seed=1), activation="tanh")
+    m = Model(
+        classes=[0, 1],
+        nfeatures=2,
+        columns=np.arange(2),
+        mean=np.zeros(2, np.float32),
+        scale=np.ones(2, np.float32),
+        weights=random_weights([2, 3, 2], seed=1),
+        activation="tanh",
+    )
     arrays = m.to_arrays()
     assert json.loads(str(arrays["meta"]))["format_version"] == 2
     back = Model.from_arrays(arrays, "test")
@@ -388,14 +438,13 @@ def hostile(kind: str, marker: Path) -> bytes:
         return pickle.dumps(RunsPython(marker), protocol=4)
     # Inside a genuine-looking classifier: the refusal comes mid-stream.
     # (No array in it, so that plain pickle can run it for the control.)
-    return legacy_pickle(tf_state(len(VARIABLE_COLUMNS),
-                                  n_epoch=RunsCommand(f"touch {marker}")))
+    return legacy_pickle(tf_state(len(VARIABLE_COLUMNS), n_epoch=RunsCommand(f"touch {marker}")))
 
 
 @pytest.mark.parametrize("kind", ["os.system", "exec", "inside the classifier"])
 def test_a_pickle_that_would_run_code_is_refused_and_nothing_runs(
-        tmp_path: Path, legacy3: dict[str, Any], binary_data: dict[str, Any],
-        kind: str) -> None:
+    tmp_path: Path, legacy3: dict[str, Any], binary_data: dict[str, Any], kind: str
+) -> None:
     # The payload is live: a plain pickle.loads creates its file.
     control = tmp_path / "control"
     with old_module_names():
@@ -405,8 +454,10 @@ def test_a_pickle_that_would_run_code_is_refused_and_nothing_runs(
     marker = tmp_path / "pwned"
     out = outputdir_with(tmp_path, legacy3["dir"])
     (out / "classifier" / "classifier.pkl").write_bytes(hostile(kind, marker))
-    for module, args in (("prediction", [binary_data["predict"]]),
-                         ("training", [binary_data["train"]])):
+    for module, args in (
+        ("prediction", [binary_data["predict"]]),
+        ("training", [binary_data["train"]]),
+    ):
         r = moodle(module, "evil", out, *args)
         assert r.rc == 1 and r.json["status"] == 1
         assert "refused" in r.json["info"][0] and "nothing in it was run" in r.json["info"][0]
@@ -418,9 +469,15 @@ def test_a_pickle_that_would_run_code_is_refused_and_nothing_runs(
     assert not (tmp_path / "other" / "classifier" / "classifier.pkl").exists()
 
 
-@pytest.mark.parametrize("module,name", [("builtins", "eval"), ("numpy", "load"),
-                                         ("moodlemlbackend.model.tensor", "build_graph"),
-                                         ("copyreg", "_reconstructor")])
+@pytest.mark.parametrize(
+    "module,name",
+    [
+        ("builtins", "eval"),
+        ("numpy", "load"),
+        ("moodlemlbackend.model.tensor", "build_graph"),
+        ("copyreg", "_reconstructor"),
+    ],
+)
 def test_the_unpickler_refuses_any_other_global(tmp_path: Path, module: str, name: str) -> None:
     data = b"\x80\x04c" + module.encode() + b"\n" + name.encode() + b"\n)R."
     path = tmp_path / "classifier.pkl"
@@ -429,15 +486,17 @@ def test_the_unpickler_refuses_any_other_global(tmp_path: Path, module: str, nam
         legacy.read_pickle(str(path))
 
 
-@pytest.mark.parametrize("stream,message", [
-    # numpy.ndarray((10**9,)): an allowed name, called to allocate 8 GB
-    (b"cnumpy\nndarray\n(J\x00\xca\x9a;tR.", "calling ndarray"),
-    (b"cnumpy\nndarray\n)\x81.", "constructing ndarray"),
-    # an allowed function given attributes (BUILD with slot state calls setattr)
-    (b"cnumpy\ndtype\nN}(X\x04\x00\x00\x00hack\x88u\x86b.",
-     "setting the state of _safe_dtype"),
-    (b"(cmoodlemlbackend.model.tensor\nTF\no.", "INST/OBJ"),
-])
+@pytest.mark.parametrize(
+    "stream,message",
+    [
+        # numpy.ndarray((10**9,)): an allowed name, called to allocate 8 GB
+        (b"cnumpy\nndarray\n(J\x00\xca\x9a;tR.", "calling ndarray"),
+        (b"cnumpy\nndarray\n)\x81.", "constructing ndarray"),
+        # an allowed function given attributes (BUILD with slot state calls setattr)
+        (b"cnumpy\ndtype\nN}(X\x04\x00\x00\x00hack\x88u\x86b.", "setting the state of _safe_dtype"),
+        (b"(cmoodlemlbackend.model.tensor\nTF\no.", "INST/OBJ"),
+    ],
+)
 def test_allowed_names_cannot_be_misused(tmp_path: Path, stream: bytes, message: str) -> None:
     path = tmp_path / "classifier.pkl"
     path.write_bytes(b"\x80\x04" + stream)
@@ -465,16 +524,17 @@ def damaged(d: Path, how: str) -> None:
     elif how == "not a pickle":
         pkl.write_bytes(b"\x1f\x8b compressed or anything else")
     elif how == "columns do not match the network":
-        pkl.write_bytes(legacy_pickle(tf_state(len(VARIABLE_COLUMNS) + 1,
-                                               VARIABLE_COLUMNS + [19])))
+        pkl.write_bytes(legacy_pickle(tf_state(len(VARIABLE_COLUMNS) + 1, VARIABLE_COLUMNS + [19])))
     elif how == "pickle contradicts itself":
         pkl.write_bytes(legacy_pickle(tf_state(len(VARIABLE_COLUMNS) + 1, VARIABLE_COLUMNS)))
     elif how == "wrong layer count":
-        pkl.write_bytes(legacy_pickle(tf_state(len(VARIABLE_COLUMNS), VARIABLE_COLUMNS,
-                                               n_hidden_layers=1)))
+        pkl.write_bytes(
+            legacy_pickle(tf_state(len(VARIABLE_COLUMNS), VARIABLE_COLUMNS, n_hidden_layers=1))
+        )
     elif how == "more classes than outputs":
-        pkl.write_bytes(legacy_pickle(tf_state(len(VARIABLE_COLUMNS), VARIABLE_COLUMNS,
-                                               n_classes=3)))
+        pkl.write_bytes(
+            legacy_pickle(tf_state(len(VARIABLE_COLUMNS), VARIABLE_COLUMNS, n_classes=3))
+        )
     elif how == "truncated weights":
         data = d / "model.ckpt" / "variables" / "variables.data-00000-of-00001"
         data.write_bytes(data.read_bytes()[:100])
@@ -489,21 +549,25 @@ def damaged(d: Path, how: str) -> None:
         raise AssertionError(how)
 
 
-@pytest.mark.parametrize("how,message", [
-    ("truncated pickle", "truncated"),
-    ("pickle cut in its header", "damaged or truncated"),
-    ("not a pickle", "not an uncompressed joblib pickle"),
-    ("columns do not match the network", r"wrong shape \(layer 1: \(17, 8\)"),
-    ("pickle contradicts itself", "inconsistent: 17 variable columns"),
-    ("wrong layer count", "more layers than its settings"),
-    ("more classes than outputs", "2 outputs for 3 classes"),
-    ("truncated weights", "damaged or truncated"),
-    ("no weights", "weights are missing"),
-    ("no pickle", "classifier.pkl is missing"),
-    ("other activation", "sigmoid"),
-])
+@pytest.mark.parametrize(
+    "how,message",
+    [
+        ("truncated pickle", "truncated"),
+        ("pickle cut in its header", "damaged or truncated"),
+        ("not a pickle", "not an uncompressed joblib pickle"),
+        ("columns do not match the network", r"wrong shape \(layer 1: \(17, 8\)"),
+        ("pickle contradicts itself", "inconsistent: 17 variable columns"),
+        ("wrong layer count", "more layers than its settings"),
+        ("more classes than outputs", "2 outputs for 3 classes"),
+        ("truncated weights", "damaged or truncated"),
+        ("no weights", "weights are missing"),
+        ("no pickle", "classifier.pkl is missing"),
+        ("other activation", "sigmoid"),
+    ],
+)
 def test_a_damaged_3x_model_is_refused_with_a_clear_message(
-        tmp_path: Path, legacy3: dict[str, Any], how: str, message: str) -> None:
+    tmp_path: Path, legacy3: dict[str, Any], how: str, message: str
+) -> None:
     out = outputdir_with(tmp_path, legacy3["dir"])
     damaged(out / "classifier", how)
     with pytest.raises(BackendError, match=message) as err:
@@ -513,7 +577,8 @@ def test_a_damaged_3x_model_is_refused_with_a_clear_message(
 
 
 def test_a_damaged_model_answers_status_1_through_moodle(
-        tmp_path: Path, legacy3: dict[str, Any], binary_data: dict[str, Any]) -> None:
+    tmp_path: Path, legacy3: dict[str, Any], binary_data: dict[str, Any]
+) -> None:
     out = outputdir_with(tmp_path, legacy3["dir"])
     damaged(out / "classifier", "truncated weights")
     r = moodle("prediction", "m1", out, binary_data["predict"])
@@ -521,15 +586,19 @@ def test_a_damaged_model_answers_status_1_through_moodle(
     assert "damaged or truncated" in r.json["info"][0]
 
 
-@pytest.mark.parametrize("change,message", [
-    (lambda d: d.update({"initialise-vars/output-bias": [0.1]}), "wrong shape"),
-    (lambda d: d.update({"n_hidden": 7}), "n_hidden is 7"),
-    (lambda d: d.pop("initialise-vars/hidden-bias"), "hidden-bias is missing"),
-    (lambda d: d.update({"n_features": "20"}), "invalid n_features"),
-    (lambda d: d["initialise-vars/hidden-bias"].__setitem__(0, "x"), "invalid weights"),
-])
-def test_a_bad_2x_export_is_refused(tmp_path: Path, export2: dict[str, Any], change: Any,
-                                    message: str) -> None:
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        (lambda d: d.update({"initialise-vars/output-bias": [0.1]}), "wrong shape"),
+        (lambda d: d.update({"n_hidden": 7}), "n_hidden is 7"),
+        (lambda d: d.pop("initialise-vars/hidden-bias"), "hidden-bias is missing"),
+        (lambda d: d.update({"n_features": "20"}), "invalid n_features"),
+        (lambda d: d["initialise-vars/hidden-bias"].__setitem__(0, "x"), "invalid weights"),
+    ],
+)
+def test_a_bad_2x_export_is_refused(
+    tmp_path: Path, export2: dict[str, Any], change: Any, message: str
+) -> None:
     doc = json.loads(json.dumps(export2["doc"]))
     change(doc)
     (tmp_path / "model.json").write_text(json.dumps(doc))
@@ -538,8 +607,9 @@ def test_a_bad_2x_export_is_refused(tmp_path: Path, export2: dict[str, Any], cha
     assert not (tmp_path / "model" / "classifier" / "model.npz").exists()
 
 
-def test_a_truncated_2x_export_is_refused_through_moodle(tmp_path: Path,
-                                                         export2: dict[str, Any]) -> None:
+def test_a_truncated_2x_export_is_refused_through_moodle(
+    tmp_path: Path, export2: dict[str, Any]
+) -> None:
     text = (export2["dir"] / "model.json").read_text()
     (tmp_path / "model.json").write_text(text[: len(text) // 2])
     r = moodle("import", "m2", tmp_path / "model", tmp_path)
@@ -555,8 +625,13 @@ def pickle_with_dtype(name: str, state: tuple[Any, ...]) -> bytes:
     state, its 16 data bytes after it as joblib writes them."""
     with old_module_names() as cls:
         wrapper = cls["NumpyArrayWrapper"]()
-        wrapper.__dict__.update(subclass=np.ndarray, shape=(2,), order="C",
-                                dtype=DtypeWithState(name, state), allow_mmap=True)
+        wrapper.__dict__.update(
+            subclass=np.ndarray,
+            shape=(2,),
+            order="C",
+            dtype=DtypeWithState(name, state),
+            allow_mmap=True,
+        )
         obj = cls["TF"]()
         obj.__dict__.update(tf_state(2))
         obj.variable_columns = wrapper
@@ -580,7 +655,8 @@ def test_a_crafted_dtype_state_is_refused(tmp_path: Path, case: str) -> None:
 
 
 def test_the_272_byte_dtype_pickle_answers_status_1_through_moodle(
-        tmp_path: Path, legacy3: dict[str, Any], binary_data: dict[str, Any]) -> None:
+    tmp_path: Path, legacy3: dict[str, Any], binary_data: dict[str, Any]
+) -> None:
     """It was a SIGSEGV; now the contract's answer, for import and prediction."""
     out = outputdir_with(tmp_path, legacy3["dir"])
     name, state = DTYPE_STATES["subarray (the 272-byte crash)"]
@@ -599,15 +675,19 @@ def shared_nesting(levels: int) -> list[Any]:
     return value
 
 
-@pytest.mark.parametrize("key,value,message", [
-    ("n_classes", shared_nesting(60), "invalid n_classes"),
-    ("n_classes", 10 ** 5000, "invalid n_classes: <an integer of"),
-    ("n_hidden_layers", 10 ** 9, "more than 16"),
-    ("n_features", 1 << 40, "invalid n_features"),
-], ids=["shared nesting", "5,000 digits", "a billion layers", "2^40 features"])
-def test_settings_from_the_pickle_are_quoted_bounded(tmp_path: Path, legacy3: dict[str, Any],
-                                                     key: str, value: Any, message: str
-                                                     ) -> None:
+@pytest.mark.parametrize(
+    "key,value,message",
+    [
+        ("n_classes", shared_nesting(60), "invalid n_classes"),
+        ("n_classes", 10**5000, "invalid n_classes: <an integer of"),
+        ("n_hidden_layers", 10**9, "more than 16"),
+        ("n_features", 1 << 40, "invalid n_features"),
+    ],
+    ids=["shared nesting", "5,000 digits", "a billion layers", "2^40 features"],
+)
+def test_settings_from_the_pickle_are_quoted_bounded(
+    tmp_path: Path, legacy3: dict[str, Any], key: str, value: Any, message: str
+) -> None:
     out = outputdir_with(tmp_path, legacy3["dir"])
     data = legacy_pickle(tf_state(len(VARIABLE_COLUMNS), VARIABLE_COLUMNS, **{key: value}))
     assert len(data) < 4000
@@ -618,11 +698,12 @@ def test_settings_from_the_pickle_are_quoted_bounded(tmp_path: Path, legacy3: di
 
 
 def test_settings_json_cannot_write_are_left_out_of_the_converted_model(
-        tmp_path: Path, legacy3: dict[str, Any]) -> None:
+    tmp_path: Path, legacy3: dict[str, Any]
+) -> None:
     """An integer over 4,300 digits and a tuple key made json.dumps fail
     ("Unexpected error"); they are not settings, so they are not kept."""
     out = outputdir_with(tmp_path, legacy3["dir"])
-    state = tf_state(len(VARIABLE_COLUMNS), VARIABLE_COLUMNS, n_epoch=10 ** 5000)
+    state = tf_state(len(VARIABLE_COLUMNS), VARIABLE_COLUMNS, n_epoch=10**5000)
     state[("a", 1)] = 2
     (out / "classifier" / "classifier.pkl").write_bytes(legacy_pickle(state))
     model = store.load(str(out), nfeatures=20)
@@ -650,8 +731,7 @@ def crafted_checkpoint(d: Path, how: str) -> None:
         "dtype string": bundle_entry(7, list(shape), 0, 4 * math.prod(shape)),
         "empty entry": b"",
         "not a protobuf": b"\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\x07garbage",
-        "past the data file": bundle_entry(1, list(shape), data_size,
-                                           4 * math.prod(shape)),
+        "past the data file": bundle_entry(1, list(shape), data_size, 4 * math.prod(shape)),
         "size does not match the shape": bundle_entry(1, list(shape), 0, 8),
         "another shard": bundle_entry(1, list(shape), 0, 4 * math.prod(shape), shard=7),
         "nine dimensions": bundle_entry(1, [1] * 9, 0, 4),
@@ -659,13 +739,24 @@ def crafted_checkpoint(d: Path, how: str) -> None:
     write_table(Path(str(prefix) + ".index"), entries)
 
 
-CHECKPOINT_DAMAGE = ["dims [-1, 8]", "dims [2^40, 2^40]", "dtype 0", "dtype 200",
-                     "dtype string", "empty entry", "not a protobuf", "past the data file",
-                     "size does not match the shape", "another shard", "nine dimensions"]
+CHECKPOINT_DAMAGE = [
+    "dims [-1, 8]",
+    "dims [2^40, 2^40]",
+    "dtype 0",
+    "dtype 200",
+    "dtype string",
+    "empty entry",
+    "not a protobuf",
+    "past the data file",
+    "size does not match the shape",
+    "another shard",
+    "nine dimensions",
+]
 
 
-def test_the_table_writer_writes_what_the_reader_reads(tmp_path: Path,
-                                                       legacy3: dict[str, Any]) -> None:
+def test_the_table_writer_writes_what_the_reader_reads(
+    tmp_path: Path, legacy3: dict[str, Any]
+) -> None:
     """Control: the index rewritten unchanged still converts to the same model."""
     from mlbackend import checkpoint
 
@@ -679,7 +770,8 @@ def test_the_table_writer_writes_what_the_reader_reads(tmp_path: Path,
 
 @pytest.mark.parametrize("how", CHECKPOINT_DAMAGE)
 def test_a_crafted_checkpoint_index_is_refused_without_tensorflow(
-        tmp_path: Path, legacy3: dict[str, Any], how: str) -> None:
+    tmp_path: Path, legacy3: dict[str, Any], how: str
+) -> None:
     out = outputdir_with(tmp_path, legacy3["dir"])
     crafted_checkpoint(out / "classifier", how)
     with pytest.raises(BackendError, match="cannot be read|wrong shape|too large") as err:
@@ -690,8 +782,8 @@ def test_a_crafted_checkpoint_index_is_refused_without_tensorflow(
 
 @pytest.mark.parametrize("how", ["dims [-1, 8]", "dtype 200", "not a protobuf"])
 def test_a_crafted_checkpoint_answers_status_1_through_moodle(
-        tmp_path: Path, legacy3: dict[str, Any], binary_data: dict[str, Any],
-        how: str) -> None:
+    tmp_path: Path, legacy3: dict[str, Any], binary_data: dict[str, Any], how: str
+) -> None:
     """These aborted the process in TensorFlow (SIGABRT): now an answer."""
     out = outputdir_with(tmp_path, legacy3["dir"])
     crafted_checkpoint(out / "classifier", how)

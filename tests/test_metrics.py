@@ -1,4 +1,5 @@
 """Metrics against definitions computed the slow, obvious way."""
+
 from __future__ import annotations
 
 import itertools

@@ -1,6 +1,7 @@
 """Quality regressions on Moodle-shaped data the tests make: the old
 backend's weak point was a network that rarely predicted the minority class
 (the students at risk), so these hold the line on that."""
+
 from __future__ import annotations
 
 import numpy as np

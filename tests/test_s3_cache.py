@@ -1,5 +1,6 @@
 """The S3 replicas' cache of model versions: a version in use is never
 removed, and a replaced, evicted or deleted one goes when its last user is done."""
+
 from __future__ import annotations
 
 import os

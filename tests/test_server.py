@@ -1,5 +1,6 @@
 """Server mode against a real `mlbackend serve` process, through a real HTTP
 client on a loopback socket: what Moodle's mlbackend_python sees."""
+
 from __future__ import annotations
 
 import concurrent.futures
@@ -10,18 +11,28 @@ import stat
 import subprocess
 import sys
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pytest
 import requests
-
 from conftest import backend_env
+from serverutil import (
+    PASSWORD,
+    USER,
+    Server,
+    dirhash,
+    files_under,
+    make_zip,
+    start_server,
+    stop,
+    zip_names,
+)
+
 from mlbackend import reported_version
 from mlbackend.server import auth
-from serverutil import (PASSWORD, USER, Server, dirhash, files_under, make_zip, start_server,
-                        stop, zip_names)
 
 MAX_UPLOAD_MB = 1
 LEGACY = ("legacy", "old-pa$$word")
@@ -41,10 +52,19 @@ def users_value() -> str:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     tmp = tmp_path_factory.mktemp("server")
-    srv = start_server(tmp, {"MOODLE_MLBACKEND_PYTHON_USERS": users_value(),
-                             "MOODLE_MLBACKEND_PYTHON_DIR": str(tmp / "models")},
-                       "--max-upload-mb", str(MAX_UPLOAD_MB), "--max-unzipped-mb", "1",
-                       "--workers", "6")
+    srv = start_server(
+        tmp,
+        {
+            "MOODLE_MLBACKEND_PYTHON_USERS": users_value(),
+            "MOODLE_MLBACKEND_PYTHON_DIR": str(tmp / "models"),
+        },
+        "--max-upload-mb",
+        str(MAX_UPLOAD_MB),
+        "--max-unzipped-mb",
+        "1",
+        "--workers",
+        "6",
+    )
     yield srv
     stop(srv.proc)
 
@@ -79,10 +99,11 @@ def test_version_needs_no_auth(server):
     assert r.text.strip() == reported_version()
 
 
-@pytest.mark.parametrize("creds", [None, (USER, "wrong"), ("nosuchuser", PASSWORD),
-                                   (LEGACY[0], "wrong"), (MODERN[0], "wrong")],
-                         ids=["missing", "wrong-password", "unknown-user", "wrong-legacy",
-                              "wrong-modern"])
+@pytest.mark.parametrize(
+    "creds",
+    [None, (USER, "wrong"), ("nosuchuser", PASSWORD), (LEGACY[0], "wrong"), (MODERN[0], "wrong")],
+    ids=["missing", "wrong-password", "unknown-user", "wrong-legacy", "wrong-modern"],
+)
 def test_bad_credentials_get_401_before_any_work(server, creds, binary_data):
     for endpoint in GET_ENDPOINTS:
         r = server.get(endpoint, {**ids("auth"), "runid": "1"}, auth=creds)
@@ -99,24 +120,39 @@ def test_bad_credentials_get_401_before_any_work(server, creds, binary_data):
 
 
 def test_a_non_basic_authorization_is_401(server):
-    r = requests.get(f"{server.url}/export", params=ids("auth"),
-                     headers={"Authorization": "Bearer abc"}, timeout=30)
+    r = requests.get(
+        f"{server.url}/export",
+        params=ids("auth"),
+        headers={"Authorization": "Bearer abc"},
+        timeout=30,
+    )
     assert r.status_code == 401
 
 
-@pytest.mark.parametrize("creds", [(USER, PASSWORD), LEGACY, MODERN],
-                         ids=["plain", "old-sha256", "pbkdf2"])
+@pytest.mark.parametrize(
+    "creds", [(USER, PASSWORD), LEGACY, MODERN], ids=["plain", "old-sha256", "pbkdf2"]
+)
 def test_every_kind_of_user_entry_logs_in(server, creds):
     for _ in range(2):  # the second pbkdf2 check comes from the verified cache
         r = server.get("evaluationlog", {**ids("nobody"), "runid": "1"}, auth=creds)
         assert r.status_code == 200
 
 
-@pytest.mark.parametrize("method, endpoint", [
-    ("post", "version"), ("get", "training"), ("get", "prediction"), ("get", "evaluation"),
-    ("post", "evaluationlog"), ("post", "export"), ("get", "import"), ("get", "deletemodel"),
-    ("put", "training"), ("delete", "deletemodel"),
-])
+@pytest.mark.parametrize(
+    "method, endpoint",
+    [
+        ("post", "version"),
+        ("get", "training"),
+        ("get", "prediction"),
+        ("get", "evaluation"),
+        ("post", "evaluationlog"),
+        ("post", "export"),
+        ("get", "import"),
+        ("get", "deletemodel"),
+        ("put", "training"),
+        ("delete", "deletemodel"),
+    ],
+)
 def test_wrong_method_is_405(server, method, endpoint):
     r = requests.request(method, f"{server.url}/{endpoint}", auth=server.auth, timeout=30)
     assert r.status_code == 405
@@ -134,7 +170,9 @@ def test_unknown_endpoint_is_404(server):
 def test_model_life_cycle(server, binary_data):
     a, b = ids("life"), ids("lifecopy")
     assert server.train(a["uniqueid"], a["dirhash"], binary_data["train"]) == {
-        "status": 0, "info": []}
+        "status": 0,
+        "info": [],
+    }
 
     first = server.predict(a["uniqueid"], a["dirhash"], binary_data["predict"])
     assert first["status"] == 0
@@ -147,8 +185,11 @@ def test_model_life_cycle(server, binary_data):
     assert accuracy > 0.7
 
     with open(binary_data["train"], "rb") as f:
-        r = server.post("evaluation", {**a, "minscore": "0.7", "maxdeviation": "0.05",
-                                       "niterations": "2"}, {"dataset": f})
+        r = server.post(
+            "evaluation",
+            {**a, "minscore": "0.7", "maxdeviation": "0.05", "niterations": "2"},
+            {"dataset": f},
+        )
     assert r.status_code == 200
     evaluation = r.json()
     assert evaluation["status"] in (0, 4, 8, 12)
@@ -172,17 +213,28 @@ def test_model_life_cycle(server, binary_data):
 
     # evaluation of the trained model (Moodle's trainedmodeldirhash), no training
     with open(binary_data["train"], "rb") as f:
-        r = server.post("evaluation", {**b, "dirhash": "evalrun", "minscore": "0.7",
-                                       "maxdeviation": "0.05", "niterations": "1",
-                                       "trainedmodeldirhash": b["dirhash"]}, {"dataset": f})
+        r = server.post(
+            "evaluation",
+            {
+                **b,
+                "dirhash": "evalrun",
+                "minscore": "0.7",
+                "maxdeviation": "0.05",
+                "niterations": "1",
+                "trainedmodeldirhash": b["dirhash"],
+            },
+            {"dataset": f},
+        )
     assert r.status_code == 200
     assert r.json()["status"] in (0, 4, 8, 12)
 
     for model in (a, b):
         r = server.post("deletemodel", {"uniqueid": model["uniqueid"]})
         assert (r.status_code, r.text) == (200, "Ok")
-        assert server.predict(model["uniqueid"], model["dirhash"],
-                              binary_data["predict"])["status"] == 2
+        assert (
+            server.predict(model["uniqueid"], model["dirhash"], binary_data["predict"])["status"]
+            == 2
+        )
         assert server.get("export", model).status_code == 503
     assert server.storage is not None
     assert not (server.storage / a["uniqueid"]).exists()
@@ -207,7 +259,7 @@ def test_missing_evaluation_log_is_an_empty_zip(server):
 
 def test_bad_dataset_is_a_json_answer_moodle_can_show(server, tmp_path):
     bad = tmp_path / "bad.csv"
-    bad.write_text("nfeatures,targetclasses\n2,\"[0,1]\"\na,b,target\n1,x,0\n")
+    bad.write_text('nfeatures,targetclasses\n2,"[0,1]"\na,b,target\n1,x,0\n')
     with open(bad, "rb") as f:
         r = server.post("training", ids("bad"), {"dataset": f})
     assert r.status_code == 200
@@ -217,20 +269,25 @@ def test_bad_dataset_is_a_json_answer_moodle_can_show(server, tmp_path):
 
 def test_training_without_every_class_is_status_8(server, tmp_path):
     one_class = tmp_path / "one.csv"
-    one_class.write_text("nfeatures,targetclasses,targettype\n2,\"[0,1]\",discrete\n"
-                         "a,b,target\n" + "0.1,0.2,1\n0.3,0.1,1\n0.5,0.5,1\n")
+    one_class.write_text(
+        'nfeatures,targetclasses,targettype\n2,"[0,1]",discrete\n'
+        "a,b,target\n" + "0.1,0.2,1\n0.3,0.1,1\n0.5,0.5,1\n"
+    )
     with open(one_class, "rb") as f:
         r = server.post("training", ids("oneclass"), {"dataset": f})
     assert r.status_code == 200
     assert r.json()["status"] == 8
 
 
-@pytest.mark.parametrize("data, files, missing", [
-    ({"dirhash": "x"}, True, "uniqueid"),
-    ({"uniqueid": "x"}, True, "dirhash"),
-    ({"uniqueid": "x", "dirhash": "x"}, False, "dataset"),
-    ({"uniqueid": "///", "dirhash": "x"}, True, "uniqueid"),
-])
+@pytest.mark.parametrize(
+    "data, files, missing",
+    [
+        ({"dirhash": "x"}, True, "uniqueid"),
+        ({"uniqueid": "x"}, True, "dirhash"),
+        ({"uniqueid": "x", "dirhash": "x"}, False, "dataset"),
+        ({"uniqueid": "///", "dirhash": "x"}, True, "uniqueid"),
+    ],
+)
 def test_malformed_requests_are_400(server, binary_data, data, files, missing):
     with open(binary_data["predict"], "rb") as f:
         r = server.post("prediction", data, {"dataset": f} if files else None)
@@ -240,8 +297,11 @@ def test_malformed_requests_are_400(server, binary_data, data, files, missing):
 
 def test_evaluation_numbers_are_checked(server, binary_data):
     with open(binary_data["train"], "rb") as f:
-        r = server.post("evaluation", {**ids("nums"), "minscore": "lots", "maxdeviation": "0.05",
-                                       "niterations": "1"}, {"dataset": f})
+        r = server.post(
+            "evaluation",
+            {**ids("nums"), "minscore": "lots", "maxdeviation": "0.05", "niterations": "1"},
+            {"dataset": f},
+        )
     assert r.status_code == 400
     assert "minscore" in r.json()["info"][0]
 
@@ -269,13 +329,17 @@ def symlink_entry(name: str, target: str) -> tuple[zipfile.ZipInfo, bytes]:
     return info, target.encode()
 
 
-@pytest.mark.parametrize("bad_entry", [
-    ("../escaped.txt", b"outside"),
-    ("../../escaped.txt", b"outside"),
-    ("classifier/../../escaped.txt", b"outside"),
-    ("/tmp/escaped-absolute.txt", b"outside"),
-    symlink_entry("model-link.npz", "/etc/passwd"),
-], ids=["dotdot", "dotdot2", "nested-dotdot", "absolute", "symlink"])
+@pytest.mark.parametrize(
+    "bad_entry",
+    [
+        ("../escaped.txt", b"outside"),
+        ("../../escaped.txt", b"outside"),
+        ("classifier/../../escaped.txt", b"outside"),
+        ("/tmp/escaped-absolute.txt", b"outside"),
+        symlink_entry("model-link.npz", "/etc/passwd"),
+    ],
+    ids=["dotdot", "dotdot2", "nested-dotdot", "absolute", "symlink"],
+)
 def test_import_refuses_unsafe_zips(server, binary_data, exported_model, bad_entry):
     target = ids("unsafe")
     archive = make_zip([("model.npz", exported_model), bad_entry])
@@ -283,8 +347,9 @@ def test_import_refuses_unsafe_zips(server, binary_data, exported_model, bad_ent
     assert r.status_code == 400
     assert "zip entry" in r.json()["info"][0]
     # refused whole: no model imported, nothing written anywhere
-    assert server.predict(target["uniqueid"], target["dirhash"],
-                          binary_data["predict"])["status"] == 2
+    assert (
+        server.predict(target["uniqueid"], target["dirhash"], binary_data["predict"])["status"] == 2
+    )
     assert server.storage is not None
     everything = [p.name for p in files_under(server.storage.parent)]
     assert not any("escaped" in name for name in everything)
@@ -297,8 +362,9 @@ def test_the_same_zip_without_the_bad_entry_imports(server, binary_data, exporte
     archive = make_zip([("model.npz", exported_model)])
     r = server.post("import", target, {"importzip": ("import.zip", io.BytesIO(archive))})
     assert (r.status_code, r.text) == (200, "Ok")
-    assert server.predict(target["uniqueid"], target["dirhash"],
-                          binary_data["predict"])["status"] == 0
+    assert (
+        server.predict(target["uniqueid"], target["dirhash"], binary_data["predict"])["status"] == 0
+    )
     server.post("deletemodel", {"uniqueid": target["uniqueid"]})
 
 
@@ -382,10 +448,17 @@ def test_stdout_stays_empty_and_tensorflow_is_quiet(server):
 
 
 def test_refuses_to_start_without_users(tmp_path):
-    env = backend_env({"MOODLE_MLBACKEND_PYTHON_USERS": "",
-                       "MOODLE_MLBACKEND_PYTHON_DIR": str(tmp_path)})
-    p = subprocess.run([sys.executable, "-m", "mlbackend", "serve", "--port", "0"], env=env,
-                       capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    env = backend_env(
+        {"MOODLE_MLBACKEND_PYTHON_USERS": "", "MOODLE_MLBACKEND_PYTHON_DIR": str(tmp_path)}
+    )
+    p = subprocess.run(
+        [sys.executable, "-m", "mlbackend", "serve", "--port", "0"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
     assert p.returncode == 1
     answer = json.loads(p.stdout.strip().splitlines()[-1])
     assert "no users" in answer["info"][0]
@@ -393,13 +466,16 @@ def test_refuses_to_start_without_users(tmp_path):
 
 
 def test_light_commands_do_not_load_the_server_stack():
-    code = ("import sys\nfrom mlbackend.cli import main\n"
-            "for argv in (['version'], ['serve', '--help'], ['passwd', '--help'], ['--help']):\n"
-            "    main(argv)\n"
-            "heavy = [m for m in ('tensorflow', 'keras', 'boto3', 'werkzeug', 'waitress', 'flask')"
-            " if m in sys.modules]\n"
-            "print('HEAVY', heavy)\n")
-    p = subprocess.run([sys.executable, "-c", code], env=backend_env(), capture_output=True,
-                       text=True, timeout=120)
+    code = (
+        "import sys\nfrom mlbackend.cli import main\n"
+        "for argv in (['version'], ['serve', '--help'], ['passwd', '--help'], ['--help']):\n"
+        "    main(argv)\n"
+        "heavy = [m for m in ('tensorflow', 'keras', 'boto3', 'werkzeug', 'waitress', 'flask')"
+        " if m in sys.modules]\n"
+        "print('HEAVY', heavy)\n"
+    )
+    p = subprocess.run(
+        [sys.executable, "-c", code], env=backend_env(), capture_output=True, text=True, timeout=120
+    )
     assert p.returncode == 0, p.stderr
     assert "HEAVY []" in p.stdout

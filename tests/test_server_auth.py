@@ -1,5 +1,6 @@
 """Users and passwords of server mode (no server needed): every accepted
 entry format, constant-time checks, and `mlbackend passwd`."""
+
 from __future__ import annotations
 
 import hashlib
@@ -7,9 +8,9 @@ import subprocess
 import sys
 
 import pytest
+from conftest import backend_env
 
 from mlbackend.server import auth
-from conftest import backend_env
 
 FAST = 10_000  # PBKDF2 iterations for tests: the minimum accepted
 
@@ -19,16 +20,28 @@ def sha256_entry(user: str, password: str, salt: str = "da243a51bce11bf9083d78da
 
 
 def test_plain_old_sha256_and_pbkdf2_entries_are_accepted():
-    value = ",".join(["alice:pa$$word", sha256_entry("bob", "hunter2"),
-                      auth.make_entry("carol", "s3cret", iterations=FAST)])
+    value = ",".join(
+        [
+            "alice:pa$$word",
+            sha256_entry("bob", "hunter2"),
+            auth.make_entry("carol", "s3cret", iterations=FAST),
+        ]
+    )
     users = auth.Users(auth.parse_users(value))
     assert len(users) == 3
     assert users.check("alice", "pa$$word")
     assert users.check("bob", "hunter2")
     assert users.check("carol", "s3cret")
     assert users.check("carol", "s3cret")  # second time from the verified cache
-    for user, wrong in (("alice", "pa$$wor"), ("bob", "hunter3"), ("carol", "s3creT"),
-                        ("dave", "pa$$word"), ("alice", ""), (None, "x"), ("alice", None)):
+    for user, wrong in (
+        ("alice", "pa$$wor"),
+        ("bob", "hunter3"),
+        ("carol", "s3creT"),
+        ("dave", "pa$$word"),
+        ("alice", ""),
+        (None, "x"),
+        ("alice", None),
+    ):
         assert not users.check(user, wrong)
 
 
@@ -42,25 +55,29 @@ def test_a_wrong_password_is_never_remembered():
 
 
 def test_unicode_passwords():
-    users = auth.Users(auth.parse_users(
-        "zoë:pässwörd," + auth.make_entry("ümit", "ñandú", iterations=FAST)))
+    users = auth.Users(
+        auth.parse_users("zoë:pässwörd," + auth.make_entry("ümit", "ñandú", iterations=FAST))
+    )
     assert users.check("zoë", "pässwörd")
     assert users.check("ümit", "ñandú")
 
 
-@pytest.mark.parametrize("value, words", [
-    (None, "no users"),
-    ("", "no users"),
-    (" , ", "no users"),
-    ("nopassword", "not user:password"),
-    (":pw", "not user:password"),
-    ("u:sha256:salt:nothex", "sha256:SALT:HEXDIGEST"),
-    ("u:pbkdf2_sha256:100:salt:" + "ab" * 32, "iterations"),
-    ("u:pbkdf2_sha256:x:salt:ab", "ITERATIONS"),
-    ("u:pass:word", "not a known hash"),
-    ("nopw:", "is empty"),
-    ("moodle:secret,nopw:", "is empty"),
-])
+@pytest.mark.parametrize(
+    "value, words",
+    [
+        (None, "no users"),
+        ("", "no users"),
+        (" , ", "no users"),
+        ("nopassword", "not user:password"),
+        (":pw", "not user:password"),
+        ("u:sha256:salt:nothex", "sha256:SALT:HEXDIGEST"),
+        ("u:pbkdf2_sha256:100:salt:" + "ab" * 32, "iterations"),
+        ("u:pbkdf2_sha256:x:salt:ab", "ITERATIONS"),
+        ("u:pass:word", "not a known hash"),
+        ("nopw:", "is empty"),
+        ("moodle:secret,nopw:", "is empty"),
+    ],
+)
 def test_bad_values_say_how_to_create_users(value, words):
     with pytest.raises(auth.UsersError) as err:
         auth.parse_users(value)
@@ -80,13 +97,20 @@ def test_entry_format():
 
 
 def run_passwd(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "mlbackend", "passwd", *args], input=stdin,
-                          capture_output=True, text=True, env=backend_env(), timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "mlbackend", "passwd", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=backend_env(),
+        timeout=120,
+    )
 
 
 def test_passwd_prints_one_line_the_server_accepts():
-    p = run_passwd("moodle", "backup", "--stdin", "--iterations", str(FAST),
-                   stdin="first pw\nsecond:pw\n")
+    p = run_passwd(
+        "moodle", "backup", "--stdin", "--iterations", str(FAST), stdin="first pw\nsecond:pw\n"
+    )
     assert p.returncode == 0, p.stderr
     assert p.stdout.count("\n") == 1
     users = auth.Users(auth.parse_users(p.stdout.strip()))
@@ -133,9 +157,14 @@ def test_a_failed_check_costs_the_same_for_known_and_unknown_users(monkeypatch):
     the slowest entry, whether the user exists (plain, sha256 or PBKDF2
     entry) or not. (A known user with a wrong password answered in 3 ms, an
     unknown one in 310 ms.)"""
-    value = ",".join(["alice:pw", sha256_entry("bob", "hunter2"),
-                      auth.make_entry("carol", "s3cret", iterations=FAST),
-                      auth.make_entry("dave", "x", iterations=2 * FAST)])
+    value = ",".join(
+        [
+            "alice:pw",
+            sha256_entry("bob", "hunter2"),
+            auth.make_entry("carol", "s3cret", iterations=FAST),
+            auth.make_entry("dave", "x", iterations=2 * FAST),
+        ]
+    )
     users = auth.Users(auth.parse_users(value))
     rounds: list[int] = []
     real = hashlib.pbkdf2_hmac
@@ -158,9 +187,18 @@ def test_a_failed_check_costs_the_same_for_known_and_unknown_users(monkeypatch):
 
 
 def test_the_server_refuses_to_start_with_an_empty_password(tmp_path):
-    p = subprocess.run([sys.executable, "-m", "mlbackend", "serve", "--port", "0"],
-                       capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
-                       env=backend_env({"MOODLE_MLBACKEND_PYTHON_USERS": "moodle:pw,nopw:",
-                                        "MOODLE_MLBACKEND_PYTHON_DIR": str(tmp_path)}))
+    p = subprocess.run(
+        [sys.executable, "-m", "mlbackend", "serve", "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+        env=backend_env(
+            {
+                "MOODLE_MLBACKEND_PYTHON_USERS": "moodle:pw,nopw:",
+                "MOODLE_MLBACKEND_PYTHON_DIR": str(tmp_path),
+            }
+        ),
+    )
     assert p.returncode == 1
     assert "nopw" in p.stdout and "is empty" in p.stdout

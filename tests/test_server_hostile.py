@@ -5,6 +5,7 @@ and no endpoint (whatever the method) without valid credentials.
 The property-based tests run a few examples under `make test`, many under
 `make fuzz` (see hostile.py).
 """
+
 from __future__ import annotations
 
 import base64
@@ -15,22 +16,22 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pytest
+from hostile import any_bytes, check_predictions, datasets, deflated_npz, examples
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
+from serverutil import HOST, PASSWORD, USER, Server, files_under, make_zip, start_server, stop
 from werkzeug.test import Client
 
-from hostile import any_bytes, check_predictions, datasets, deflated_npz, examples
 from mlbackend.server import app as server_app
 from mlbackend.server.auth import Users, parse_users
 from mlbackend.server.config import ServerConfig
 from mlbackend.server.local import LocalStorage
-from serverutil import (HOST, PASSWORD, USER, Server, files_under, make_zip, start_server,
-                        stop)
 
 HEAD = 'nfeatures,targetclasses,targettype\n3,"[0,1]",discrete\n'
 MODEL = {"uniqueid": "hostile", "dirhash": "v1"}
@@ -39,9 +40,19 @@ MODEL = {"uniqueid": "hostile", "dirhash": "v1"}
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     tmp = tmp_path_factory.mktemp("hostile-server")
-    srv = start_server(tmp, {"MOODLE_MLBACKEND_PYTHON_USERS": f"{USER}:{PASSWORD}",
-                             "MOODLE_MLBACKEND_PYTHON_DIR": str(tmp / "models")},
-                       "--max-upload-mb", "8", "--max-unzipped-mb", "8", "--workers", "4")
+    srv = start_server(
+        tmp,
+        {
+            "MOODLE_MLBACKEND_PYTHON_USERS": f"{USER}:{PASSWORD}",
+            "MOODLE_MLBACKEND_PYTHON_DIR": str(tmp / "models"),
+        },
+        "--max-upload-mb",
+        "8",
+        "--max-unzipped-mb",
+        "8",
+        "--workers",
+        "4",
+    )
     yield srv
     stop(srv.proc)
 
@@ -54,11 +65,15 @@ def trained(server: Server, tmp_path_factory: pytest.TempPathFactory) -> dict[st
     X = np.round(rng.uniform(-1, 1, (60, 3)), 2)
     y = (X[:, 0] - X[:, 2] > 0).astype(int)
     train = tmp / "train.csv"
-    train.write_text(HEAD + "f1,f2,f3,target\n" +
-                     "".join(f"{a},{b},{c},{t}\n" for (a, b, c), t in zip(X, y)))
+    train.write_text(
+        HEAD + "f1,f2,f3,target\n" + "".join(f"{a},{b},{c},{t}\n" for (a, b, c), t in zip(X, y))
+    )
     predict = tmp / "predict.csv"
-    predict.write_text(HEAD + "sampleid,f1,f2,f3\n" +
-                       "".join(f"s{i},{a},{b},{c}\n" for i, (a, b, c) in enumerate(X[:10])))
+    predict.write_text(
+        HEAD
+        + "sampleid,f1,f2,f3\n"
+        + "".join(f"s{i},{a},{b},{c}\n" for i, (a, b, c) in enumerate(X[:10]))
+    )
     assert server.train(MODEL["uniqueid"], MODEL["dirhash"], str(train))["status"] == 0
     with open(server.storage / "hostile" / "v1" / "classifier" / "model.npz", "rb") as f:
         exported = f.read()
@@ -125,18 +140,39 @@ def zips(model_npz: bytes) -> st.SearchStrategy[bytes]:
             out[flip % len(out)] ^= 0xFF
         return bytes(out)
 
-    member = st.sampled_from(["model.npz", "classifier/model.npz", "model.json",
-                              "classifier.pkl", "model.ckpt/variables/variables.index",
-                              "readme.txt", "model.npz/", "a/../model.npz"])
+    member = st.sampled_from(
+        [
+            "model.npz",
+            "classifier/model.npz",
+            "model.json",
+            "classifier.pkl",
+            "model.ckpt/variables/variables.index",
+            "readme.txt",
+            "model.npz/",
+            "a/../model.npz",
+        ]
+    )
     return st.one_of(
         junk,
         st.builds(lambda name, data: make_zip([(name, data)]), member, junk),
-        st.builds(lambda cut, flip: make_zip([("model.npz", damaged(model_npz, cut, flip))]),
-                  st.integers(0, 1 << 16), st.integers(0, 1 << 16)),
-        st.builds(lambda text: make_zip([("model.json", text.encode())]),
-                  st.sampled_from(['{"n_features": 1000000000000, "n_classes": 2}',
-                                   '{"n_features": -1}', "[]", "null", "{",
-                                   '{"n_features": 3, "n_classes": 2, "n_hidden": 1e9}'])),
+        st.builds(
+            lambda cut, flip: make_zip([("model.npz", damaged(model_npz, cut, flip))]),
+            st.integers(0, 1 << 16),
+            st.integers(0, 1 << 16),
+        ),
+        st.builds(
+            lambda text: make_zip([("model.json", text.encode())]),
+            st.sampled_from(
+                [
+                    '{"n_features": 1000000000000, "n_classes": 2}',
+                    '{"n_features": -1}',
+                    "[]",
+                    "null",
+                    "{",
+                    '{"n_features": 3, "n_classes": 2, "n_hidden": 1e9}',
+                ]
+            ),
+        ),
         st.builds(lambda data: make_zip([("model.npz", model_npz), ("extra.bin", data)]), junk),
     )
 
@@ -179,19 +215,28 @@ def raw_request(server: Server, body: bytes, declared: int, headers: str = "") -
     port = int(server.url.rsplit(":", 1)[1])
     sock = socket.create_connection((HOST, port), timeout=60)
     token = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
-    head = (f"POST /training HTTP/1.1\r\nHost: {HOST}\r\nAuthorization: Basic {token}\r\n"
-            f"Content-Type: multipart/form-data; boundary=XyZ\r\n"
-            f"Content-Length: {declared}\r\n{headers}\r\n")
+    head = (
+        f"POST /training HTTP/1.1\r\nHost: {HOST}\r\nAuthorization: Basic {token}\r\n"
+        f"Content-Type: multipart/form-data; boundary=XyZ\r\n"
+        f"Content-Length: {declared}\r\n{headers}\r\n"
+    )
     sock.sendall(head.encode() + body)
     return sock
 
 
 def multipart(dataset: bytes) -> bytes:
-    fields = "".join(f'--XyZ\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'
-                     for k, v in MODEL.items())
-    return (fields + '--XyZ\r\nContent-Disposition: form-data; name="dataset"; '
-            'filename="d.csv"\r\nContent-Type: text/csv\r\n\r\n').encode() + dataset + \
-        b"\r\n--XyZ--\r\n"
+    fields = "".join(
+        f'--XyZ\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'
+        for k, v in MODEL.items()
+    )
+    return (
+        (
+            fields + '--XyZ\r\nContent-Disposition: form-data; name="dataset"; '
+            'filename="d.csv"\r\nContent-Type: text/csv\r\n\r\n'
+        ).encode()
+        + dataset
+        + b"\r\n--XyZ--\r\n"
+    )
 
 
 def open_files(server: Server) -> int:
@@ -218,7 +263,7 @@ def test_clients_that_hang_up_mid_upload(server, trained):
     for sent in (0, 1000, len(body) // 2, len(body) - 10):
         raw_request(server, body[:sent], len(body)).close()  # gone before the body ends
     # one that resets the connection mid-upload
-    sock = raw_request(server, body[:len(body) // 3], len(body))
+    sock = raw_request(server, body[: len(body) // 3], len(body))
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
     sock.close()
     # one that sends everything, then leaves before the answer
@@ -228,8 +273,10 @@ def test_clients_that_hang_up_mid_upload(server, trained):
     still_predicts(server, trained)
     # Only the complete upload reached the application (and trained, from the
     # model before); the cut ones were dropped with their spooled bodies.
-    eventually(lambda: server.log_text().count('"POST /training"') == answered + 1,
-               "the complete upload was answered")
+    eventually(
+        lambda: server.log_text().count('"POST /training"') == answered + 1,
+        "the complete upload was answered",
+    )
     eventually(lambda: open_files(server) <= files_before, "the server closed every file")
     after = json.loads(str(np.load(io.BytesIO(model_file.read_bytes()))["meta"]))["history"]
     assert after["trainings"] == before["trainings"] + 1
@@ -253,17 +300,23 @@ def test_every_endpoint_and_method_needs_credentials(tmp_path):
     users = Users(parse_users(f"{USER}:{PASSWORD}"))
     application = server_app.MoodleApp(config, LocalStorage(config.storage_dir), users)
     client = Client(application)
-    bad = [None, "Basic " + base64.b64encode(f"{USER}:wrong".encode()).decode(),
-           "Basic " + base64.b64encode(b"nobody:" + PASSWORD.encode()).decode(),
-           "Basic !!!", "Bearer token", "Basic " + base64.b64encode(b"no colon").decode()]
+    bad = [
+        None,
+        "Basic " + base64.b64encode(f"{USER}:wrong".encode()).decode(),
+        "Basic " + base64.b64encode(b"nobody:" + PASSWORD.encode()).decode(),
+        "Basic !!!",
+        "Bearer token",
+        "Basic " + base64.b64encode(b"no colon").decode(),
+    ]
     rules = [rule.rule for rule in application.url_map.iter_rules()]
     assert len(rules) >= 8  # the contract's eight, and whatever comes later
     for path in rules + ["/nothing", "/training/", "/../version/x"]:
         for method in ("GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"):
             for header in bad:
                 headers = {"Authorization": header} if header else {}
-                r = client.open(path, method=method, headers=headers,
-                                data={"uniqueid": "x", "dirhash": "y"})
+                r = client.open(
+                    path, method=method, headers=headers, data={"uniqueid": "x", "dirhash": "y"}
+                )
                 if path == "/version":
                     assert r.status_code in (200, 405), (path, method)
                 else:
@@ -293,16 +346,22 @@ def read_response(sock: socket.socket) -> bytes:
 
 
 def post_head(credentials: str | None, length: int) -> str:
-    auth = f"Authorization: Basic {base64.b64encode(credentials.encode()).decode()}\r\n" \
-        if credentials else ""
-    return (f"POST /training HTTP/1.1\r\nHost: {HOST}\r\n{auth}"
-            "Content-Type: multipart/form-data; boundary=XyZ\r\n"
-            f"Content-Length: {length}\r\n\r\n")
+    auth = (
+        f"Authorization: Basic {base64.b64encode(credentials.encode()).decode()}\r\n"
+        if credentials
+        else ""
+    )
+    return (
+        f"POST /training HTTP/1.1\r\nHost: {HOST}\r\n{auth}"
+        "Content-Type: multipart/form-data; boundary=XyZ\r\n"
+        f"Content-Length: {length}\r\n\r\n"
+    )
 
 
 @pytest.mark.parametrize("credentials", [None, f"{USER}:wrong", "nobody:secret", "nocolon"])
-def test_a_request_without_valid_credentials_is_answered_before_its_body(server, trained,
-                                                                           credentials):
+def test_a_request_without_valid_credentials_is_answered_before_its_body(
+    server, trained, credentials
+):
     """Only the headers are sent, 7 MiB declared: the 401 comes anyway (a
     server waiting for the body would never answer), and the connection closes."""
     sock = send_head(server, post_head(credentials, 7 << 20))
@@ -322,23 +381,29 @@ def pbkdf2_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
     tmp = tmp_path_factory.mktemp("pbkdf2-server")
     users = f"{make_entry(USER, PASSWORD, 20_000)},{make_entry('second', PASSWORD, 20_000)}"
-    srv = start_server(tmp, {"MOODLE_MLBACKEND_PYTHON_USERS": users,
-                             "MOODLE_MLBACKEND_PYTHON_DIR": str(tmp / "models")},
-                       "--max-upload-mb", "8")
+    srv = start_server(
+        tmp,
+        {
+            "MOODLE_MLBACKEND_PYTHON_USERS": users,
+            "MOODLE_MLBACKEND_PYTHON_DIR": str(tmp / "models"),
+        },
+        "--max-upload-mb",
+        "8",
+    )
     yield srv
     stop(srv.proc)
 
 
-def test_a_slow_entry_is_checked_before_the_body_then_the_request_goes_on(pbkdf2_server,
-                                                                          trained):
+def test_a_slow_entry_is_checked_before_the_body_then_the_request_goes_on(pbkdf2_server, trained):
     """Wrong password: 401 with the body unsent. Right password, first time:
     the request waits for the check, then its body is read and answered."""
     sock = send_head(pbkdf2_server, post_head(f"{USER}:wrong", 7 << 20))
     with sock:
         assert read_response(sock).startswith(b"HTTP/1.1 401")
     for _ in range(2):  # checked, then remembered
-        answer = pbkdf2_server.train("slow", "v1", str(Path(trained["predict"]).parent
-                                                       / "train.csv"))
+        answer = pbkdf2_server.train(
+            "slow", "v1", str(Path(trained["predict"]).parent / "train.csv")
+        )
         assert answer["status"] == 0, answer
     assert pbkdf2_server.proc.poll() is None
 
@@ -394,8 +459,10 @@ def test_a_path_with_line_breaks_writes_one_access_log_line(server, authenticate
     token = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
     auth = f"Authorization: Basic {token}\r\n" if authenticated else ""
     with socket.create_connection((HOST, port), timeout=60) as sock:
-        sock.sendall(f"GET /x%0A127.0.0.1%20admin%20%22POST%20/{marker}%22%20200 HTTP/1.1\r\n"
-                     f"Host: x\r\n{auth}Connection: close\r\n\r\n".encode())
+        sock.sendall(
+            f"GET /x%0A127.0.0.1%20admin%20%22POST%20/{marker}%22%20200 HTTP/1.1\r\n"
+            f"Host: x\r\n{auth}Connection: close\r\n\r\n".encode()
+        )
         assert read_response(sock).startswith(b"HTTP/1.1 40")
     eventually(lambda: marker in server.log_text(), "the request was logged")
     lines = [line for line in server.log_text().splitlines() if marker in line]
@@ -407,17 +474,23 @@ def test_a_path_with_line_breaks_writes_one_access_log_line(server, authenticate
 # Uploads and answers that were unexpected errors (issue 12)
 
 
-@pytest.mark.parametrize("entries,words", [
-    ([("a", b"1"), ("a/b", b"2")], "both a file and a directory"),
-    ([("a/b", b"2"), ("a", b"1")], "both a file and a directory"),
-    ([("model.npz", b"1"), ("model.npz", b"2")], "appears twice"),
-    ([("x" * 300, b"1")], "too long or too deep"),
-    ([("d/" * 2100 + "f", b"1")], "too long or too deep"),
-])
+@pytest.mark.parametrize(
+    "entries,words",
+    [
+        ([("a", b"1"), ("a/b", b"2")], "both a file and a directory"),
+        ([("a/b", b"2"), ("a", b"1")], "both a file and a directory"),
+        ([("model.npz", b"1"), ("model.npz", b"2")], "appears twice"),
+        ([("x" * 300, b"1")], "too long or too deep"),
+        ([("d/" * 2100 + "f", b"1")], "too long or too deep"),
+    ],
+)
 def test_zips_that_cannot_be_extracted_are_refused(server, trained, entries, words):
     archive = make_zip(entries)
-    r = server.post("import", {"uniqueid": "zips", "dirhash": "v1"},
-                    {"importzip": ("m.zip", io.BytesIO(archive))})
+    r = server.post(
+        "import",
+        {"uniqueid": "zips", "dirhash": "v1"},
+        {"importzip": ("m.zip", io.BytesIO(archive))},
+    )
     assert r.status_code == 400, (r.status_code, r.text)
     assert words in json_answer(r, (1,))["info"][0]
     no_temp_files(server)
@@ -434,8 +507,11 @@ def test_too_many_form_parts_get_the_right_413(server):
 
 def test_absurd_niterations_is_refused(server, trained):
     with open(Path(trained["predict"]).parent / "train.csv", "rb") as f:
-        r = server.post("evaluation", {**MODEL, "minscore": "0.6", "maxdeviation": "0.02",
-                                       "niterations": "1000000"}, {"dataset": f})
+        r = server.post(
+            "evaluation",
+            {**MODEL, "minscore": "0.6", "maxdeviation": "0.02", "niterations": "1000000"},
+            {"dataset": f},
+        )
     assert r.status_code == 200
     assert "from 1 to 100" in json_answer(r, (1,))["info"][0]
 
@@ -444,8 +520,11 @@ def test_error_answers_do_not_show_the_servers_paths(server, trained):
     model = server.storage / "paths" / "v1" / "classifier"
     model.mkdir(parents=True)
     (model / "model.npz").write_bytes(b"PK\x03\x04 damaged")
-    r = server.post("prediction", {"uniqueid": "paths", "dirhash": "v1"},
-                    {"dataset": ("d.csv", open(trained["predict"], "rb"))})
+    r = server.post(
+        "prediction",
+        {"uniqueid": "paths", "dirhash": "v1"},
+        {"dataset": ("d.csv", open(trained["predict"], "rb"))},
+    )
     info = json_answer(r, (1,))["info"][0]
     assert "paths/v1/classifier/model.npz" in info
     r2 = server.post("prediction", MODEL, {"dataset": ("d.csv", io.BytesIO(b"a,b\n1,2\n3,4\n"))})
@@ -464,9 +543,11 @@ def test_request_directories_of_a_dead_server_are_removed_at_start(tmp_path):
     for d in (stale, live):
         d.mkdir(parents=True)
         (d / "dataset").write_text("left behind")
-    env = {"MOODLE_MLBACKEND_PYTHON_USERS": f"{USER}:{PASSWORD}",
-           "MOODLE_MLBACKEND_PYTHON_DIR": str(tmp_path / "models"),
-           "MOODLE_MLBACKEND_TEMPDIR": str(tempdir)}
+    env = {
+        "MOODLE_MLBACKEND_PYTHON_USERS": f"{USER}:{PASSWORD}",
+        "MOODLE_MLBACKEND_PYTHON_DIR": str(tmp_path / "models"),
+        "MOODLE_MLBACKEND_TEMPDIR": str(tempdir),
+    }
     srv = start_server(tmp_path, env, name="cleaner")
     try:
         assert srv.get("version", auth=None).status_code == 200
@@ -481,19 +562,25 @@ def test_no_100_continue_before_the_credentials_are_checked(server, pbkdf2_serve
     right one (known, or checked while the request waits) gets it."""
     for srv in (server, pbkdf2_server):
         head = post_head(f"{USER}:wrong", 7 << 20).replace(
-            "\r\n\r\n", "\r\nExpect: 100-continue\r\n\r\n")
+            "\r\n\r\n", "\r\nExpect: 100-continue\r\n\r\n"
+        )
         with send_head(srv, head) as sock:
             assert read_response(sock).startswith(b"HTTP/1.1 401")
     with open(Path(trained["predict"]).parent / "train.csv", "rb") as f:
         body = multipart(f.read())
     # known good at start-up; checked while the request waits (only this
     # test uses "second"); a wrong password checked while it waits
-    for srv, user, password in ((server, USER, PASSWORD), (pbkdf2_server, "second", PASSWORD),
-                                (pbkdf2_server, "second", "wrong")):
+    for srv, user, password in (
+        (server, USER, PASSWORD),
+        (pbkdf2_server, "second", PASSWORD),
+        (pbkdf2_server, "second", "wrong"),
+    ):
         token = base64.b64encode(f"{user}:{password}".encode()).decode()
-        head = (f"POST /training HTTP/1.1\r\nHost: {HOST}\r\nAuthorization: Basic {token}\r\n"
-                "Content-Type: multipart/form-data; boundary=XyZ\r\nExpect: 100-continue\r\n"
-                f"Connection: close\r\nContent-Length: {len(body)}\r\n\r\n")
+        head = (
+            f"POST /training HTTP/1.1\r\nHost: {HOST}\r\nAuthorization: Basic {token}\r\n"
+            "Content-Type: multipart/form-data; boundary=XyZ\r\nExpect: 100-continue\r\n"
+            f"Connection: close\r\nContent-Length: {len(body)}\r\n\r\n"
+        )
         with send_head(srv, head) as sock:
             first = sock.recv(100)
             if password == "wrong":

@@ -1,16 +1,27 @@
 """Server mode with S3 storage: moto's S3 server as a real endpoint on
 loopback, and two `mlbackend serve` processes sharing one bucket, as
 servers behind a load balancer do. Whatever one server did, the other sees."""
+
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
-
-from serverutil import (PASSWORD, USER, Server, aws_env, dirhash, files_under, start_moto,
-                        start_server, stop, zip_names)
+from serverutil import (
+    PASSWORD,
+    USER,
+    Server,
+    aws_env,
+    dirhash,
+    files_under,
+    start_moto,
+    start_server,
+    stop,
+    zip_names,
+)
 
 pytest.importorskip("moto")
 boto3 = pytest.importorskip("boto3")
@@ -24,8 +35,12 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     endpoint, moto = start_moto(tmp)
     env = aws_env(tmp)
     client = boto3.session.Session().client(
-        "s3", endpoint_url=endpoint, aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"], region_name=env["AWS_DEFAULT_REGION"])
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+        region_name=env["AWS_DEFAULT_REGION"],
+    )
     client.create_bucket(Bucket=BUCKET)
     yield {"tmp": tmp, "endpoint": endpoint, "client": client, "env": env}
     stop(moto)
@@ -33,8 +48,11 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def servers(s3: dict[str, Any]) -> Iterator[tuple[Server, Server]]:
-    env = {**s3["env"], "MOODLE_MLBACKEND_PYTHON_USERS": f"{USER}:{PASSWORD}",
-           "MOODLE_MLBACKEND_PYTHON_S3_BUCKET_NAME": BUCKET}
+    env = {
+        **s3["env"],
+        "MOODLE_MLBACKEND_PYTHON_USERS": f"{USER}:{PASSWORD}",
+        "MOODLE_MLBACKEND_PYTHON_S3_BUCKET_NAME": BUCKET,
+    }
     first = start_server(s3["tmp"], env, "--s3-endpoint-url", s3["endpoint"], name="a")
     try:
         second = start_server(s3["tmp"], env, "--s3-endpoint-url", s3["endpoint"], name="b")
@@ -88,8 +106,11 @@ def test_the_whole_flow_across_two_servers(s3, servers, binary_data):
     predictions = b.predict(m["uniqueid"], m["dirhash"], binary_data["predict"])
 
     with open(binary_data["train"], "rb") as f:
-        r = a.post("evaluation", {**m, "minscore": "0.7", "maxdeviation": "0.05",
-                                  "niterations": "1"}, {"dataset": f})
+        r = a.post(
+            "evaluation",
+            {**m, "minscore": "0.7", "maxdeviation": "0.05", "niterations": "1"},
+            {"dataset": f},
+        )
     assert r.status_code == 200
     runid = r.json()["runid"]
     # the run's logs went to the bucket, so the other server can hand them out
@@ -106,17 +127,25 @@ def test_the_whole_flow_across_two_servers(s3, servers, binary_data):
 
     # trained-model evaluation reads the model from the bucket
     with open(binary_data["train"], "rb") as f:
-        r = b.post("evaluation", {**copy, "dirhash": "check", "minscore": "0.7",
-                                  "maxdeviation": "0.05", "niterations": "1",
-                                  "trainedmodeldirhash": copy["dirhash"]}, {"dataset": f})
+        r = b.post(
+            "evaluation",
+            {
+                **copy,
+                "dirhash": "check",
+                "minscore": "0.7",
+                "maxdeviation": "0.05",
+                "niterations": "1",
+                "trainedmodeldirhash": copy["dirhash"],
+            },
+            {"dataset": f},
+        )
     assert r.status_code == 200
     assert r.json()["status"] in (0, 4, 8, 12)
 
     for model in (m, copy):
         assert b.post("deletemodel", {"uniqueid": model["uniqueid"]}).text == "Ok"
         assert keys(s3, model["uniqueid"] + "/") == []
-        assert a.predict(model["uniqueid"], model["dirhash"],
-                         binary_data["predict"])["status"] == 2
+        assert a.predict(model["uniqueid"], model["dirhash"], binary_data["predict"])["status"] == 2
         assert a.get("export", model).status_code == 503
     assert_stateless(a, b)
 
@@ -143,7 +172,10 @@ def test_a_bad_object_in_the_bucket_is_a_server_error_not_a_crash(s3, servers, b
 
 
 def test_refuses_to_start_without_the_bucket(s3, tmp_path):
-    env = {**s3["env"], "MOODLE_MLBACKEND_PYTHON_USERS": f"{USER}:{PASSWORD}",
-           "MOODLE_MLBACKEND_PYTHON_S3_BUCKET_NAME": "no-such-bucket"}
+    env = {
+        **s3["env"],
+        "MOODLE_MLBACKEND_PYTHON_USERS": f"{USER}:{PASSWORD}",
+        "MOODLE_MLBACKEND_PYTHON_S3_BUCKET_NAME": "no-such-bucket",
+    }
     with pytest.raises(RuntimeError, match="no-such-bucket"):
         start_server(Path(tmp_path), env, "--s3-endpoint-url", s3["endpoint"])

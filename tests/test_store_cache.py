@@ -1,4 +1,5 @@
 """The in-memory model cache of `store.load`: fast repeated predictions, never stale."""
+
 from __future__ import annotations
 
 import os
@@ -11,10 +12,19 @@ from mlbackend.inference import Model
 
 def tiny_model(seed: int) -> Model:
     rng = np.random.default_rng(seed)
-    return Model(classes=[0, 1], nfeatures=3, columns=np.arange(3), mean=np.zeros(3, np.float32),
-                 scale=np.ones(3, np.float32),
-                 weights=[rng.normal(size=(3, 4)).astype(np.float32), np.zeros(4, np.float32),
-                          rng.normal(size=(4, 2)).astype(np.float32), np.zeros(2, np.float32)])
+    return Model(
+        classes=[0, 1],
+        nfeatures=3,
+        columns=np.arange(3),
+        mean=np.zeros(3, np.float32),
+        scale=np.ones(3, np.float32),
+        weights=[
+            rng.normal(size=(3, 4)).astype(np.float32),
+            np.zeros(4, np.float32),
+            rng.normal(size=(4, 2)).astype(np.float32),
+            np.zeros(2, np.float32),
+        ],
+    )
 
 
 def save(model_dir: str, model: Model) -> None:

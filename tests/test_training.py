@@ -1,18 +1,18 @@
 """The model and its storage, in process: parity of the NumPy forward pass
 with TensorFlow's, continued training, atomic and validated storage, and
 every model format still predicting as it did (tests/golden/)."""
+
 from __future__ import annotations
 
 import json
 import os
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
+from oracle import keras_predict_proba
 
 from mlbackend import dataset, store, synthetic, training
-from oracle import keras_predict_proba
 from mlbackend.contract import BackendError
 from mlbackend.inference import Model
 
@@ -21,8 +21,6 @@ from mlbackend.inference import Model
 def trained(binary_data):
     ds = dataset.read_training(binary_data["train"], tensorflow=True)
     return ds, training.train(ds.X, ds.y, ds.classes, ds.feature_names)
-
-
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +49,7 @@ def test_the_encoding_follows_the_training_quantiles(finely_encoded):
     assert len(enc.counts) == len(m.columns) and enc.counts.max() == min(most, 33)
     start = 0
     for j, count in enumerate(enc.counts):
-        edges = enc.edges[start:start + count]
+        edges = enc.edges[start : start + count]
         start += count
         column = X[:, m.columns[j]]
         distinct = np.unique(column)
@@ -77,18 +75,26 @@ def test_continued_training_of_an_old_format_model_keeps_its_inputs(trained):
     ds, m = trained
     rng = np.random.default_rng(3)
     width = len(m.columns)
-    old = Model(classes=[0, 1], nfeatures=ds.nfeatures, columns=m.columns,
-                mean=rng.normal(0, 0.1, width).astype(np.float32),
-                scale=np.ones(width, np.float32),
-                weights=[rng.normal(0, 0.3, (width, 8)).astype(np.float32),
-                         np.zeros(8, np.float32),
-                         rng.normal(0, 0.3, (8, 2)).astype(np.float32), np.zeros(2, np.float32)])
+    old = Model(
+        classes=[0, 1],
+        nfeatures=ds.nfeatures,
+        columns=m.columns,
+        mean=rng.normal(0, 0.1, width).astype(np.float32),
+        scale=np.ones(width, np.float32),
+        weights=[
+            rng.normal(0, 0.3, (width, 8)).astype(np.float32),
+            np.zeros(8, np.float32),
+            rng.normal(0, 0.3, (8, 2)).astype(np.float32),
+            np.zeros(2, np.float32),
+        ],
+    )
     again = training.train(ds.X[:300], ds.y[:300], ds.classes, ds.feature_names, previous=old)
     assert again.encoding is None and again.format_version == 1
     np.testing.assert_array_equal(again.mean, old.mean)
     assert json.loads(str(again.to_arrays()["meta"]))["format_version"] == 1
-    np.testing.assert_allclose(again.predict_proba(ds.X), keras_predict_proba(again, ds.X),
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        again.predict_proba(ds.X), keras_predict_proba(again, ds.X), atol=1e-5
+    )
 
 
 def test_constant_columns_are_dropped_and_remembered(trained):
@@ -149,8 +155,11 @@ def test_a_reader_sees_the_old_model_or_the_new_never_a_partial_one(trained, tmp
             except Exception as exc:  # noqa: BLE001 - a partial file: recorded, then failed
                 seen.append(repr(exc))
                 continue
-            seen.append(next((i for i, ans in enumerate(answers) if np.array_equal(p, ans)),
-                             "another model"))
+            seen.append(
+                next(
+                    (i for i, ans in enumerate(answers) if np.array_equal(p, ans)), "another model"
+                )
+            )
 
     reader = threading.Thread(target=read)
     reader.start()
@@ -187,8 +196,10 @@ def test_stray_temporary_files_are_cleaned_by_the_next_writer(tmp_path):
     assert not (tmp_path / "classifier" / ".tmp-killed.npz").exists()
 
 
-@pytest.mark.parametrize("damage", ["truncate", "bad shape", "pickle inside", "future",
-                                    "edges not increasing", "edges missing"])
+@pytest.mark.parametrize(
+    "damage",
+    ["truncate", "bad shape", "pickle inside", "future", "edges not increasing", "edges missing"],
+)
 def test_damaged_models_are_refused(trained, tmp_path, damage):
     _, m = trained
     arrays = m.to_arrays()
@@ -203,8 +214,9 @@ def test_damaged_models_are_refused(trained, tmp_path, damage):
         arrays["columns"] = np.array([object()], dtype=object)
         np.savez(path, **arrays)
     elif damage == "future":
-        arrays["meta"] = np.array(re.sub(r'"format_version": \d+', '"format_version": 99',
-                                         str(arrays["meta"])))
+        arrays["meta"] = np.array(
+            re.sub(r'"format_version": \d+', '"format_version": 99', str(arrays["meta"]))
+        )
         np.savez(path, **arrays)
     elif damage == "edges not increasing":
         arrays["encoding_edges"] = arrays["encoding_edges"][::-1].copy()

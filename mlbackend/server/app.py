@@ -22,6 +22,7 @@ throws on anything but 200, and reads the JSON `status` of a 200 answer.
 
 `http_status` is the one place that decides.
 """
+
 from __future__ import annotations
 
 import logging
@@ -31,7 +32,8 @@ import re
 import tempfile
 import threading
 import traceback
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
 from werkzeug.routing import Map, Rule
@@ -105,23 +107,27 @@ class MoodleApp:
 
         class LimitedRequest(Request):
             max_content_length = config.max_upload_bytes
-            max_form_memory_size = 1 << 20   # the text fields, not the files
+            max_form_memory_size = 1 << 20  # the text fields, not the files
             max_form_parts = 100
 
         self.request_class = LimitedRequest
-        self.url_map = Map([
-            Rule("/version", endpoint="version", methods=["GET"]),
-            Rule("/training", endpoint="training", methods=["POST"]),
-            Rule("/prediction", endpoint="prediction", methods=["POST"]),
-            Rule("/evaluation", endpoint="evaluation", methods=["POST"]),
-            Rule("/evaluationlog", endpoint="evaluationlog", methods=["GET"]),
-            Rule("/export", endpoint="export", methods=["GET"]),
-            Rule("/import", endpoint="import_", methods=["POST"]),
-            Rule("/deletemodel", endpoint="deletemodel", methods=["POST"]),
-        ], strict_slashes=False)
+        self.url_map = Map(
+            [
+                Rule("/version", endpoint="version", methods=["GET"]),
+                Rule("/training", endpoint="training", methods=["POST"]),
+                Rule("/prediction", endpoint="prediction", methods=["POST"]),
+                Rule("/evaluation", endpoint="evaluation", methods=["POST"]),
+                Rule("/evaluationlog", endpoint="evaluationlog", methods=["GET"]),
+                Rule("/export", endpoint="export", methods=["GET"]),
+                Rule("/import", endpoint="import_", methods=["POST"]),
+                Rule("/deletemodel", endpoint="deletemodel", methods=["POST"]),
+            ],
+            strict_slashes=False,
+        )
 
-    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]
-                 ) -> Iterable[bytes]:
+    def __call__(
+        self, environ: dict[str, Any], start_response: Callable[..., Any]
+    ) -> Iterable[bytes]:
         request = self.request_class(environ)
         response = self.dispatch(request)
         return response(environ, start_response)
@@ -132,14 +138,20 @@ class MoodleApp:
         if request.path.rstrip("/") != "/version":
             user, password = basic_credentials(request.headers.get("Authorization")) or (None, None)
             if not self.users.check(user, password):
-                return _text("Incorrect user and/or password.\n", 401,
-                             {"WWW-Authenticate": 'Basic realm="mlbackend"'})
+                return _text(
+                    "Incorrect user and/or password.\n",
+                    401,
+                    {"WWW-Authenticate": 'Basic realm="mlbackend"'},
+                )
             request.environ[USER_KEY] = user
         try:
             endpoint, _ = self.url_map.bind_to_environ(request.environ).match()
         except MethodNotAllowed as exc:
-            return _text(f"Method {request.method} is not allowed here.\n", 405,
-                         {"Allow": ", ".join(exc.valid_methods or [])})
+            return _text(
+                f"Method {request.method} is not allowed here.\n",
+                405,
+                {"Allow": ", ".join(exc.valid_methods or [])},
+            )
         except NotFound:
             return _text("No such endpoint.\n", 404)
         handler = getattr(self, "on_" + endpoint)
@@ -153,12 +165,20 @@ class MoodleApp:
                 log.error("%s %s: %s", request.method, request.path, exc.message)
             return _json(exc.answer(), code)
         except HTTPException as exc:  # e.g. a malformed multipart body
-            return _json({"status": GENERAL_ERROR, "info": [exc.description or exc.name]},
-                         exc.code or 400)
+            return _json(
+                {"status": GENERAL_ERROR, "info": [exc.description or exc.name]}, exc.code or 400
+            )
         except Exception as exc:  # noqa: BLE001 - every request gets an answer
             log.error("%s %s failed:\n%s", request.method, request.path, traceback.format_exc())
-            return _json({"status": GENERAL_ERROR, "info": [
-                f"Unexpected server error ({type(exc).__name__}). See the server log."]}, 500)
+            return _json(
+                {
+                    "status": GENERAL_ERROR,
+                    "info": [
+                        f"Unexpected server error ({type(exc).__name__}). See the server log."
+                    ],
+                },
+                500,
+            )
 
     # ------------------------------------------------------------------
     # The endpoints
@@ -171,8 +191,11 @@ class MoodleApp:
         with _request_dir() as tmp:
             dataset = _upload(request, "dataset", tmp)
             with self._training_slot():
-                return _json(self.storage.update(
-                    uniqueid, dirhash, lambda model_dir: actions.train(model_dir, dataset)))
+                return _json(
+                    self.storage.update(
+                        uniqueid, dirhash, lambda model_dir: actions.train(model_dir, dataset)
+                    )
+                )
 
     def on_prediction(self, request: Request) -> Response:
         uniqueid, dirhash = _ids(request)
@@ -192,12 +215,19 @@ class MoodleApp:
             with self.storage.model(uniqueid, dirhash, fetch=False) as model_dir:
                 if trained_hash:
                     with self.storage.model(uniqueid, trained_hash, fetch=True) as trained:
-                        result = actions.evaluate(model_dir, dataset, min_score, max_deviation,
-                                                  iterations, trained_model_dir=trained)
+                        result = actions.evaluate(
+                            model_dir,
+                            dataset,
+                            min_score,
+                            max_deviation,
+                            iterations,
+                            trained_model_dir=trained,
+                        )
                 else:
                     with self._training_slot():
-                        result = actions.evaluate(model_dir, dataset, min_score, max_deviation,
-                                                  iterations)
+                        result = actions.evaluate(
+                            model_dir, dataset, min_score, max_deviation, iterations
+                        )
                 self.storage.keep_run_logs(uniqueid, dirhash, model_dir, result["runid"])
             if not self.storage.keeps_model_dirs:
                 # That directory is gone when the request ends: the logs are
@@ -215,8 +245,7 @@ class MoodleApp:
 
     def on_export(self, request: Request) -> Response:
         uniqueid, dirhash = _ids(request)
-        with _request_dir() as tmp, \
-                self.storage.model(uniqueid, dirhash, fetch=True) as model_dir:
+        with _request_dir() as tmp, self.storage.model(uniqueid, dirhash, fetch=True) as model_dir:
             exported = actions.export(model_dir, os.path.join(tmp, "export"))
             return _zip(uploads.zip_directory(exported), "export.zip")
 
@@ -226,9 +255,12 @@ class MoodleApp:
             archive = _upload(request, "importzip", tmp)
             unpacked = os.path.join(tmp, "import")
             uploads.safe_extract(archive, unpacked, self.config.max_unzipped_bytes)
-            self.storage.update(uniqueid, dirhash,
-                                lambda model_dir: actions.import_(model_dir, unpacked),
-                                replace=True)
+            self.storage.update(
+                uniqueid,
+                dirhash,
+                lambda model_dir: actions.import_(model_dir, unpacked),
+                replace=True,
+            )
         return _text("Ok")
 
     def on_deletemodel(self, request: Request) -> Response:
@@ -241,14 +273,18 @@ class MoodleApp:
     def _too_large(self, request: Request) -> str:
         """Which limit the request broke: werkzeug says only "too large"."""
         if (request.content_length or 0) > self.config.max_upload_bytes:
-            return (f"The upload is larger than the server accepts "
-                    f"({self.config.max_upload_bytes // (1 << 20)} MiB, mlbackend serve "
-                    f"--max-upload-mb).")
-        return (f"The request has more than {self.request_class.max_form_parts} form parts "
-                f"or a text field over {self.request_class.max_form_memory_size >> 20} MiB; "
-                "Moodle sends a few short fields and one file.")
+            return (
+                f"The upload is larger than the server accepts "
+                f"({self.config.max_upload_bytes // (1 << 20)} MiB, mlbackend serve "
+                f"--max-upload-mb)."
+            )
+        return (
+            f"The request has more than {self.request_class.max_form_parts} form parts "
+            f"or a text field over {self.request_class.max_form_memory_size >> 20} MiB; "
+            "Moodle sends a few short fields and one file."
+        )
 
-    def _training_slot(self) -> "_Slot":
+    def _training_slot(self) -> _Slot:
         return _Slot(self.trainings)
 
 
@@ -274,8 +310,9 @@ REQUEST_PREFIX = "mlbackend-req-"
 
 def _request_dir() -> tempfile.TemporaryDirectory[str]:
     """A directory for this request's files, removed when the request ends."""
-    return tempfile.TemporaryDirectory(prefix=f"{REQUEST_PREFIX}{os.getpid()}-",
-                                       ignore_cleanup_errors=True)
+    return tempfile.TemporaryDirectory(
+        prefix=f"{REQUEST_PREFIX}{os.getpid()}-", ignore_cleanup_errors=True
+    )
 
 
 def clean_request_dirs(temp_dir: str) -> int:
@@ -288,7 +325,7 @@ def clean_request_dirs(temp_dir: str) -> int:
     except OSError:
         return 0
     for name in names:
-        pid, sep, _ = name[len(REQUEST_PREFIX):].partition("-")
+        pid, sep, _ = name[len(REQUEST_PREFIX) :].partition("-")
         if not name.startswith(REQUEST_PREFIX) or not sep or not pid.isdigit():
             continue
         if int(pid) != os.getpid() and _running(int(pid)):
@@ -314,8 +351,9 @@ def _id(request: Request, field: str) -> str:
         raise RequestError(f"The field {field} is missing.")
     value = store.safe_name(raw)
     if not value:
-        raise RequestError(f"The field {field} has no usable characters "
-                           "(letters, digits, '_' and '-').")
+        raise RequestError(
+            f"The field {field} has no usable characters (letters, digits, '_' and '-')."
+        )
     return value
 
 
@@ -349,8 +387,9 @@ def _upload(request: Request, field: str, directory: str) -> str:
 
 def _json(obj: dict[str, Any], status: int = 200) -> Response:
     if status != 200 or obj.get("status"):
-        obj = dict(obj, info=[hide_paths(i) if isinstance(i, str) else i
-                              for i in obj.get("info", [])])
+        obj = dict(
+            obj, info=[hide_paths(i) if isinstance(i, str) else i for i in obj.get("info", [])]
+        )
     return Response(to_json_line(obj) + "\n", status=status, mimetype="application/json")
 
 
@@ -376,5 +415,8 @@ def _text(text: str, status: int = 200, headers: dict[str, str] | None = None) -
 
 
 def _zip(data: bytes, name: str) -> Response:
-    return Response(data, mimetype="application/zip",
-                    headers={"Content-Disposition": f'attachment; filename="{name}"'})
+    return Response(
+        data,
+        mimetype="application/zip",
+        headers={"Content-Disposition": f'attachment; filename="{name}"'},
+    )

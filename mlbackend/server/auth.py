@@ -24,6 +24,7 @@ on every request. So a successful check is remembered, in this process
 only, under an HMAC of the credentials with a key made at start-up (plain
 entries are put there at start-up); a wrong password is never remembered.
 """
+
 from __future__ import annotations
 
 import base64
@@ -53,9 +54,10 @@ VERIFIED_CACHE_SIZE = 1024
 
 HOW_TO_CREATE = (
     f"Set {USERS_ENV} to comma-separated user:password entries, for example "
-    f"{USERS_ENV}=\"$(mlbackend passwd moodle)\" (prompts for the password and prints a "
+    f'{USERS_ENV}="$(mlbackend passwd moodle)" (prompts for the password and prints a '
     "salted, iterated hash entry). Moodle's admin settings for the ML server take the "
-    "same user name and the plain password.")
+    "same user name and the plain password."
+)
 
 
 class UsersError(BackendError):
@@ -67,7 +69,7 @@ class Credential:
     """One user's stored password: `scheme` is 'plain', a hashlib name, or PBKDF2."""
 
     scheme: str
-    secret: str              # plain password, or the hex digest
+    secret: str  # plain password, or the hex digest
     salt: str = ""
     iterations: int = 0
 
@@ -104,24 +106,32 @@ def parse_credential(user: str, text: str) -> Credential:
     scheme = parts[0]
     if scheme == PBKDF2_SCHEME:
         if len(parts) != 4 or not parts[1].isdigit() or not _HEX.match(parts[3]):
-            raise UsersError(f"The password entry of user {user!r} in {USERS_ENV} is not "
-                             f"{PBKDF2_SCHEME}:ITERATIONS:SALT:HEXDIGEST. {HOW_TO_CREATE}")
+            raise UsersError(
+                f"The password entry of user {user!r} in {USERS_ENV} is not "
+                f"{PBKDF2_SCHEME}:ITERATIONS:SALT:HEXDIGEST. {HOW_TO_CREATE}"
+            )
         iterations = int(parts[1])
         if iterations < PBKDF2_MIN_ITERATIONS:
-            raise UsersError(f"The password entry of user {user!r} has {iterations} PBKDF2 "
-                             f"iterations; at least {PBKDF2_MIN_ITERATIONS} are needed. "
-                             f"{HOW_TO_CREATE}")
+            raise UsersError(
+                f"The password entry of user {user!r} has {iterations} PBKDF2 "
+                f"iterations; at least {PBKDF2_MIN_ITERATIONS} are needed. "
+                f"{HOW_TO_CREATE}"
+            )
         return Credential(PBKDF2_SCHEME, parts[3].lower(), salt=parts[2], iterations=iterations)
     if scheme in hashlib.algorithms_guaranteed and not scheme.startswith("shake"):
-        salt, _, digest = text[len(scheme) + 1:].partition(":")
+        salt, _, digest = text[len(scheme) + 1 :].partition(":")
         size = hashlib.new(scheme).digest_size
         if not digest or not _HEX.match(digest) or len(digest) != 2 * size:
-            raise UsersError(f"The password entry of user {user!r} in {USERS_ENV} is not "
-                             f"{scheme}:SALT:HEXDIGEST. {HOW_TO_CREATE}")
+            raise UsersError(
+                f"The password entry of user {user!r} in {USERS_ENV} is not "
+                f"{scheme}:SALT:HEXDIGEST. {HOW_TO_CREATE}"
+            )
         return Credential(scheme, digest.lower(), salt=salt)
-    raise UsersError(f"The password of user {user!r} in {USERS_ENV} contains ':' but "
-                     f"{scheme!r} is not a known hash (plain-text passwords may not contain "
-                     f"':' or ','). {HOW_TO_CREATE}")
+    raise UsersError(
+        f"The password of user {user!r} in {USERS_ENV} contains ':' but "
+        f"{scheme!r} is not a known hash (plain-text passwords may not contain "
+        f"':' or ','). {HOW_TO_CREATE}"
+    )
 
 
 def parse_users(text: str | None) -> dict[str, Credential]:
@@ -132,11 +142,12 @@ def parse_users(text: str | None) -> dict[str, Credential]:
             continue
         user, sep, password = entry.partition(":")
         if not sep or not user:
-            raise UsersError(f"Entry {number} of {USERS_ENV} is not user:password. "
-                             f"{HOW_TO_CREATE}")
+            raise UsersError(f"Entry {number} of {USERS_ENV} is not user:password. {HOW_TO_CREATE}")
         if not password:
-            raise UsersError(f"The password of user {user!r} in {USERS_ENV} is empty; a user "
-                             f"without a password is refused. {HOW_TO_CREATE}")
+            raise UsersError(
+                f"The password of user {user!r} in {USERS_ENV} is empty; a user "
+                f"without a password is refused. {HOW_TO_CREATE}"
+            )
         if user in users:
             log.warning("user %r appears twice in %s; the later entry counts", user, USERS_ENV)
         users[user] = parse_credential(user, password)
@@ -169,17 +180,22 @@ class Users:
         self._iterations = max(c.iterations for c in users.values())
         slowest = max(users.values(), key=lambda c: (c.slow, c.iterations))
         size = len(slowest.expected())
-        self._dummy = Credential(slowest.scheme, "" if slowest.scheme == "plain" else "00" * size,
-                                 salt=secrets.token_hex(16), iterations=slowest.iterations)
+        self._dummy = Credential(
+            slowest.scheme,
+            "" if slowest.scheme == "plain" else "00" * size,
+            salt=secrets.token_hex(16),
+            iterations=slowest.iterations,
+        )
         self._key = secrets.token_bytes(32)
         self._verified: collections.OrderedDict[bytes, None] = collections.OrderedDict()
-        self._permanent = {self._token(user, c.secret) for user, c in users.items()
-                           if c.scheme == "plain"}
+        self._permanent = {
+            self._token(user, c.secret) for user, c in users.items() if c.scheme == "plain"
+        }
         self._lock = threading.Lock()
         self._slow = threading.Lock()
 
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None) -> "Users":
+    def from_env(cls, environ: dict[str, str] | None = None) -> Users:
         env = os.environ if environ is None else environ
         return cls(parse_users(env.get(USERS_ENV)))
 
@@ -187,8 +203,13 @@ class Users:
         return len(self._users)
 
     def _token(self, user: str, password: str) -> bytes:
-        return hmac.new(self._key, user.encode("utf-8", "surrogatepass") + b"\0"
-                        + password.encode("utf-8", "surrogatepass"), hashlib.sha256).digest()
+        return hmac.new(
+            self._key,
+            user.encode("utf-8", "surrogatepass")
+            + b"\0"
+            + password.encode("utf-8", "surrogatepass"),
+            hashlib.sha256,
+        ).digest()
 
     def is_verified(self, user: str | None, password: str | None) -> bool:
         """True for credentials known good without hashing: cheap, for every caller."""
@@ -215,8 +236,9 @@ class Users:
         with self._slow:
             good = hmac.compare_digest(credential.digest(password), credential.expected())
             if credential.iterations < self._iterations:  # cost as much as the slowest entry
-                hashlib.pbkdf2_hmac("sha256", b"", b"padding",
-                                    self._iterations - credential.iterations)
+                hashlib.pbkdf2_hmac(
+                    "sha256", b"", b"padding", self._iterations - credential.iterations
+                )
         if good and known:
             with self._lock:
                 self._verified[self._token(user, password)] = None
@@ -255,16 +277,19 @@ def make_entry(user: str, password: str, iterations: int = PBKDF2_ITERATIONS) ->
     if iterations < PBKDF2_MIN_ITERATIONS:
         raise BackendError(f"At least {PBKDF2_MIN_ITERATIONS} iterations are needed.")
     salt = secrets.token_hex(16)
-    digest = hashlib.pbkdf2_hmac("sha256", password.encode("utf-8"), salt.encode("utf-8"),
-                                 iterations)
+    digest = hashlib.pbkdf2_hmac(
+        "sha256", password.encode("utf-8"), salt.encode("utf-8"), iterations
+    )
     return f"{user}:{PBKDF2_SCHEME}:{iterations}:{salt}:{digest.hex()}"
 
 
 def check_user_name(user: str) -> None:
     """User names end at ':' and entries at ','; Basic auth cannot carry a ':' either."""
     if not user or set(user) & set(",:\n\r"):
-        raise BackendError(f"The user name {user!r} cannot be used: it must be non-empty and "
-                           "contain no ',', ':' or line break.")
+        raise BackendError(
+            f"The user name {user!r} cannot be used: it must be non-empty and "
+            "contain no ',', ':' or line break."
+        )
 
 
 def new_password() -> str:

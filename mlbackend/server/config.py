@@ -4,15 +4,15 @@ Moodle's contract names the environment variables (users, storage
 directory, S3 bucket, temporary directory); everything about how the server
 runs (address, threads, limits) is an option of `mlbackend serve`.
 """
+
 from __future__ import annotations
 
 import argparse
 import os
 from dataclasses import dataclass
 
-from mlbackend.contract import BackendError
-
 from mlbackend import VERSION_OVERRIDE_ENV
+from mlbackend.contract import BackendError
 from mlbackend.server.auth import USERS_ENV
 
 DIR_ENV = "MOODLE_MLBACKEND_PYTHON_DIR"
@@ -23,17 +23,29 @@ TEMPDIR_ENV = "MOODLE_MLBACKEND_TEMPDIR"
 #: reference in docs/server.md is generated from this list.
 ENVIRONMENT: list[tuple[str, str]] = [
     (USERS_ENV, "comma-separated `user:password` entries (required; formats below)"),
-    (DIR_ENV, "directory of the models, `DIR/UNIQUEID/DIRHASH/` (default: `mlbackend/server` "
-              "under the platform's user data directory, e.g. "
-              "`~/.local/share/mlbackend/server`)"),
+    (
+        DIR_ENV,
+        "directory of the models, `DIR/UNIQUEID/DIRHASH/` (default: `mlbackend/server` "
+        "under the platform's user data directory, e.g. "
+        "`~/.local/share/mlbackend/server`)",
+    ),
     (S3_BUCKET_ENV, "keep the models in this S3 bucket instead of a directory"),
-    ("AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION, AWS_PROFILE, "
-     "AWS_ENDPOINT_URL, ...", "S3 credentials, region and endpoint, read by boto3 as usual "
-                              "(an instance role works too)"),
-    (TEMPDIR_ENV, "directory for temporary files (uploads, models fetched from S3); default: "
-                  "the system's (`TMPDIR`, `/tmp`)"),
-    (VERSION_OVERRIDE_ENV, "version `/version` reports, for Moodle releases with another "
-                           "version gate"),
+    (
+        "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION, AWS_PROFILE, "
+        "AWS_ENDPOINT_URL, ...",
+        "S3 credentials, region and endpoint, read by boto3 as usual (an instance role works too)",
+    ),
+    (
+        TEMPDIR_ENV,
+        "directory for temporary files (uploads, models fetched from S3); default: "
+        "the system's (`TMPDIR`, `/tmp`). Each request's directory is "
+        "`mlbackend-req-PID-...`; at start the server removes those of servers no longer "
+        "running (killed mid-request)",
+    ),
+    (
+        VERSION_OVERRIDE_ENV,
+        "version `/version` reports, for Moodle releases with another version gate",
+    ),
 ]
 
 MIB = 1 << 20
@@ -47,15 +59,16 @@ class ServerConfig:
     max_trainings: int = 1
     max_upload_bytes: int = 512 * MIB
     max_unzipped_bytes: int = 256 * MIB
-    storage_dir: str | None = None      # local storage; None with S3
+    storage_dir: str | None = None  # local storage; None with S3
     s3_bucket: str | None = None
     s3_endpoint_url: str | None = None
     temp_dir: str | None = None
     trusted_proxy: str | None = None
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace,
-                  environ: dict[str, str] | os._Environ[str] | None = None) -> "ServerConfig":
+    def from_args(
+        cls, args: argparse.Namespace, environ: dict[str, str] | os._Environ[str] | None = None
+    ) -> ServerConfig:
         env = os.environ if environ is None else environ
         for name in ("workers", "max_trainings", "max_upload_mb", "max_unzipped_mb"):
             if getattr(args, name) < 1:
@@ -69,13 +82,19 @@ class ServerConfig:
         storage_dir = None
         if bucket is None:
             storage_dir = env.get(DIR_ENV, "").strip() or default_storage_dir()
-        return cls(host=args.host, port=args.port, workers=args.workers,
-                   max_trainings=args.max_trainings,
-                   max_upload_bytes=args.max_upload_mb * MIB,
-                   max_unzipped_bytes=args.max_unzipped_mb * MIB,
-                   storage_dir=storage_dir, s3_bucket=bucket,
-                   s3_endpoint_url=args.s3_endpoint_url, temp_dir=temp_dir,
-                   trusted_proxy=args.trusted_proxy)
+        return cls(
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            max_trainings=args.max_trainings,
+            max_upload_bytes=args.max_upload_mb * MIB,
+            max_unzipped_bytes=args.max_unzipped_mb * MIB,
+            storage_dir=storage_dir,
+            s3_bucket=bucket,
+            s3_endpoint_url=args.s3_endpoint_url,
+            temp_dir=temp_dir,
+            trusted_proxy=args.trusted_proxy,
+        )
 
 
 def default_storage_dir() -> str:

@@ -22,6 +22,7 @@ comes too late: anyone who can reach the port could make the server write
   proxy, through which every client comes), so a few slow or idle
   connections cannot take every connection of the server.
 """
+
 from __future__ import annotations
 
 import collections
@@ -30,7 +31,8 @@ import queue
 import re
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from waitress.channel import HTTPChannel
 from waitress.parser import HTTPRequestParser
@@ -57,16 +59,24 @@ def log_safe(value: str | None, limit: int = 512) -> str:
     backslashes escaped as \\xNN, and the whole cut at `limit` characters."""
     if not value:
         return "-"
-    text = _UNSAFE.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 256
-                       else f"\\u{ord(m.group()):04x}", value[:limit])
+    text = _UNSAFE.sub(
+        lambda m: (
+            f"\\x{ord(m.group()):02x}" if ord(m.group()) < 256 else f"\\u{ord(m.group()):04x}"
+        ),
+        value[:limit],
+    )
     return text + ("..." if len(value) > limit else "")
 
 
-def log_refusal(channel: "GatedChannel", parser: "GatedParser") -> None:
+def log_refusal(channel: GatedChannel, parser: GatedParser) -> None:
     """The access-log line of a request refused here (the application,
     which writes the others, never sees it)."""
-    access_log.info('%s - "%s %s" 401 0 -', log_safe(channel.client),
-                    log_safe(parser.command), log_safe(parser.path))
+    access_log.info(
+        '%s - "%s %s" 401 0 -',
+        log_safe(channel.client),
+        log_safe(parser.command),
+        log_safe(parser.path),
+    )
 
 
 class Unauthorized(Error):
@@ -75,9 +85,14 @@ class Unauthorized(Error):
 
     def to_response(self, ident: str | None = None) -> tuple[str, list[tuple[str, str]], bytes]:
         body = b"Incorrect user and/or password.\n"
-        return (f"{self.code} {self.reason}",
-                [("Content-Type", "text/plain; charset=utf-8"),
-                 ("WWW-Authenticate", 'Basic realm="mlbackend"')], body)
+        return (
+            f"{self.code} {self.reason}",
+            [
+                ("Content-Type", "text/plain; charset=utf-8"),
+                ("WWW-Authenticate", 'Basic realm="mlbackend"'),
+            ],
+            body,
+        )
 
 
 class Verifier:
@@ -116,7 +131,11 @@ class GatedParser(HTTPRequestParser):
     """waitress' request parser, stopped after the headers until the
     credentials are known to be good."""
 
-    def __init__(self, adj: Any, channel: "GatedChannel") -> None:
+    # waitress' own attributes, which its code does not annotate.
+    error: Any
+    expect_continue: bool
+
+    def __init__(self, adj: Any, channel: GatedChannel) -> None:
         super().__init__(adj)
         self.channel = channel
         self.started = time.monotonic()
@@ -183,16 +202,22 @@ class GatedChannel(HTTPChannel):
     waitress' main loop thread, like the parser's."""
 
     gate: Gate  # set on the subclass made for each server (see `channel_class`)
+    request: Any  # waitress': the request being parsed
 
     def __init__(self, server: Any, sock: Any, addr: Any, adj: Any, map: Any = None) -> None:
         super().__init__(server, sock, addr, adj, map=map)
-        self.parser_class = lambda adj: GatedParser(adj, self)  # type: ignore[assignment]
+        self.parser_class = lambda adj: GatedParser(adj, self)
         self.client = str(addr[0]) if isinstance(addr, tuple) and addr else ""
         self.gate.clients[self.client] += 1
-        if (self.gate.clients[self.client] > MAX_CONNECTIONS_PER_CLIENT
-                and self.client != self.gate.trusted_proxy):
-            log.warning("%s has more than %d connections open; closing the newest",
-                        self.client, MAX_CONNECTIONS_PER_CLIENT)
+        if (
+            self.gate.clients[self.client] > MAX_CONNECTIONS_PER_CLIENT
+            and self.client != self.gate.trusted_proxy
+        ):
+            log.warning(
+                "%s has more than %d connections open; closing the newest",
+                self.client,
+                MAX_CONNECTIONS_PER_CLIENT,
+            )
             self.will_close = True
 
     def del_channel(self, map: Any = None) -> None:
@@ -214,8 +239,11 @@ class GatedChannel(HTTPChannel):
 
     def headers_overdue(self, now: float) -> bool:
         request = self.request
-        return (isinstance(request, GatedParser) and not request.headers_finished
-                and now - request.started > HEADER_SECONDS)
+        return (
+            isinstance(request, GatedParser)
+            and not request.headers_finished
+            and now - request.started > HEADER_SECONDS
+        )
 
     def resume(self, parser: GatedParser, ok: bool) -> None:
         """The verifier's answer for `parser`; in the main loop thread."""

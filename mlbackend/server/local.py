@@ -1,10 +1,11 @@
 """Models in a directory of this machine: the server's default storage."""
+
 from __future__ import annotations
 
 import contextlib
 import logging
 import os
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 from mlbackend import store
 from mlbackend.server import uploads
@@ -34,8 +35,9 @@ class LocalStorage(Storage):
     def run_logs_zip(self, uniqueid: str, dirhash: str, runid: str) -> bytes:
         return uploads.zip_directory(store.run_log_dir(self._dir(uniqueid, dirhash), runid))
 
-    def update(self, uniqueid: str, dirhash: str, change: Callable[[str], T], *,
-               replace: bool = False) -> T:
+    def update(
+        self, uniqueid: str, dirhash: str, change: Callable[[str], T], *, replace: bool = False
+    ) -> T:
         # The store's writer lock makes each change one step (see store.writer_lock).
         return change(self._dir(uniqueid, dirhash))
 
@@ -48,8 +50,9 @@ class LocalStorage(Storage):
         except FileNotFoundError:
             return
         except OSError as exc:
-            raise StorageError(f"The model {uniqueid} could not be deleted "
-                               f"({exc.strerror}).") from None
+            raise StorageError(
+                f"The model {uniqueid} could not be deleted ({exc.strerror})."
+            ) from None
         for name in versions:
             version = os.path.join(path, name)
             if os.path.isdir(version) and not os.path.islink(version):

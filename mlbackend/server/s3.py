@@ -39,6 +39,7 @@ a random comment, so that no two writes have the same ETag.
 Within one server, changes of one model take turns (a lock per key), so
 that conflicts are only ever between servers.
 """
+
 from __future__ import annotations
 
 import collections
@@ -51,8 +52,9 @@ import shutil
 import tempfile
 import threading
 import zipfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import boto3
 import botocore.config
@@ -137,8 +139,11 @@ class _VersionCache:
                     _, old = self._entries.popitem(last=False)
                     old.retired = True
                     evicted.append(old)
-            doomed = [v for v in (current, version, *evicted) if v is not None and v.retired
-                      and v.users == 0]
+            doomed = [
+                v
+                for v in (current, version, *evicted)
+                if v is not None and v.retired and v.users == 0
+            ]
         for v in doomed:
             store.remove_tree(v.model_dir)
         return winner
@@ -147,8 +152,9 @@ class _VersionCache:
         """Drop the versions of `key`, or of every key starting with `prefix`."""
         with self._lock:
             doomed = []
-            for k in [k for k in self._entries
-                      if k == key or (key is None and k.startswith(prefix))]:
+            for k in [
+                k for k in self._entries if k == key or (key is None and k.startswith(prefix))
+            ]:
                 version = self._entries.pop(k)
                 version.retired = True
                 if version.users == 0:
@@ -188,19 +194,24 @@ class _RequestCounter:
 class S3Storage(Storage):
     keeps_model_dirs = False
 
-    def __init__(self, bucket: str, endpoint_url: str | None = None,
-                 client: Any | None = None) -> None:
+    def __init__(
+        self, bucket: str, endpoint_url: str | None = None, client: Any | None = None
+    ) -> None:
         self.bucket = bucket
         self.endpoint_url = endpoint_url
         # boto3 clients are thread-safe (sessions are not): one for all threads.
         self.client = client or boto3.session.Session().client(
-            "s3", endpoint_url=endpoint_url,
-            config=botocore.config.Config(retries={"max_attempts": 5, "mode": "standard"},
-                                          max_pool_connections=32))
+            "s3",
+            endpoint_url=endpoint_url,
+            config=botocore.config.Config(
+                retries={"max_attempts": 5, "mode": "standard"}, max_pool_connections=32
+            ),
+        )
         self.requests = _RequestCounter()
         self.client.meta.events.register("after-call.s3", self.requests)
-        self._locks: collections.defaultdict[str, threading.Lock] = (
-            collections.defaultdict(threading.Lock))
+        self._locks: collections.defaultdict[str, threading.Lock] = collections.defaultdict(
+            threading.Lock
+        )
         self._locks_guard = threading.Lock()
         self._cache_dir: str | None = None
         self._cache_instance: _VersionCache | None = None
@@ -224,10 +235,12 @@ class S3Storage(Storage):
         try:
             self.client.head_bucket(Bucket=self.bucket)
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
-            raise StorageError(f"The S3 bucket {self.bucket} cannot be used ({exc}). Check "
-                               "the bucket name, the credentials (AWS_ACCESS_KEY_ID, "
-                               "AWS_SECRET_ACCESS_KEY or a profile) and the endpoint "
-                               "(--s3-endpoint-url or AWS_ENDPOINT_URL).") from None
+            raise StorageError(
+                f"The S3 bucket {self.bucket} cannot be used ({exc}). Check "
+                "the bucket name, the credentials (AWS_ACCESS_KEY_ID, "
+                "AWS_SECRET_ACCESS_KEY or a profile) and the endpoint "
+                "(--s3-endpoint-url or AWS_ENDPOINT_URL)."
+            ) from None
         self._check_conditional_writes()
 
     def _check_conditional_writes(self) -> None:
@@ -248,13 +261,17 @@ class S3Storage(Storage):
             finally:
                 self.client.delete_object(Bucket=self.bucket, Key=key)
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
-            raise StorageError(f"The S3 bucket {self.bucket} cannot be used: writing a check "
-                               f"object failed ({exc}). The server needs s3:PutObject and "
-                               "s3:DeleteObject on the bucket.") from None
-        raise StorageError(f"The S3 store of bucket {self.bucket} ignores conditional writes "
-                           "(PUT with If-None-Match), which keep servers sharing the bucket "
-                           "from overwriting each other's models. Use a store that supports "
-                           "them (AWS S3 and current MinIO releases do).")
+            raise StorageError(
+                f"The S3 bucket {self.bucket} cannot be used: writing a check "
+                f"object failed ({exc}). The server needs s3:PutObject and "
+                "s3:DeleteObject on the bucket."
+            ) from None
+        raise StorageError(
+            f"The S3 store of bucket {self.bucket} ignores conditional writes "
+            "(PUT with If-None-Match), which keep servers sharing the bucket "
+            "from overwriting each other's models. Use a store that supports "
+            "them (AWS S3 and current MinIO releases do)."
+        )
 
     def close(self) -> None:
         log.info("S3 requests: %s", self.requests.summary())
@@ -265,8 +282,9 @@ class S3Storage(Storage):
     def model(self, uniqueid: str, dirhash: str, *, fetch: bool = True) -> Iterator[str]:
         version = self._current(f"{uniqueid}/{dirhash}") if fetch else None
         if version is None:
-            with tempfile.TemporaryDirectory(prefix="mlbackend-s3-",
-                                             ignore_cleanup_errors=True) as tmp:
+            with tempfile.TemporaryDirectory(
+                prefix="mlbackend-s3-", ignore_cleanup_errors=True
+            ) as tmp:
                 yield tmp
             return
         try:
@@ -274,8 +292,9 @@ class S3Storage(Storage):
         finally:
             self._cache.release(version)
 
-    def update(self, uniqueid: str, dirhash: str, change: Callable[[str], T], *,
-               replace: bool = False) -> T:
+    def update(
+        self, uniqueid: str, dirhash: str, change: Callable[[str], T], *, replace: bool = False
+    ) -> T:
         key = f"{uniqueid}/{dirhash}"
         with self._lock(key):
             for attempt in range(1, MAX_ATTEMPTS + 1):
@@ -285,16 +304,24 @@ class S3Storage(Storage):
                 try:
                     return self._change(key, base, change, replace)
                 except _Conflict:
-                    log.warning("%s changed on another server while this server changed "
-                                "it (attempt %d of %d)%s", key, attempt, MAX_ATTEMPTS,
-                                "; running the change again on the new version"
-                                if attempt < MAX_ATTEMPTS else "")
+                    log.warning(
+                        "%s changed on another server while this server changed "
+                        "it (attempt %d of %d)%s",
+                        key,
+                        attempt,
+                        MAX_ATTEMPTS,
+                        "; running the change again on the new version"
+                        if attempt < MAX_ATTEMPTS
+                        else "",
+                    )
                 finally:
                     if base is not None and not replace:
                         self._cache.release(base)
-        raise ModelChanged(f"The model changed on other servers {MAX_ATTEMPTS} times while "
-                           "this server worked on it; this change was not saved. The stored "
-                           "model is the other servers' result; try again.")
+        raise ModelChanged(
+            f"The model changed on other servers {MAX_ATTEMPTS} times while "
+            "this server worked on it; this change was not saved. The stored "
+            "model is the other servers' result; try again."
+        )
 
     def keep_run_logs(self, uniqueid: str, dirhash: str, model_dir: str, runid: int) -> None:
         data = uploads.zip_directory(store.run_log_dir(model_dir, runid))
@@ -318,16 +345,19 @@ class S3Storage(Storage):
         prefix = f"{uniqueid}/"
         try:
             pages = self.client.get_paginator("list_objects_v2").paginate(
-                Bucket=self.bucket, Prefix=prefix)
+                Bucket=self.bucket, Prefix=prefix
+            )
             for page in pages:
                 keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
                 if keys:
-                    self.client.delete_objects(Bucket=self.bucket,
-                                               Delete={"Objects": keys, "Quiet": True})
+                    self.client.delete_objects(
+                        Bucket=self.bucket, Delete={"Objects": keys, "Quiet": True}
+                    )
                     log.info("deleted %d objects under %s", len(keys), prefix)
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
-            raise StorageError(f"The model {uniqueid} could not be deleted from S3 ({exc}).") \
-                from None
+            raise StorageError(
+                f"The model {uniqueid} could not be deleted from S3 ({exc})."
+            ) from None
         finally:
             self._cache.forget(prefix)
 
@@ -384,8 +414,9 @@ class S3Storage(Storage):
             raise StorageError(f"The S3 object {key} could not be read ({exc}).") from None
         return _Version(key, str(head["ETag"]), (head.get("Metadata") or {}).get(LINEAGE), "")
 
-    def _change(self, key: str, base: _Version | None, change: Callable[[str], T],
-                replace: bool) -> T:
+    def _change(
+        self, key: str, base: _Version | None, change: Callable[[str], T], replace: bool
+    ) -> T:
         """Run the change once on a copy of `base` and write it conditionally."""
         claim = None
         if base is None and not replace:
@@ -398,10 +429,11 @@ class S3Storage(Storage):
                 # Under the copy's writer lock: a prediction may be converting a
                 # moodlemlbackend model in it (store.load) at this moment.
                 with store.writer_lock(base.model_dir):
-                    shutil.copytree(store.classifier_dir(base.model_dir),
-                                    store.classifier_dir(work_dir),
-                                    ignore=shutil.ignore_patterns(store.LOCK_FILE,
-                                                                  store.TEMP_PREFIX + "*"))
+                    shutil.copytree(
+                        store.classifier_dir(base.model_dir),
+                        store.classifier_dir(work_dir),
+                        ignore=shutil.ignore_patterns(store.LOCK_FILE, store.TEMP_PREFIX + "*"),
+                    )
             result = change(work_dir)
             data = _model_zip(work_dir)
             etag = self._put_model(key, data, base, lineage or secrets.token_hex(16))
@@ -413,8 +445,7 @@ class S3Storage(Storage):
                 self._cache.release(claim)
         log.info("stored %s (%d bytes)", key, len(data))
         # What this server just wrote is the current version: no download for it.
-        self._cache.release(self._cache.install(
-            _Version(key, etag, lineage, work_dir)))
+        self._cache.release(self._cache.install(_Version(key, etag, lineage, work_dir)))
         return result
 
     def _claim(self, key: str) -> _Version:
@@ -423,8 +454,13 @@ class S3Storage(Storage):
         lineage = secrets.token_hex(16)
         try:
             answer = self.client.put_object(
-                Bucket=self.bucket, Key=key, Body=_model_zip(None),
-                ContentType="application/zip", IfNoneMatch="*", Metadata={LINEAGE: lineage})
+                Bucket=self.bucket,
+                Key=key,
+                Body=_model_zip(None),
+                ContentType="application/zip",
+                IfNoneMatch="*",
+                Metadata={LINEAGE: lineage},
+            )
         except botocore.exceptions.ClientError as exc:
             if _code(exc) in _CONFLICT or _status(exc) in (409, 412):
                 raise _Conflict() from None  # another server created it first
@@ -438,8 +474,13 @@ class S3Storage(Storage):
         condition = {"IfMatch": base.etag} if base is not None else {"IfNoneMatch": "*"}
         try:
             answer = self.client.put_object(
-                Bucket=self.bucket, Key=key, Body=data, ContentType="application/zip",
-                Metadata={LINEAGE: lineage}, **condition)
+                Bucket=self.bucket,
+                Key=key,
+                Body=data,
+                ContentType="application/zip",
+                Metadata={LINEAGE: lineage},
+                **condition,
+            )
         except botocore.exceptions.ClientError as exc:
             if _code(exc) in _MISSING:
                 raise ModelChanged(_deleted_message()) from None
@@ -467,8 +508,9 @@ class S3Storage(Storage):
 
     def _put(self, key: str, data: bytes) -> None:
         try:
-            self.client.put_object(Bucket=self.bucket, Key=key, Body=data,
-                                   ContentType="application/zip")
+            self.client.put_object(
+                Bucket=self.bucket, Key=key, Body=data, ContentType="application/zip"
+            )
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
             raise StorageError(f"The S3 object {key} could not be written ({exc}).") from None
 
@@ -478,8 +520,10 @@ class _Conflict(Exception):
 
 
 def _deleted_message() -> str:
-    return ("The model was deleted while this server changed it; the change was not saved, "
-            "so that the deleted model does not come back.")
+    return (
+        "The model was deleted while this server changed it; the change was not saved, "
+        "so that the deleted model does not come back."
+    )
 
 
 def _model_zip(model_dir: str | None) -> bytes:
@@ -500,15 +544,17 @@ def _unpack(data: bytes, key: str, model_dir: str) -> None:
         try:
             uploads.safe_extract(f.name, store.classifier_dir(model_dir), MAX_MODEL_BYTES)
         except uploads.UnsafeZip as exc:
-            raise StorageError(f"The stored model {key} in S3 is not usable: "
-                               f"{exc.message}") from None
+            raise StorageError(
+                f"The stored model {key} in S3 is not usable: {exc.message}"
+            ) from None
 
 
 def _read_body(obj: dict[str, Any], key: str) -> bytes:
     size = int(obj.get("ContentLength") or 0)
     if size > MAX_MODEL_BYTES:
-        raise StorageError(f"The S3 object {key} has {size} bytes; a model has at "
-                           f"most {MAX_MODEL_BYTES}.")
+        raise StorageError(
+            f"The S3 object {key} has {size} bytes; a model has at most {MAX_MODEL_BYTES}."
+        )
     try:
         return bytes(obj["Body"].read())
     except botocore.exceptions.BotoCoreError as exc:

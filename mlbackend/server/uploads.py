@@ -8,6 +8,7 @@ refuses the archive, writing nothing, if any entry is suspect or the total
 is too big; then it writes each file itself, counting bytes, instead of
 trusting `ZipFile.extractall`.
 """
+
 from __future__ import annotations
 
 import errno
@@ -39,8 +40,9 @@ def check_zip(archive: zipfile.ZipFile, max_total_bytes: int) -> list[tuple[zipf
     """The (entry, relative path) pairs to extract; raises `UnsafeZip` on any bad entry."""
     infos = archive.infolist()
     if len(infos) > MAX_ENTRIES:
-        raise UnsafeZip(f"The zip file has {len(infos)} entries; at most {MAX_ENTRIES} are "
-                        "accepted.")
+        raise UnsafeZip(
+            f"The zip file has {len(infos)} entries; at most {MAX_ENTRIES} are accepted."
+        )
     total = 0
     out = []
     files: set[str] = set()
@@ -53,10 +55,15 @@ def check_zip(archive: zipfile.ZipFile, max_total_bytes: int) -> list[tuple[zipf
         if name.startswith("/") or (len(name) > 1 and name[1] == ":"):
             raise UnsafeZip(f"The zip entry {shown(name)} has an absolute path.")
         parts = [p for p in name.split("/") if p not in ("", ".")]
-        if len(name) > MAX_NAME_CHARS or len(parts) > MAX_DEPTH \
-                or any(len(p.encode("utf-8", "surrogateescape")) > MAX_PART_BYTES for p in parts):
-            raise UnsafeZip(f"The zip entry {shown(name)} has a name too long or too deep "
-                            f"(at most {MAX_DEPTH} levels of {MAX_PART_BYTES} bytes).")
+        if (
+            len(name) > MAX_NAME_CHARS
+            or len(parts) > MAX_DEPTH
+            or any(len(p.encode("utf-8", "surrogateescape")) > MAX_PART_BYTES for p in parts)
+        ):
+            raise UnsafeZip(
+                f"The zip entry {shown(name)} has a name too long or too deep "
+                f"(at most {MAX_DEPTH} levels of {MAX_PART_BYTES} bytes)."
+            )
         if ".." in parts:
             raise UnsafeZip(f"The zip entry {shown(name)} points outside the archive ('..').")
         # Unix zips keep the file type in the high bits (many tools leave it 0):
@@ -74,10 +81,10 @@ def check_zip(archive: zipfile.ZipFile, max_total_bytes: int) -> list[tuple[zipf
         parents = [posixpath.join(*parts[:i]) for i in range(1, len(parts))]
         # A name that is a file in one entry and a directory in another
         # cannot be extracted: refused before anything is written.
-        if (rel in files or (not info.is_dir() and rel in dirs)
-                or any(p in files for p in parents)):
-            raise UnsafeZip(f"The zip entry {shown(name)} is both a file and a directory, or "
-                            "appears twice.")
+        if rel in files or (not info.is_dir() and rel in dirs) or any(p in files for p in parents):
+            raise UnsafeZip(
+                f"The zip entry {shown(name)} is both a file and a directory, or appears twice."
+            )
         dirs.update(parents)
         if info.is_dir():
             dirs.add(rel)
@@ -92,8 +99,7 @@ def safe_extract(zip_path: str, dest_dir: str, max_total_bytes: int) -> list[str
     try:
         archive = zipfile.ZipFile(zip_path)
     except (zipfile.BadZipFile, OSError) as exc:
-        raise UnsafeZip(f"The file is not a readable zip archive "
-                        f"({shown(str(exc))}).") from None
+        raise UnsafeZip(f"The file is not a readable zip archive ({shown(str(exc))}).") from None
     with archive:
         entries = check_zip(archive, max_total_bytes)
         os.makedirs(dest_dir, exist_ok=True)
@@ -103,29 +109,37 @@ def safe_extract(zip_path: str, dest_dir: str, max_total_bytes: int) -> list[str
         for info, rel in entries:
             target = os.path.realpath(os.path.join(root, rel))
             if os.path.commonpath([root, target]) != root:  # belt and braces
-                raise UnsafeZip(f"The zip entry {shown(info.filename)} points outside the "
-                                "archive.")
+                raise UnsafeZip(f"The zip entry {shown(info.filename)} points outside the archive.")
             try:
                 os.makedirs(os.path.dirname(target), exist_ok=True)
                 with archive.open(info) as src, open(target, "xb") as dst:
                     while chunk := src.read(_CHUNK):
                         budget -= len(chunk)
                         if budget < 0:
-                            raise UnsafeZip(f"The zip file expands to more than "
-                                            f"{max_total_bytes} bytes.")
+                            raise UnsafeZip(
+                                f"The zip file expands to more than {max_total_bytes} bytes."
+                            )
                         dst.write(chunk)
             except FileExistsError:
                 raise UnsafeZip(f"The zip entry {shown(info.filename)} appears twice.") from None
-            except (zipfile.BadZipFile, EOFError, zipfile.LargeZipFile, zlib.error,
-                    NotImplementedError) as exc:
-                raise UnsafeZip(f"The zip entry {shown(info.filename)} is damaged "
-                                f"({shown(str(exc))}).") from None
+            except (
+                zipfile.BadZipFile,
+                EOFError,
+                zipfile.LargeZipFile,
+                zlib.error,
+                NotImplementedError,
+            ) as exc:
+                raise UnsafeZip(
+                    f"The zip entry {shown(info.filename)} is damaged ({shown(str(exc))})."
+                ) from None
             except OSError as exc:
                 if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                    raise UnsafeZip("The zip file could not be extracted: the server's "
-                                    "temporary disk is full.") from None
-                raise UnsafeZip(f"The zip entry {shown(info.filename)} cannot be extracted "
-                                f"({exc.strerror}).") from None
+                    raise UnsafeZip(
+                        "The zip file could not be extracted: the server's temporary disk is full."
+                    ) from None
+                raise UnsafeZip(
+                    f"The zip entry {shown(info.filename)} cannot be extracted ({exc.strerror})."
+                ) from None
             written.append(rel)
     return written
 

@@ -7,6 +7,7 @@ application sees it, so a slow client never holds a training slot. Before
 any body is read, `mlbackend.server.gate` checks the client's credentials
 and limits what an unauthenticated client can hold.
 """
+
 from __future__ import annotations
 
 import logging
@@ -14,15 +15,16 @@ import signal
 import sys
 import tempfile
 import time
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from mlbackend import reported_version
 from mlbackend.contract import BackendError
 from mlbackend.server import gate
-from mlbackend.server.gate import access_log, log_safe
 from mlbackend.server.app import USER_KEY, MoodleApp, WSGIApp, clean_request_dirs
 from mlbackend.server.auth import Users
 from mlbackend.server.config import ServerConfig
+from mlbackend.server.gate import access_log, log_safe
 from mlbackend.server.local import LocalStorage
 from mlbackend.server.storage import Storage
 
@@ -47,8 +49,9 @@ class AccessLog:
     def __init__(self, app: WSGIApp) -> None:
         self.app = app
 
-    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]
-                 ) -> Iterable[bytes]:
+    def __call__(
+        self, environ: dict[str, Any], start_response: Callable[..., Any]
+    ) -> Iterable[bytes]:
         started = time.perf_counter()
         state: dict[str, Any] = {"status": "-", "bytes": 0}
 
@@ -67,22 +70,32 @@ class AccessLog:
                 if close is not None:
                     close()
         finally:
-            access_log.info('%s %s "%s %s" %s %d %.3fs', log_safe(environ.get("REMOTE_ADDR")),
-                            log_safe(environ.get(USER_KEY)),
-                            log_safe(environ.get("REQUEST_METHOD")),
-                            log_safe(environ.get("PATH_INFO")), state["status"], state["bytes"],
-                            time.perf_counter() - started)
+            access_log.info(
+                '%s %s "%s %s" %s %d %.3fs',
+                log_safe(environ.get("REMOTE_ADDR")),
+                log_safe(environ.get(USER_KEY)),
+                log_safe(environ.get("REQUEST_METHOD")),
+                log_safe(environ.get("PATH_INFO")),
+                state["status"],
+                state["bytes"],
+                time.perf_counter() - started,
+            )
 
 
-def build_app(config: ServerConfig, storage: Storage | None = None,
-              users: Users | None = None) -> WSGIApp:
+def build_app(
+    config: ServerConfig, storage: Storage | None = None, users: Users | None = None
+) -> WSGIApp:
     """The whole application for this configuration; checks users and storage first."""
     users = users or Users.from_env()
     if storage is None:
         storage = open_storage(config.storage_dir, config.s3_bucket, config.s3_endpoint_url)
     storage.check()
-    log.info("%d user(s); models in %s; at most %d training(s) at once", len(users),
-             storage.describe(), config.max_trainings)
+    log.info(
+        "%d user(s); models in %s; at most %d training(s) at once",
+        len(users),
+        storage.describe(),
+        config.max_trainings,
+    )
     return AccessLog(MoodleApp(config, storage, users))
 
 
@@ -92,35 +105,51 @@ def serve(config: ServerConfig) -> None:
 
     _configure_logging()
     if config.temp_dir:
-        tempfile.tempdir = config.temp_dir   # uploads, waitress' spooled bodies, S3 copies
+        tempfile.tempdir = config.temp_dir  # uploads, waitress' spooled bodies, S3 copies
     users = Users.from_env()
     storage = open_storage(config.storage_dir, config.s3_bucket, config.s3_endpoint_url)
     app = build_app(config, storage, users)
     removed = clean_request_dirs(tempfile.gettempdir())
     if removed:
-        log.warning("removed %d request directories that a stopped server left in %s",
-                    removed, tempfile.gettempdir())
+        log.warning(
+            "removed %d request directories that a stopped server left in %s",
+            removed,
+            tempfile.gettempdir(),
+        )
     options: dict[str, Any] = dict(
-        host=config.host, port=config.port, threads=config.workers, ident="mlbackend",
+        host=config.host,
+        port=config.port,
+        threads=config.workers,
+        ident="mlbackend",
         max_request_body_size=config.max_upload_bytes + BODY_SLACK,
         # Idle connections go after CHANNEL_TIMEOUT s, checked every few
         # seconds (also for headers overdue, see gate); room for many
         # clients, each limited to gate.MAX_CONNECTIONS_PER_CLIENT.
-        channel_timeout=CHANNEL_TIMEOUT, cleanup_interval=5,
-        connection_limit=CONNECTION_LIMIT)
+        channel_timeout=CHANNEL_TIMEOUT,
+        cleanup_interval=5,
+        connection_limit=CONNECTION_LIMIT,
+    )
     if config.trusted_proxy:
-        options.update(trusted_proxy=config.trusted_proxy,
-                       trusted_proxy_headers={"x-forwarded-for", "x-forwarded-proto"},
-                       clear_untrusted_proxy_headers=True)
+        options.update(
+            trusted_proxy=config.trusted_proxy,
+            trusted_proxy_headers={"x-forwarded-for", "x-forwarded-proto"},
+            clear_untrusted_proxy_headers=True,
+        )
     try:
         server = waitress.server.create_server(app, **options)
     except OSError as exc:
-        raise BackendError(f"Cannot listen on {config.host}:{config.port} "
-                           f"({exc.strerror or exc}).") from None
+        raise BackendError(
+            f"Cannot listen on {config.host}:{config.port} ({exc.strerror or exc})."
+        ) from None
     gate.install(server, gate.Gate(users, config.trusted_proxy))
     signal.signal(signal.SIGTERM, _stop)
-    log.info("mlbackend %s serving Moodle on http://%s:%s/ (%d threads)",
-                reported_version(), config.host, server.effective_port, config.workers)
+    log.info(
+        "mlbackend %s serving Moodle on http://%s:%s/ (%d threads)",
+        reported_version(),
+        config.host,
+        server.effective_port,
+        config.workers,
+    )
     try:
         server.run()
     finally:
@@ -158,8 +187,9 @@ def _configure_logging() -> None:
     waitress_log.propagate = False
 
 
-def open_storage(storage_dir: str | None, s3_bucket: str | None,
-                 s3_endpoint_url: str | None) -> Storage:
+def open_storage(
+    storage_dir: str | None, s3_bucket: str | None, s3_endpoint_url: str | None
+) -> Storage:
     if s3_bucket:
         from mlbackend.server.s3 import S3Storage  # boto3: only with a bucket
 

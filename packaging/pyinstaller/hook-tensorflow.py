@@ -8,6 +8,7 @@ as PyInstaller's import analysis finds it, and nothing else. The frozen check
 (`make dist-test`) runs every command, so a module that this misses is caught
 there.
 """
+
 import os
 import re
 

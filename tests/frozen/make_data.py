@@ -9,6 +9,7 @@ moodlemlbackend 3.x model (legacy3/classifier/, written like the one in
 tests/test_legacy.py) and legacy3-prediction.txt, the answer the unfrozen
 program gives for that model, which the frozen one must repeat exactly.
 """
+
 from __future__ import annotations
 
 import os
@@ -21,10 +22,17 @@ from pathlib import Path
 TESTS = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(TESTS))
 
+from test_legacy import (  # noqa: E402
+    HIDDEN,
+    VARIABLE_COLUMNS,
+    legacy_pickle,
+    random_weights,
+    tf_state,
+    write_savedmodel,
+)
+
 from mlbackend import synthetic  # noqa: E402
 from mlbackend.tf import quiet_tensorflow  # noqa: E402
-from test_legacy import (HIDDEN, VARIABLE_COLUMNS, legacy_pickle, random_weights,  # noqa: E402
-                         tf_state, write_savedmodel)
 
 
 def main() -> None:
@@ -48,17 +56,30 @@ def main() -> None:
     legacy.mkdir(parents=True)
     weights = random_weights([len(VARIABLE_COLUMNS), HIDDEN, HIDDEN, 2], seed=3)
     (legacy / "classifier.pkl").write_bytes(
-        legacy_pickle(tf_state(len(VARIABLE_COLUMNS), VARIABLE_COLUMNS)))
+        legacy_pickle(tf_state(len(VARIABLE_COLUMNS), VARIABLE_COLUMNS))
+    )
     write_savedmodel(legacy / "model.ckpt", weights, ["relu", "relu", "softmax"])
 
     # The unfrozen program's answer, on a copy (prediction converts the model).
     with tempfile.TemporaryDirectory() as tmp:
         shutil.copytree(legacy.parent, Path(tmp) / "model")
         env = dict(os.environ, PYTHONPATH=str(TESTS.parent))
-        p = subprocess.run([sys.executable, "-m", "mlbackend", "-m",
-                            "moodlemlbackend.prediction", "legacy", str(Path(tmp) / "model"),
-                            str(out / "prediction.csv")],
-                           capture_output=True, text=True, env=env, check=True)
+        p = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "mlbackend",
+                "-m",
+                "moodlemlbackend.prediction",
+                "legacy",
+                str(Path(tmp) / "model"),
+                str(out / "prediction.csv"),
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=True,
+        )
     (out / "legacy3-prediction.txt").write_text(p.stdout.strip().splitlines()[-1] + "\n")
 
 
