@@ -22,7 +22,7 @@ from mlbackend.contract import BackendError, NotTrainedError, answer
 cpu.require_numpy()
 
 from mlbackend import dataset, store  # noqa: E402 - NumPy, after the CPU check
-from mlbackend.inference import Model
+from mlbackend.inference import Model  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ def train(model_dir: str, dataset_path: str, progress: bool = False) -> dict[str
             previous.check_work(ds.nrows)
         options = training.TrainingOptions(progress=progress)
         trained = training.train(
-            ds.X, ds.y, ds.classes, ds.feature_names, previous=previous, options=options
+            ds.X, ds.labels, ds.classes, ds.feature_names, previous=previous, options=options
         )
         store.save(model_dir, trained)
     log.info("trained %s on %d rows", model_dir, ds.nrows)

@@ -19,9 +19,10 @@ import os
 import sys
 import time
 import traceback
-from typing import Any, Callable, Iterator, Union
+from collections.abc import Callable, Iterator
+from typing import Any
 
-from mlbackend import reported_version, VERSION_OVERRIDE_ENV
+from mlbackend import VERSION_OVERRIDE_ENV, reported_version
 from mlbackend.contract import GENERAL_ERROR, BackendError, to_json_line
 from mlbackend.summary import format_answer
 
@@ -29,7 +30,7 @@ log = logging.getLogger("mlbackend")
 
 #: A command's handler: parsed arguments in, the answer out (a dict is the
 #: contract's JSON, a str is printed as it is, None prints nothing).
-Handler = Callable[[argparse.Namespace], Union[dict[str, Any], str, None]]
+Handler = Callable[[argparse.Namespace], dict[str, Any] | str | None]
 
 
 class UsageError(BackendError):
@@ -478,7 +479,7 @@ def _stdout_to_stderr() -> Iterator[None]:
         os.close(saved)
 
 
-class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+class StderrHandler(logging.StreamHandler):
     """The program's log on stderr: whatever `sys.stderr` is at the moment of
     writing, so that a caller who redirects it (tests, an embedding) gets it."""
 
@@ -487,7 +488,7 @@ class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
     def __init__(self) -> None:
         super().__init__(sys.stderr)
 
-    @property  # type: ignore[override]
+    @property
     def stream(self) -> Any:
         return sys.stderr
 

@@ -17,8 +17,9 @@ import io
 import json
 import math
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import BinaryIO, Callable, Iterator, List
+from typing import BinaryIO
 
 import numpy as np
 
@@ -55,6 +56,13 @@ class Dataset:
     X: np.ndarray
     y: np.ndarray | None = None  # training files: class value per row
     sample_ids: list[str] = field(default_factory=list)  # prediction files
+
+    @property
+    def labels(self) -> np.ndarray:
+        """The class value of every row: training files only."""
+        if self.y is None:
+            raise ValueError(f"{self.path} is a prediction file: it has no labels")
+        return self.y
 
     @property
     def nrows(self) -> int:
@@ -289,7 +297,7 @@ def _ragged(found: int, ncols: int, line: int) -> BackendError:
     )
 
 
-Numbers = Callable[[List[str], int], "np.ndarray | None"]
+Numbers = Callable[[list[str], int], "np.ndarray | None"]
 
 
 def _numpy_numbers(lines: list[str], ncols: int) -> np.ndarray | None:
@@ -396,7 +404,7 @@ def _parse_block(
         rows = None
     ids: list[str] = []
     if training:
-        lines = block if rows is None else [",".join(r) for r in rows]  # type: ignore[misc]
+        lines = block if rows is None else [",".join(r) for r in rows]
         names = feature_names + ["target"]
         col_offset = 0
     else:
@@ -506,7 +514,7 @@ class _Rows:
 
     def __init__(self, width: int, dtype: type) -> None:
         self.width = width
-        self.buf = np.empty((0, width) if width else 0, dtype=dtype)
+        self.buf: np.ndarray = np.empty((0, width) if width else 0, dtype=dtype)
         self.n = 0
 
     @property

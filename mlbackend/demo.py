@@ -20,7 +20,7 @@ def main() -> int:
         predict_csv = str(folder / "sample-prediction.csv")
         answers = json.loads((folder / "sample-prediction-answers.json").read_text())
         ds = dataset.read_training(train_csv)
-        positives = float((ds.y == 1).mean())
+        positives = float((ds.labels == 1).mean())
         print(
             f"mlbackend {__version__} on the shipped sample: {ds.nrows} training rows, "
             f"{ds.nfeatures} features, {positives:.0%} positive"

@@ -163,7 +163,7 @@ def _evaluate(
 ) -> dict[str, Any]:
     from mlbackend import training  # TensorFlow: only when we train
 
-    y_idx = training.class_indices(ds.y, ds.classes)
+    y_idx = training.class_indices(ds.labels, ds.classes)
     if trained is None:
         training.require_all_classes(y_idx, len(ds.classes))
     runid, run_dir = new_run_dir(output_dir)
@@ -196,13 +196,13 @@ def _evaluate(
             score_name, results[0].importance = importance.permutation_importance(
                 trained, ds.X, y_idx, shuffler
             )
-            models = [trained]
+            models: list[Model] = [trained]
         else:
             rng = np.random.default_rng(runid)
             # At most SIDE_BY_SIDE networks train at once, their splits made
             # and dropped group by group: memory does not grow with the
             # number of iterations (up to actions.MAX_ITERATIONS).
-            models: list[Model] = []
+            models = []
             for first in range(0, iterations, SIDE_BY_SIDE):
                 group = range(first, min(first + SIDE_BY_SIDE, iterations))
                 splits = [stratified_split(y_idx, 0.2, rng) for _ in group]
@@ -215,7 +215,7 @@ def _evaluate(
                 options = training.TrainingOptions(progress=progress, tensorboard_dirs=dirs)
                 trained_group = training.train_splits(
                     ds.X,
-                    ds.y,
+                    ds.labels,
                     ds.classes,
                     ds.feature_names,
                     [train for train, _ in splits],
@@ -298,7 +298,7 @@ def importance_table(
     per_iteration = np.array([r.importance for r in results if r.importance is not None])
     if per_iteration.size == 0:
         return []
-    rows = []
+    rows: list[dict[str, Any]] = []
     for j, column in enumerate(model.columns):
         values = per_iteration[:, j]
         if np.isnan(values).all():
@@ -313,7 +313,7 @@ def importance_table(
                 "iterations": [None if np.isnan(v) else float(v) for v in values],
             }
         )
-    rows.sort(key=lambda r: -r["importance"])
+    rows.sort(key=lambda r: -float(r["importance"]))
     return rows
 
 

@@ -13,6 +13,7 @@ without importing TensorFlow, and what makes the stored format data only.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,7 +55,7 @@ PREDICT_BLOCK_BYTES = 64 << 20
 MAX_WORK = 500_000_000_000
 
 #: Hidden-layer activations, by the name stored in the model file.
-ACTIVATIONS = {
+ACTIVATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "relu": lambda z: np.maximum(z, 0.0),
     "tanh": np.tanh,
 }
@@ -80,7 +81,7 @@ class PiecewiseLinear:
     edges: np.ndarray
 
     @classmethod
-    def fit(cls, Xc: np.ndarray, max_edges: int = MAX_EDGES) -> "PiecewiseLinear":
+    def fit(cls, Xc: np.ndarray, max_edges: int = MAX_EDGES) -> PiecewiseLinear:
         """Edges per column of `Xc` (the used columns of the training rows):
         its distinct values when it has at most `max_edges` of them, else its
         quantiles at `max_edges` evenly spaced levels (repeats merged). A
@@ -238,7 +239,7 @@ class Model:
     def standardised(self, X: np.ndarray, dtype: type = np.float32) -> np.ndarray:
         """The network's inputs: the kept columns, encoded (if the model has an
         encoding), centred and scaled."""
-        h = X[:, self.columns].astype(dtype)
+        h: np.ndarray = X[:, self.columns].astype(dtype)
         if self.encoding is not None:
             h = self.encoding.encode(h, dtype)
         return (h - self.mean.astype(dtype)) / self.scale.astype(dtype)
@@ -309,7 +310,7 @@ class Model:
         return arrays
 
     @classmethod
-    def from_arrays(cls, arrays: dict[str, np.ndarray], source: str) -> "Model":
+    def from_arrays(cls, arrays: dict[str, np.ndarray], source: str) -> Model:
         """Rebuild a model, checking every shape: a damaged file must not load."""
 
         def bad(why: str) -> BackendError:

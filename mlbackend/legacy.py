@@ -36,8 +36,9 @@ import pickle
 import re
 import shutil
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -334,7 +335,7 @@ _CALLABLE = (_safe_dtype, _safe_reconstruct)  # REDUCE
 _BUILDABLE = (LegacyRecord, JoblibArray, np.ndarray, np.dtype)  # BUILD, instances only
 
 
-class SafeUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
+class SafeUnpickler(pickle._Unpickler):
     """Unpickler for the old backend's joblib files that runs nothing.
 
     `find_class` answers from `ALLOWED_GLOBALS` and refuses every other name,
@@ -349,7 +350,10 @@ class SafeUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
     one cannot give; joblib itself reads its files the same way.
     """
 
-    dispatch = dict(pickle._Unpickler.dispatch)  # type: ignore[attr-defined]
+    # The pure-Python unpickler's internals, which the hooks below use.
+    stack: list[Any]
+    read: Callable[[int], bytes]
+    dispatch: ClassVar[dict[int, Any]] = dict(pickle._Unpickler.dispatch)
 
     def __init__(self, file: io.BytesIO, limit: int) -> None:
         super().__init__(file)

@@ -37,7 +37,8 @@ import threading
 import time
 import zipfile
 from collections import OrderedDict
-from typing import BinaryIO, Iterator
+from collections.abc import Iterator
+from typing import BinaryIO
 
 import numpy as np
 
@@ -355,7 +356,7 @@ def _write_atomically(
         raise _write_error(exc, failure, target_dir, unchanged) from None
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
+            np.savez(f, allow_pickle=False, **arrays)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, target)

@@ -37,7 +37,7 @@ class ScalarWriter:
         self._writer.flush()
         self._writer.close()
 
-    def __enter__(self) -> "ScalarWriter":
+    def __enter__(self) -> ScalarWriter:
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -22,10 +22,10 @@ and `--help` never pay for it. Training hands back plain
 from __future__ import annotations
 
 import logging
-import os
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -377,8 +377,9 @@ def _fit_side_by_side(
     prepare, depth = _input_graph(tf, encodings, width)
     chunk = max(bs, (CHUNK_VALUES // max(K * max(width, depth), 1)) // bs * bs)
     if with_validation:
-        m = min(len(v) for v in val_rows)
-        val_idx = np.stack([v[:m] for v in val_rows])  # [K, m]
+        val_sets = [v for v in val_rows if v is not None]
+        m = min(len(v) for v in val_sets)
+        val_idx = np.stack([v[:m] for v in val_sets])  # [K, m]
 
     # The used columns, once, unless that copy is large: then per chunk.
     source = X[:, columns] if X.nbytes <= PRESELECT_BYTES and width < X.shape[1] else None

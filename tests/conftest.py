@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hostile import FUZZ
 from hypothesis import HealthCheck, settings
 
-from hostile import FUZZ
 from mlbackend import synthetic
 from mlbackend.cli import main
 

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import requests
-
 from conftest import backend_env
 
 HOST = "127.0.0.1"

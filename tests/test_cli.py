@@ -9,9 +9,9 @@ import subprocess
 import sys
 
 import pytest
+from conftest import backend_env, moodle
 
 from mlbackend import cli
-from conftest import backend_env, moodle
 
 
 def test_version_and_help_import_neither_tensorflow_nor_numpy():
@@ -47,7 +47,8 @@ def test_prediction_does_not_import_tensorflow(tmp_path, binary_data, run_main):
     code = (
         "import sys, io, contextlib\n"
         "from mlbackend.cli import main\n"
-        f"rc = main(['prediction', {binary_data['predict']!r}, '--model-dir', {str(model_dir)!r}])\n"
+        f"rc = main(['prediction', {binary_data['predict']!r}, "
+        f"'--model-dir', {str(model_dir)!r}])\n"
         "print('TF' if 'tensorflow' in sys.modules else 'no TF', rc)\n"
     )
     p = subprocess.run(
@@ -152,33 +153,11 @@ def test_every_option_has_help():
 def test_progress_on_a_terminal_only(tmp_path, binary_data):
     quiet = moodle("training", "q", tmp_path / "q", binary_data["train"])
     assert quiet.rc == 0 and quiet.stderr == ""
-    master, slave = pty.openpty()
-    cmd = [
-        sys.executable,
-        "-m",
-        "mlbackend",
-        "-m",
-        "moodlemlbackend.training",
-        "t",
-        str(tmp_path / "t"),
-        binary_data["train"],
-    ]
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=slave, env=backend_env())
-    os.close(slave)
-    chunks = []
-    while True:
-        try:
-            data = os.read(master, 4096)
-        except OSError:
-            break
-        if not data:
-            break
-        chunks.append(data)
-    out, _ = p.communicate()
-    os.close(master)
-    assert p.returncode == 0
-    assert b"epoch" in b"".join(chunks)
-    assert json.loads(out.decode().strip().splitlines()[-1]) == {"status": 0, "info": []}
+    cmd = ["-m", "moodlemlbackend.training", "t", str(tmp_path / "t"), binary_data["train"]]
+    shown, out, rc = _run_at_terminal(cmd, terminal="stderr")
+    assert rc == 0
+    assert "epoch" in shown
+    assert json.loads(out.strip().splitlines()[-1]) == {"status": 0, "info": []}
 
 
 @pytest.mark.parametrize("argv", [["-m"], ["-m", "moodlemlbackend.training"]])
@@ -212,47 +191,47 @@ def test_every_moodle_argv_maps_onto_its_subcommands_options():
             assert str(got) == value or got == type(got)(value), (module, name, got)
 
 
-def _run_at_terminal(argv: list[str]) -> str:
-    """Run the program with stdout on a pseudo-terminal; returns what it showed."""
+def _run_at_terminal(argv: list[str], terminal: str = "stdout") -> tuple[str, str, int]:
+    """Run the program with `terminal` ("stdout" or "stderr") on a
+    pseudo-terminal; returns what the terminal showed, the other stream's
+    text, and the exit status."""
     master, slave = pty.openpty()
+    streams = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, terminal: slave}
     p = subprocess.Popen(
         [sys.executable, "-m", "mlbackend", *argv],
-        stdout=slave,
-        stderr=subprocess.DEVNULL,
         env=backend_env(),
+        stdin=subprocess.DEVNULL,
+        **streams,
     )
     os.close(slave)
     chunks = []
     while True:
         try:
             data = os.read(master, 4096)
-        except OSError:
+        except OSError:  # the program closed the terminal
             break
         if not data:
             break
         chunks.append(data)
-    p.wait()
+    out, err = p.communicate()
     os.close(master)
-    return b"".join(chunks).decode().replace("\r\n", "\n")
+    other = (err if terminal == "stdout" else out).decode()
+    return b"".join(chunks).decode().replace("\r\n", "\n"), other, p.returncode
 
 
 def test_a_person_at_a_terminal_reads_a_summary_moodle_reads_json(tmp_path, binary_data, run_main):
     model = str(tmp_path / "m")
     assert run_main("training", binary_data["train"], "--model-dir", model).rc == 0
-    shown = _run_at_terminal(["prediction", binary_data["predict"], "--model-dir", model])
+    shown, _, _ = _run_at_terminal(["prediction", binary_data["predict"], "--model-dir", model])
     assert shown.startswith("Prediction: ok\n")
     assert "sample" in shown and "probability" in shown and "more rows" in shown
     with pytest.raises(json.JSONDecodeError):
         json.loads(shown)
     # --json at a terminal, and no terminal (Moodle): the one JSON line.
-    shown = _run_at_terminal(["prediction", binary_data["predict"], "--model-dir", model, "--json"])
+    argv = ["prediction", binary_data["predict"], "--model-dir", model]
+    shown, _, _ = _run_at_terminal([*argv, "--json"])
     assert len(json.loads(shown.strip())["predictions"]) == 150
-    assert (
-        len(
-            run_main("prediction", binary_data["predict"], "--model-dir", model).json["predictions"]
-        )
-        == 150
-    )
+    assert len(run_main(*argv).json["predictions"]) == 150
 
 
 def test_evaluation_summary_and_errors_read_as_text():

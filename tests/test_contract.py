@@ -14,7 +14,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from conftest import moodle, moodle_in_process, write
 
 HEAD = 'nfeatures,targetclasses,targettype\n3,"[0,1]","discrete"\n'

@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-
 from conftest import backend_env, moodle
+
 from mlbackend import actions, store, synthetic
 
 NFEATURES = 8
@@ -276,7 +276,7 @@ def test_trainings_and_predictions_at_once(tmp_path, data):
     try:
         trainings = [start("training", "busy", outdir, b["path"]) for b in data["batches"]]
         predictions = []
-        for i in range(8):  # spread over the trainings, which queue on the lock
+        for _ in range(8):  # spread over the trainings, which queue on the lock
             predictions.append(start("prediction", "busy", outdir, data["predict"]))
             time.sleep(one_call / 2)
         results = [(p, *p.communicate()) for p in trainings + predictions]
@@ -300,7 +300,7 @@ def test_trainings_and_predictions_at_once(tmp_path, data):
     assert strays(outdir) == []
     # Every prediction is that of one of the saved models.
     possible = [expected_predictions(v, data["predict"], tmp_path) for v in versions]
-    for proc, stdout, _ in results[len(trainings) :]:
+    for _proc, stdout, _ in results[len(trainings) :]:
         assert answer_of(stdout)["predictions"] in possible
 
 
@@ -529,6 +529,7 @@ def test_a_wide_model_is_refused_by_the_work_it_causes(tmp_path):
 
 def test_prediction_in_row_blocks_gives_the_same_answers(monkeypatch):
     from hostile import small_model_arrays
+
     from mlbackend import inference
 
     model = inference.Model.from_arrays(small_model_arrays(nfeatures=5, hidden=7), "m")

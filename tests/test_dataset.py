@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import write
 
 from mlbackend import dataset
 from mlbackend.contract import BackendError
-
-from conftest import write
 
 HEAD = 'nfeatures,targetclasses,targettype\n3,"[0,1]",discrete\n'
 

@@ -12,8 +12,9 @@ import fcntl
 import os
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from serverutil import PASSWORD, USER, Server, dirhash, start_server, stop

@@ -12,14 +12,12 @@ import os
 import subprocess
 import sys
 import tracemalloc
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import event, example, given, settings
-from hypothesis import strategies as st
-
 from conftest import backend_env, moodle
 from hostile import (
     any_bytes,
@@ -33,6 +31,9 @@ from hostile import (
     proto_field,
     write_table,
 )
+from hypothesis import event, example, given, settings
+from hypothesis import strategies as st
+
 from mlbackend import dataset
 from mlbackend.contract import BackendError
 
@@ -385,8 +386,9 @@ PICKLE_VALUES = st.sampled_from(
 )
 @example(changes={}, damage=[], cut=40)  # cut inside a 4-byte integer: struct.error
 def test_every_legacy_pickle_is_read_or_refused(tmp_path_factory, changes, damage, cut):
-    from mlbackend import legacy
     from test_legacy import legacy_pickle, tf_state
+
+    from mlbackend import legacy
 
     data = bytearray(legacy_pickle(tf_state(3, [0, 1, 2], **changes)))
     for at, value in damage:

@@ -2,9 +2,10 @@
 written stays readable and predicts exactly as it did.
 
 tests/golden/ holds one small model.npz per format version, as the program
-of that time wrote it, with the probabilities it gave (`model-vN.expected.json`)
-for `model-vN.predict.csv`, or `predict.csv` when there is none. Add a file here whenever a new version is
-written; never regenerate an old one.
+of that time wrote it, with the probabilities it gave
+(`model-vN.expected.json`) for `model-vN.predict.csv`, or `predict.csv` when
+there is none. Add a file here whenever a new version is written; never
+regenerate an old one.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import ROOT
+
 from mlbackend import dataset, store
 from mlbackend.inference import FORMAT_VERSION
 

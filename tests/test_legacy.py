@@ -22,15 +22,16 @@ import pickle
 import shutil
 import sys
 import types
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 from unittest import mock
 
 import numpy as np
 import pytest
-
 from conftest import moodle, moodle_in_process
 from hostile import DTYPE_STATES, DtypeWithState, bundle_entry, write_table
+
 from mlbackend import dataset, legacy, store
 from mlbackend.contract import BackendError
 from mlbackend.inference import Model

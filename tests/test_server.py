@@ -11,16 +11,14 @@ import stat
 import subprocess
 import sys
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pytest
 import requests
-
 from conftest import backend_env
-from mlbackend import reported_version
-from mlbackend.server import auth
 from serverutil import (
     PASSWORD,
     USER,
@@ -32,6 +30,9 @@ from serverutil import (
     stop,
     zip_names,
 )
+
+from mlbackend import reported_version
+from mlbackend.server import auth
 
 MAX_UPLOAD_MB = 1
 LEGACY = ("legacy", "old-pa$$word")

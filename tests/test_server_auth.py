@@ -8,9 +8,9 @@ import subprocess
 import sys
 
 import pytest
+from conftest import backend_env
 
 from mlbackend.server import auth
-from conftest import backend_env
 
 FAST = 10_000  # PBKDF2 iterations for tests: the minimum accepted
 

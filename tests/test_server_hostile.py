@@ -16,21 +16,22 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pytest
+from hostile import any_bytes, check_predictions, datasets, deflated_npz, examples
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
+from serverutil import HOST, PASSWORD, USER, Server, files_under, make_zip, start_server, stop
 from werkzeug.test import Client
 
-from hostile import any_bytes, check_predictions, datasets, deflated_npz, examples
 from mlbackend.server import app as server_app
 from mlbackend.server.auth import Users, parse_users
 from mlbackend.server.config import ServerConfig
 from mlbackend.server.local import LocalStorage
-from serverutil import HOST, PASSWORD, USER, Server, files_under, make_zip, start_server, stop
 
 HEAD = 'nfeatures,targetclasses,targettype\n3,"[0,1]",discrete\n'
 MODEL = {"uniqueid": "hostile", "dirhash": "v1"}

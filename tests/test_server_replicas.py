@@ -15,8 +15,9 @@ import concurrent.futures
 import io
 import json
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -115,8 +116,12 @@ def zip_of(directory: Path) -> bytes:
 
 
 def test_imports_of_every_format_reach_s3_and_replace_the_model(
-    s3, replicas, binary_data, legacy3, export2
-):  # noqa: F811 - fixtures
+    s3,
+    replicas,
+    binary_data,
+    legacy3,  # noqa: F811 - a fixture
+    export2,  # noqa: F811 - a fixture
+):
     a, b, c = replicas
     h = dirhash("/moodledata/models/imported/v1")
 

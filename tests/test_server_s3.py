@@ -5,19 +5,18 @@ servers behind a load balancer do. Whatever one server did, the other sees."""
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
-
 from serverutil import (
     PASSWORD,
     USER,
     Server,
-    aws_env,
     dirhash,
     files_under,
-    start_moto,
+    start_s3,
     start_server,
     stop,
     zip_names,
@@ -32,18 +31,9 @@ BUCKET = "mlbackend-test-models"
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     tmp = tmp_path_factory.mktemp("s3")
-    endpoint, moto = start_moto(tmp)
-    env = aws_env(tmp)
-    client = boto3.session.Session().client(
-        "s3",
-        endpoint_url=endpoint,
-        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
-        region_name=env["AWS_DEFAULT_REGION"],
-    )
-    client.create_bucket(Bucket=BUCKET)
-    yield {"tmp": tmp, "endpoint": endpoint, "client": client, "env": env}
-    stop(moto)
+    endpoint = start_s3(tmp, BUCKET)
+    yield {"tmp": tmp, "endpoint": endpoint.url, "client": endpoint.client, "env": endpoint.env}
+    stop(endpoint.proc)
 
 
 @pytest.fixture(scope="module")

@@ -32,7 +32,8 @@ import re
 import tempfile
 import threading
 import traceback
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
 from werkzeug.routing import Map, Rule
@@ -283,7 +284,7 @@ class MoodleApp:
             "Moodle sends a few short fields and one file."
         )
 
-    def _training_slot(self) -> "_Slot":
+    def _training_slot(self) -> _Slot:
         return _Slot(self.trainings)
 
 

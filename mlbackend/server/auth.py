@@ -198,7 +198,7 @@ class Users:
         self._slow = threading.Lock()
 
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None) -> "Users":
+    def from_env(cls, environ: dict[str, str] | None = None) -> Users:
         env = os.environ if environ is None else environ
         return cls(parse_users(env.get(USERS_ENV)))
 

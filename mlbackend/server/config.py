@@ -11,9 +11,8 @@ import argparse
 import os
 from dataclasses import dataclass
 
-from mlbackend.contract import BackendError
-
 from mlbackend import VERSION_OVERRIDE_ENV
+from mlbackend.contract import BackendError
 from mlbackend.server.auth import USERS_ENV
 
 DIR_ENV = "MOODLE_MLBACKEND_PYTHON_DIR"
@@ -39,7 +38,9 @@ ENVIRONMENT: list[tuple[str, str]] = [
     (
         TEMPDIR_ENV,
         "directory for temporary files (uploads, models fetched from S3); default: "
-        "the system's (`TMPDIR`, `/tmp`)",
+        "the system's (`TMPDIR`, `/tmp`). Each request's directory is "
+        "`mlbackend-req-PID-...`; at start the server removes those of servers no longer "
+        "running (killed mid-request)",
     ),
     (
         VERSION_OVERRIDE_ENV,
@@ -67,7 +68,7 @@ class ServerConfig:
     @classmethod
     def from_args(
         cls, args: argparse.Namespace, environ: dict[str, str] | os._Environ[str] | None = None
-    ) -> "ServerConfig":
+    ) -> ServerConfig:
         env = os.environ if environ is None else environ
         for name in ("workers", "max_trainings", "max_upload_mb", "max_unzipped_mb"):
             if getattr(args, name) < 1:

@@ -31,7 +31,8 @@ import queue
 import re
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from waitress.channel import HTTPChannel
 from waitress.parser import HTTPRequestParser
@@ -67,7 +68,7 @@ def log_safe(value: str | None, limit: int = 512) -> str:
     return text + ("..." if len(value) > limit else "")
 
 
-def log_refusal(channel: "GatedChannel", parser: "GatedParser") -> None:
+def log_refusal(channel: GatedChannel, parser: GatedParser) -> None:
     """The access-log line of a request refused here (the application,
     which writes the others, never sees it)."""
     access_log.info(
@@ -130,7 +131,11 @@ class GatedParser(HTTPRequestParser):
     """waitress' request parser, stopped after the headers until the
     credentials are known to be good."""
 
-    def __init__(self, adj: Any, channel: "GatedChannel") -> None:
+    # waitress' own attributes, which its code does not annotate.
+    error: Any
+    expect_continue: bool
+
+    def __init__(self, adj: Any, channel: GatedChannel) -> None:
         super().__init__(adj)
         self.channel = channel
         self.started = time.monotonic()
@@ -197,10 +202,11 @@ class GatedChannel(HTTPChannel):
     waitress' main loop thread, like the parser's."""
 
     gate: Gate  # set on the subclass made for each server (see `channel_class`)
+    request: Any  # waitress': the request being parsed
 
     def __init__(self, server: Any, sock: Any, addr: Any, adj: Any, map: Any = None) -> None:
         super().__init__(server, sock, addr, adj, map=map)
-        self.parser_class = lambda adj: GatedParser(adj, self)  # type: ignore[assignment]
+        self.parser_class = lambda adj: GatedParser(adj, self)
         self.client = str(addr[0]) if isinstance(addr, tuple) and addr else ""
         self.gate.clients[self.client] += 1
         if (

@@ -52,8 +52,9 @@ import shutil
 import tempfile
 import threading
 import zipfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import boto3
 import botocore.config

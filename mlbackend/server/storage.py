@@ -23,7 +23,9 @@ neither, so that they can import it.
 from __future__ import annotations
 
 import abc
-from typing import Callable, ContextManager, TypeVar
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import TypeVar
 
 from mlbackend.contract import BackendError
 
@@ -49,14 +51,16 @@ class Storage(abc.ABC):
     def describe(self) -> str:
         """Where models are kept, for the start-up log."""
 
-    def check(self) -> None:
+    def check(self) -> None:  # noqa: B027 - a hook: most storages need nothing
         """Fail at start-up, not at the first request, when the storage is unusable."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - a hook: most storages need nothing
         """The server stops: release what the storage holds on this machine."""
 
     @abc.abstractmethod
-    def model(self, uniqueid: str, dirhash: str, *, fetch: bool = True) -> ContextManager[str]:
+    def model(
+        self, uniqueid: str, dirhash: str, *, fetch: bool = True
+    ) -> AbstractContextManager[str]:
         """A model directory for one request that reads the model (a context manager).
 
         `fetch`: the request reads the stored model; without it, a directory
@@ -76,7 +80,7 @@ class Storage(abc.ABC):
         model was deleted meanwhile, or when it kept changing.
         """
 
-    def keep_run_logs(self, uniqueid: str, dirhash: str, model_dir: str, runid: int) -> None:
+    def keep_run_logs(self, uniqueid: str, dirhash: str, model_dir: str, runid: int) -> None:  # noqa: B027
         """Keep an evaluation's `logs/RUNID` for a later `/evaluationlog`."""
 
     @abc.abstractmethod

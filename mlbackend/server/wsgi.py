@@ -15,15 +15,16 @@ import signal
 import sys
 import tempfile
 import time
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from mlbackend import reported_version
 from mlbackend.contract import BackendError
 from mlbackend.server import gate
 from mlbackend.server.app import USER_KEY, MoodleApp, WSGIApp, clean_request_dirs
 from mlbackend.server.auth import USERS_ENV, Users
-from mlbackend.server.gate import access_log, log_safe
 from mlbackend.server.config import ServerConfig
+from mlbackend.server.gate import access_log, log_safe
 from mlbackend.server.local import LocalStorage
 from mlbackend.server.storage import Storage
 

@@ -22,16 +22,17 @@ from pathlib import Path
 TESTS = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(TESTS))
 
-from mlbackend import synthetic  # noqa: E402
-from mlbackend.tf import quiet_tensorflow  # noqa: E402
-from test_legacy import (
+from test_legacy import (  # noqa: E402
     HIDDEN,
     VARIABLE_COLUMNS,
     legacy_pickle,
-    random_weights,  # noqa: E402
+    random_weights,
     tf_state,
     write_savedmodel,
 )
+
+from mlbackend import synthetic  # noqa: E402
+from mlbackend.tf import quiet_tensorflow  # noqa: E402
 
 
 def main() -> None:
