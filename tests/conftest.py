@@ -64,10 +64,17 @@ def backend_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 
 def moodle(
-    module: str, *args: Any, env: dict[str, str] | None = None, timeout: float = 900
+    module: str,
+    *args: Any,
+    env: dict[str, str] | None = None,
+    timeout: float = 900,
+    runner: tuple[str, ...] = (),
 ) -> Result:
-    """Run the program exactly as Moodle's PHP does (stdout, stderr, exit code)."""
+    """Run the program exactly as Moodle's PHP does (stdout, stderr, exit code).
+
+    `runner`: a command the program runs under (e.g. qemu-user and its options)."""
     cmd = [
+        *runner,
         sys.executable,
         "-m",
         "mlbackend",

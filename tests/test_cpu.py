@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT, Result, backend_env, moodle
+from conftest import Result, moodle
 
 from mlbackend import cpu
 
@@ -56,28 +54,8 @@ needs_qemu = pytest.mark.skipif(QEMU is None, reason="qemu-x86_64 absent (Debian
 
 def emulated(cpu_model: str, module: str, *args: Any) -> Result:
     """Moodle's call, run by qemu-user on the emulated CPU `cpu_model`."""
-    cmd = [
-        QEMU,
-        "-cpu",
-        cpu_model,
-        sys.executable,
-        "-m",
-        "mlbackend",
-        "-m",
-        f"moodlemlbackend.{module}",
-        *[str(a) for a in args],
-    ]
-    p = subprocess.run(
-        cmd,
-        capture_output=True,
-        text=True,
-        env=backend_env(),
-        timeout=600,
-        stdin=subprocess.DEVNULL,
-        cwd=ROOT,
-        check=False,
-    )
-    return Result(p.returncode, p.stdout, p.stderr)
+    assert QEMU is not None
+    return moodle(module, *args, timeout=600, runner=(QEMU, "-cpu", cpu_model))
 
 
 @pytest.fixture(scope="module")
