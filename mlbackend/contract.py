@@ -15,6 +15,21 @@ NO_DATASET = 2
 LOW_SCORE = 4
 NOT_ENOUGH_DATA = 8
 
+#: The evaluation answer's figures (floats; `auc` ones for binary targets only).
+EVALUATION_FIGURES = (
+    "accuracy",
+    "balanced accuracy",
+    "precision",
+    "recall",
+    "f1_score",
+    "score",
+    "score_deviation",
+    "auc",
+    "auc_deviation",
+    "min_score",
+    "accepted_deviation",
+)
+
 NOT_TRAINED_MESSAGE = "Provided model have not been trained yet"
 MISSING_CLASSES_MESSAGE = "Training data needs to include samples belonging to all classes"
 

@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 from conftest import moodle, moodle_in_process, write
 
+from mlbackend.contract import EVALUATION_FIGURES
+
 HEAD = 'nfeatures,targetclasses,targettype\n3,"[0,1]","discrete"\n'
 
 
@@ -121,19 +123,7 @@ def test_evaluation_answer_and_log_directory(tmp_path, binary_data):
     r = moodle_in_process("evaluation", "ev", tmp_path, binary_data["train"], 0.7, 0.05, 3)
     assert r.rc == r.json["status"]
     a = r.json
-    for key in (
-        "accuracy",
-        "balanced accuracy",
-        "precision",
-        "recall",
-        "f1_score",
-        "score",
-        "score_deviation",
-        "auc",
-        "auc_deviation",
-        "min_score",
-        "accepted_deviation",
-    ):
+    for key in EVALUATION_FIGURES:
         assert isinstance(a[key], float), key
     assert isinstance(a["runid"], int) and isinstance(a["info"], list)
     assert a["score"] == pytest.approx(a["f1_score"])
