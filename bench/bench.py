@@ -59,6 +59,13 @@ OLD = {
         "balanced_accuracy": "0.868-0.881",
     },
 }
+# The network before issue 14 (centred inputs, class weights ^0.5; commit
+# 68b0e78), measured in process on the same three splits: issue 14's
+# balanced-accuracy floor.
+BEFORE_14 = {
+    "quality site-a": {"auc": 0.8995, "f1_weighted": 0.8586, "balanced_accuracy": 0.8704},
+    "quality site-b": {"auc": 0.9730, "f1_weighted": 0.9268, "balanced_accuracy": 0.8997},
+}
 TARGETS = {  # issue 3
     "predict site-a": "10x faster",
     "train site-a": "2x faster, RSS <= old",
@@ -403,6 +410,24 @@ def _quality(backend: list[str], a: argparse.Namespace, work: Path, results: dic
         print(
             f"site-{site:<3}{'old':<6}{old['auc']:>13}{old['f1_weighted']:>13}"
             f"{old['balanced_accuracy']:>13}"
+        )
+        before = BEFORE_14[f"quality site-{site}"]
+        print(
+            f"site-{site:<3}{'pre14':<6}{before['auc']:>13.4f}{before['f1_weighted']:>13.4f}"
+            f"{before['balanced_accuracy']:>13.4f}"
+        )
+        # Issue 14's targets: AUC within 0.005 of the peer's, weighted F1 not
+        # below the old backend's (the high end of its range) minus 0.005,
+        # balanced accuracy not below the network's before issue 14.
+        checks = {
+            "AUC >= HGB - 0.005": mean["auc"] >= peer_mean["auc"] - 0.005,
+            "F1 >= old - 0.005": mean["f1_weighted"]
+            >= float(old["f1_weighted"].split("-")[-1]) - 0.005,
+            "bal acc >= pre14": mean["balanced_accuracy"] >= before["balanced_accuracy"],
+        }
+        print(
+            f"site-{site:<3}targets: "
+            + ", ".join(f"{k} {'yes' if ok else 'NO'}" for k, ok in checks.items())
         )
         results[f"quality site-{site}"] = {
             "mean": mean,

@@ -32,18 +32,21 @@ def test_minority_class_is_found_without_losing_overall_quality(imbalanced):
 
 
 def test_side_by_side_training_matches_one_at_a_time(imbalanced):
-    """Evaluation trains its splits as one batched computation; each network
-    must be as good as one trained alone on the same rows."""
+    """Evaluation trains its splits as one batched computation; its networks
+    must be as good as ones trained alone on the same rows. Compared on
+    average: one network's AUC moves by 0.01-0.02 with its validation split
+    and initial weights, whichever way it is trained."""
     X, y, Xt, yt = imbalanced
     rng = np.random.default_rng(0)
     splits = [np.sort(rng.permutation(len(y))[:1100]) for _ in range(3)]
     together = training.train_splits(X, y, [0, 1], [], splits)
+    aucs_together, aucs_alone = [], []
     for rows, m in zip(splits, together):
         alone = training.train(X[rows], y[rows], [0, 1], [])
-        auc_together = metrics.roc_auc(yt == 1, m.predict_proba(Xt)[:, 1])
-        auc_alone = metrics.roc_auc(yt == 1, alone.predict_proba(Xt)[:, 1])
-        assert auc_together >= auc_alone - 0.02
-        assert auc_together >= 0.93
+        aucs_together.append(metrics.roc_auc(yt == 1, m.predict_proba(Xt)[:, 1]))
+        aucs_alone.append(metrics.roc_auc(yt == 1, alone.predict_proba(Xt)[:, 1]))
+    assert np.mean(aucs_together) >= np.mean(aucs_alone) - 0.01, (aucs_together, aucs_alone)
+    assert min(aucs_together) >= 0.93
 
 
 def test_training_is_reproducible(imbalanced):

@@ -64,10 +64,23 @@ def test_the_encoding_follows_the_training_quantiles(finely_encoded):
     np.testing.assert_allclose(m.standardised(X).mean(axis=0), 0, atol=1e-5)
 
 
-def test_little_evidence_gets_a_coarse_encoding(trained):
-    """90 rows of the rarest class: one bin a column (MINORITY_ROWS_PER_BIN)."""
+def test_little_evidence_gets_the_centred_columns(trained):
+    """90 rows of the rarest class (under ENCODING_MIN_RARE_ROWS): no
+    encoding, the centred columns, a format 1 model."""
     ds, m = trained
-    assert np.all(m.encoding.counts == 2)
+    assert m.encoding is None and m.format_version == 1
+    np.testing.assert_allclose(m.standardised(ds.X).mean(axis=0), 0, atol=1e-4)
+    np.testing.assert_allclose(m.predict_proba(ds.X), keras_predict_proba(m, ds.X), atol=1e-5)
+
+
+def test_the_rule_between_centred_and_encoded_inputs():
+    X = np.random.default_rng(4).normal(size=(1000, 3)).astype(np.float32)
+    columns = np.arange(3)
+    rare = training.ENCODING_MIN_RARE_ROWS
+    assert training.network_inputs(X, columns, None, 0, rare - 1)[0] is None
+    encoding = training.network_inputs(X, columns, None, 0, rare)[0]
+    assert encoding is not None
+    assert encoding.counts.max() == rare // training.MINORITY_ROWS_PER_BIN + 1
 
 
 def test_continued_training_of_an_old_format_model_keeps_its_inputs(trained):
@@ -104,9 +117,9 @@ def test_constant_columns_are_dropped_and_remembered(trained):
     assert m.nfeatures == 20 and len(m.columns) < 20
 
 
-def test_continued_training_keeps_the_encoding_and_changes_the_weights(trained):
-    ds, m = trained
-    again = training.train(ds.X[:300], ds.y[:300], ds.classes, ds.feature_names, previous=m)
+def test_continued_training_keeps_the_encoding_and_changes_the_weights(finely_encoded):
+    X, y, m = finely_encoded
+    again = training.train(X[1200:], y[1200:], [0, 1], [], previous=m)
     np.testing.assert_array_equal(again.columns, m.columns)
     np.testing.assert_array_equal(again.encoding.counts, m.encoding.counts)
     np.testing.assert_array_equal(again.encoding.edges, m.encoding.edges)
@@ -200,8 +213,8 @@ def test_stray_temporary_files_are_cleaned_by_the_next_writer(tmp_path):
     "damage",
     ["truncate", "bad shape", "pickle inside", "future", "edges not increasing", "edges missing"],
 )
-def test_damaged_models_are_refused(trained, tmp_path, damage):
-    _, m = trained
+def test_damaged_models_are_refused(finely_encoded, tmp_path, damage):
+    *_, m = finely_encoded
     arrays = m.to_arrays()
     path = tmp_path / "model.npz"
     if damage == "truncate":
@@ -229,8 +242,9 @@ def test_damaged_models_are_refused(trained, tmp_path, damage):
     assert err.value.status == 1
 
 
-def test_model_arrays_are_plain_data(trained):
-    _, m = trained
+@pytest.mark.parametrize("which", ["trained", "finely_encoded"])
+def test_model_arrays_are_plain_data(which, request):
+    m = request.getfixturevalue(which)[-1]
     for name, arr in m.to_arrays().items():
         assert arr.dtype != object, name
     assert isinstance(Model.from_arrays(m.to_arrays(), "x"), Model)
