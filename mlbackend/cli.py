@@ -135,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
         ["--model-id", "--model-dir", "DATASET", "--min-score", "--max-deviation", "--iterations"],
         moodle_optional=("--trained-model-dir",),
         help="measure how well a model would predict",
-        description="Train on random 80 %% splits and score the other 20 %%, "
+        description="Train on random 80 % splits and score the other 20 %, "
         "ITERATIONS times; or, with --trained-model-dir, score that "
         "model on every row. Logs go to DIR/logs/RUNID/.",
     )

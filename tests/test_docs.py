@@ -9,6 +9,8 @@ import sys
 
 from conftest import ROOT
 
+from mlbackend import cli
+
 GENERATED = ["docs/cli.md", "docs/server.md"]
 
 
@@ -43,3 +45,12 @@ def test_readme_points_at_every_reference_page():
     readme = (ROOT / "README.md").read_text()
     for page in sorted((ROOT / "docs").glob("*.md")):
         assert f"docs/{page.name}" in readme, f"README does not link docs/{page.name}"
+
+
+def test_help_texts_show_no_escaped_percent_signs():
+    """argparse %-formats argument help but prints descriptions as written:
+    a '%%' there reaches the reader (and the man page) as it is."""
+    parser = cli.build_parser()
+    subparsers = next(a for a in parser._actions if a.choices and isinstance(a.choices, dict))
+    for name, sub in subparsers.choices.items():
+        assert "%%" not in sub.format_help(), name
