@@ -161,14 +161,22 @@ def _entries(block: bytes) -> list[tuple[bytes, bytes]]:
     return out
 
 
+def read_at_most(path: str, limit: int) -> bytes | None:
+    """The file's bytes, or None when it holds more than `limit`: never more
+    than limit + 1 bytes are read, so a huge file costs nothing. OSError
+    passes through (callers word it for their kind of file)."""
+    with open(path, "rb") as f:
+        data = f.read(limit + 1)
+    return data if len(data) <= limit else None
+
+
 def read_index(path: str) -> dict[str, bytes]:
     """Tensor name -> serialized BundleEntryProto ("" is the header)."""
     try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_INDEX_BYTES + 1)
+        data = read_at_most(path, MAX_INDEX_BYTES)
     except OSError as exc:
         raise _bad(f"{path} cannot be read ({exc.strerror})") from None
-    if len(data) > MAX_INDEX_BYTES:
+    if data is None:
         raise _bad(
             f"{path} is larger than a model's checkpoint index ({MAX_INDEX_BYTES} bytes at most)"
         )

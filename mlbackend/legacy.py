@@ -42,6 +42,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from mlbackend.checkpoint import read_at_most
 from mlbackend.contract import BackendError, shown
 from mlbackend.inference import MAX_CLASSES, MAX_FEATURES, MAX_HIDDEN_LAYERS, Model
 
@@ -729,11 +730,10 @@ def read_2x_export(path: str) -> LegacyNetwork:
 
 def _read_bytes(path: str, limit: int) -> bytes:
     try:
-        with open(path, "rb") as f:
-            data = f.read(limit + 1)
+        data = read_at_most(path, limit)
     except OSError as exc:
         raise BackendError(f"The old model file {path} cannot be read ({exc.strerror}).") from None
-    if len(data) > limit:
+    if data is None:
         raise BackendError(
             f"The old model file {path} is larger than any model "
             f"moodlemlbackend writes ({limit} bytes at most); it is refused."
