@@ -13,6 +13,7 @@ without importing TensorFlow, and what makes the stored format data only.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,6 +46,8 @@ MAX_HIDDEN_WIDTH = 4096
 MAX_HIDDEN_LAYERS = 16
 MAX_CLASSES = 1000
 MAX_PARAMETERS = 16_000_000  # 64 MB of float32 weights
+#: Largest logit shift accepted in a file: training makes |shift| <= a few.
+MAX_LOGIT_SHIFT = 50.0
 #: Memory one block of predicted rows may take for the network's layers:
 #: rows are predicted in blocks sized from the model's widths.
 PREDICT_BLOCK_BYTES = 64 << 20
@@ -153,7 +156,10 @@ class Model:
     (one per encoded input) centre the result; without one (versions 1 and
     2), `mean` and `scale` standardise the columns themselves. `weights`
     alternate kernels and biases, input to output. `activation` is the hidden
-    layers' (a key of `ACTIVATIONS`).
+    layers' (a key of `ACTIVATIONS`). `logit_shift` (one per class, or None)
+    is what training added to the output layer's bias (see
+    `mlbackend.training.DECISION_SHIFT_POWER`): it is in the weights, so every
+    reader predicts the same; it is kept so that training on can take it out.
     """
 
     classes: list[int]
@@ -166,6 +172,7 @@ class Model:
     history: dict[str, Any] = field(default_factory=dict)
     activation: str = "relu"
     encoding: PiecewiseLinear | None = None
+    logit_shift: np.ndarray | None = None
 
     @property
     def hidden_units(self) -> list[int]:
@@ -296,6 +303,8 @@ class Model:
         }
         if self.encoding is not None:
             meta["encoding"] = "piecewise-linear"
+        if self.logit_shift is not None:
+            meta["logit_shift"] = [float(v) for v in self.logit_shift]
         arrays = {
             "meta": np.array(json.dumps(meta)),
             "columns": self.columns.astype(np.int64),
@@ -338,6 +347,7 @@ class Model:
             hidden = meta["hidden_units"]
             feature_names = meta.get("feature_names", [])
             history = meta.get("history", {})
+            logit_shift = meta.get("logit_shift")
             encoding = None
             if int(meta.get("format_version", 0)) >= 3:
                 if meta.get("encoding") != "piecewise-linear":
@@ -370,6 +380,23 @@ class Model:
                 raise bad(f"feature_names must be a list of names, not {shown(feature_names)}")
             if not isinstance(history, dict):
                 raise bad(f"history must be an object, not {shown(history)}")
+            if logit_shift is not None:
+                if (
+                    not isinstance(logit_shift, list)
+                    or len(logit_shift) != len(classes)
+                    or not all(
+                        isinstance(v, int | float)
+                        and not isinstance(v, bool)
+                        and math.isfinite(v)
+                        and abs(v) <= MAX_LOGIT_SHIFT
+                        for v in logit_shift
+                    )
+                ):
+                    raise bad(
+                        f"logit_shift must be {len(classes)} numbers of at most "
+                        f"{MAX_LOGIT_SHIFT} in size, not {shown(logit_shift)}"
+                    )
+                logit_shift = np.asarray(logit_shift, dtype=np.float32)
             columns = np.asarray(arrays["columns"], dtype=np.int64)
             mean = np.asarray(arrays["mean"], dtype=np.float32)
             scale = np.asarray(arrays["scale"], dtype=np.float32)
@@ -424,6 +451,7 @@ class Model:
             history=dict(history),
             activation=activation,
             encoding=encoding,
+            logit_shift=logit_shift,
         )
 
 

@@ -64,8 +64,20 @@ MINORITY_ROWS_PER_BIN = 50
 #: Measured (stratified 80/20 splits, AUC): site-a (214 rows of the rarest
 #: class) 0.902 centred, 0.892 encoded (10 splits); site-b sampled to 2,000
 #: rows (256) 0.963 against 0.961; to 4,000 (500) 0.964 against 0.966; to
-#: 7,000 (907) 0.966 against 0.968; all of site-b (1,810) 0.973 against 0.979.
+#: 7,000 (907) 0.966 against 0.968; all of site-b (1,810) 0.973 against 0.978.
 ENCODING_MIN_RARE_ROWS = 400
+
+#: Class weights are (n / (k n_c)) ** this: 1 weighs every class equally in
+#: the loss (balanced), 0 every row. See docs/model.md, "Choices, measured".
+CLASS_WEIGHT_POWER = 0.5
+#: After training, log((n / (k n_c)) ** this) is added to the output layer's
+#: bias: the decision and the probability Moodle gets are those of class
+#: weights to the power 0.75, while the network learns with 0.5. A shift does
+#: not change how the rows are ranked (AUC), and training with 0.75 would cost
+#: site-b 0.0006 of AUC; it raises balanced accuracy on site-a (centred
+#: inputs) and the share of the students at risk whose probability reaches
+#: Moodle's 0.6 (docs/model.md, "Choices, measured").
+DECISION_SHIFT_POWER = 0.25
 
 #: How a network's inputs are made from the used columns: a piecewise-linear
 #: encoding (None: none, the columns themselves), then minus mean, over scale.
@@ -83,16 +95,8 @@ class TrainingOptions:
     dropout: float = 0.4
     l2: float = 1e-4
     validation_fraction: float = 0.15
-    #: 1 weighs every class equally in the loss (balanced), 0 weighs every row
-    #: equally. 0.75 finds more students at risk than 0.5 did (balanced accuracy
-    #: +0.01 on site-a and site-b) for 0.001-0.008 of weighted F1 and no AUC;
-    #: 1 loses 0.01 of weighted F1 more (docs/model.md).
-    class_weight_power: float = 0.75
-    #: The weights kept are an exponential moving average of those at the end
-    #: of each epoch, with this decay (the last three epochs or so): an average
-    #: along the path generalises better than its last point (Polyak
-    #: averaging); early stopping watches the average's validation loss.
-    weight_average: float = 0.7
+    #: 1 weighs every class equally in the loss (balanced), 0 weighs every row equally.
+    class_weight_power: float = CLASS_WEIGHT_POWER
     progress: bool = False  # a progress line on stderr (terminals only)
     #: One TensorBoard directory per network trained side by side (evaluation).
     tensorboard_dirs: list[str] = field(default_factory=list)
@@ -145,6 +149,8 @@ def train(
         hidden = hidden_units(X, len(columns))
         activation = "relu"
     init = [w[None] for w in previous.weights] if previous is not None else None
+    if init is not None and previous is not None and previous.logit_shift is not None:
+        init[-1] = init[-1] - previous.logit_shift[None]  # trains on as it learnt
     weights, epochs = _fit_side_by_side(
         X,
         columns,
@@ -164,6 +170,8 @@ def train(
         "last_epochs": epochs[0],
     }
     log.info("trained %d rows for %d epochs (hidden layers %s)", len(y_idx), epochs[0], hidden)
+    shift = logit_shift(y_idx, len(classes))
+    weights[0][-1] = weights[0][-1] + shift
     return Model(
         classes=list(classes),
         nfeatures=int(X.shape[1]),
@@ -175,6 +183,7 @@ def train(
         history=record,
         activation=activation,
         encoding=encoding,
+        logit_shift=shift,
     )
 
 
@@ -206,6 +215,8 @@ def train_splits(
     models = []
     for k, rows in enumerate(splits):
         encoding, mean, scale = inputs[k]
+        shift = logit_shift(y_idx[rows], len(classes))
+        weights[k][-1] = weights[k][-1] + shift
         models.append(
             Model(
                 classes=list(classes),
@@ -217,6 +228,7 @@ def train_splits(
                 feature_names=list(feature_names),
                 history={"trainings": 1, "rows_seen": len(rows), "last_epochs": epochs[k]},
                 encoding=encoding,
+                logit_shift=shift,
             )
         )
     return models
@@ -339,6 +351,11 @@ def validation_split(
     return rng.permutation(np.concatenate(train)), np.concatenate(val)
 
 
+def logit_shift(y_idx: np.ndarray, nclasses: int) -> np.ndarray:
+    """What training adds to the output bias (DECISION_SHIFT_POWER)."""
+    return np.log(class_weights(y_idx, nclasses, DECISION_SHIFT_POWER)).astype(np.float32)
+
+
 def class_weights(y_idx: np.ndarray, nclasses: int, power: float) -> np.ndarray:
     """Per-class loss weights, (n / (k * n_c)) ** power: 1 is 'balanced'."""
     counts = np.bincount(y_idx, minlength=nclasses).astype(np.float64)
@@ -434,12 +451,9 @@ def _fit_side_by_side(
     lr, b1, b2, eps = options.learning_rate, 0.9, 0.999, 1e-7
     l2, dropout = options.l2, options.dropout
     activate = {"relu": tf.nn.relu, "tanh": tf.tanh}[activation]
-    # The moving average of the weights (options.weight_average), updated in
-    # the graph: copying the weights out every epoch would cost up to a second.
-    averaged = [tf.Variable(w) for w in start]
 
-    def forward(h: Any, training: bool, weights: list[Any] = params) -> Any:
-        layers = list(zip(weights[0::2], weights[1::2]))
+    def forward(h: Any, training: bool) -> Any:
+        layers = list(zip(params[0::2], params[1::2]))
         for kernel, bias in layers[:-1]:
             h = activate(tf.matmul(h, kernel) + bias[:, None, :])
             if training and dropout:
@@ -499,14 +513,8 @@ def _fit_side_by_side(
     @tf.function(autograph=False, input_signature=spec[:2])
     def loss_of(x: Any, y: Any) -> Any:
         x = prepare(x)
-        logits = forward(x, False, averaged)
-        ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)
+        ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=forward(x, False))
         return tf.reduce_sum(ce, axis=1)
-
-    @tf.function(autograph=False, input_signature=[tf.TensorSpec([], tf.float32)])
-    def update_average(decay: Any) -> None:
-        for a, p in zip(averaged, params):
-            a.assign(decay * a + (1 - decay) * p)
 
     def epoch() -> np.ndarray:
         order = train_idx[:, rng.permutation(n)]
@@ -533,14 +541,14 @@ def _fit_side_by_side(
     stopped_at = np.full(K, max_epochs)
     for e in range(max_epochs):
         logs = {"loss": epoch()}
-        update_average(tf.constant(options.weight_average if e else 0.0, tf.float32))
         if with_validation:
             val = validation_loss()
             logs["val_loss"] = val
             better = (val < best_loss) & (waited <= options.patience)
             if better.any():
-                for b_, a_ in zip(best, averaged):
-                    b_[better] = a_.numpy()[better]
+                current = [p.numpy() for p in params]
+                for b_, c_ in zip(best, current):
+                    b_[better] = c_[better]
                 best_loss[better] = val[better]
             waited = np.where(better, 0, waited + 1)
             stopped_at[waited == options.patience + 1] = e + 1
@@ -551,7 +559,7 @@ def _fit_side_by_side(
         sys.stderr.write("\n")
     for writer in writers:
         writer.close()
-    final = best if with_validation else [a.numpy() for a in averaged]
+    final = best if with_validation else [p.numpy() for p in params]
     stopped_at = np.minimum(stopped_at, e + 1)
     # Network k's first kernel without the rows of its padding inputs.
     own = [len(mu) for _, mu, _ in encodings]

@@ -110,6 +110,36 @@ def test_continued_training_of_an_old_format_model_keeps_its_inputs(trained):
     )
 
 
+def test_the_decision_shift_is_in_the_bias_and_taken_out_to_train_on(finely_encoded):
+    """The shift toward the rarer class is part of the output bias (so any
+    reader predicts the same) and is stored; training on takes it out first,
+    so it is never added twice: with a learning rate of 0 nothing changes."""
+    X, y, m = finely_encoded
+    expected = np.log(training.class_weights(y[:1200], 2, training.DECISION_SHIFT_POWER))
+    np.testing.assert_allclose(m.logit_shift, expected, rtol=1e-6)
+    assert m.logit_shift[1] > 0  # class 1 is the rarer
+    stored = Model.from_arrays(m.to_arrays(), "x")
+    np.testing.assert_array_equal(stored.logit_shift, m.logit_shift)
+    frozen = training.TrainingOptions(learning_rate=0.0)
+    again = training.train(X[:1200], y[:1200], [0, 1], [], previous=m, options=frozen)
+    for before, after in zip(m.weights, again.weights):
+        np.testing.assert_allclose(after, before, atol=1e-6)
+    # Without the shift, the same weights decide as the loss's class weights do.
+    unshifted = Model(**{**m.__dict__, "weights": m.weights[:-1] + [m.weights[-1] - m.logit_shift]})
+    assert np.mean(unshifted.predict_proba(X).argmax(1)) < np.mean(m.predict_proba(X).argmax(1))
+
+
+def test_a_wrong_logit_shift_is_refused(finely_encoded):
+    *_, m = finely_encoded
+    for bad in ([1.0], [0.0, float("inf")], ["a", 1], [0.0, 1e6], {"a": 1}):
+        arrays = m.to_arrays()
+        meta = json.loads(str(arrays["meta"]))
+        meta["logit_shift"] = bad
+        arrays["meta"] = np.array(json.dumps(meta))
+        with pytest.raises(BackendError, match="logit_shift"):
+            Model.from_arrays(arrays, "x")
+
+
 def test_constant_columns_are_dropped_and_remembered(trained):
     ds, m = trained
     # The generator makes the first two columns constant.
