@@ -7,7 +7,7 @@
 #
 #   tests/frozen/check.sh RELEASEDIR DATADIR
 #
-# RELEASEDIR is the unpacked archive (mlbackend-VERSION-linux-x86_64/), DATADIR
+# RELEASEDIR is the unpacked archive (mlbackend-VERSION-linux-ARCH/), DATADIR
 # what tests/frozen/make_data.py wrote. With MLBACKEND_CHECK_INSTALL=system,
 # install.sh installs into the system's own places with --systemd (for a
 # throwaway root only); otherwise into a scratch directory. make dist-test
@@ -70,7 +70,11 @@ status_is() { [[ $last == "{\"status\": $1,"* ]]; }
 data_rows() { echo $(($(wc -l <"$1") - 3)); }
 prediction_rows() { grep -o '\["[^"]*", "[0-9]*", "[0-9.e-]*"\]' <<<"$last" | wc -l; }
 
-echo "# $R ($VERSION) on $(uname -sm), glibc $(getconf GNU_LIBC_VERSION 2>/dev/null | cut -d' ' -f2)"
+if [ -n "${QEMU_LD_PREFIX:-}" ]; then   # another machine's program, emulated (dist-test.sh)
+    echo "# $R ($VERSION) under qemu-user on $(uname -sm), glibc $(readlink "$QEMU_LD_PREFIX"/lib/*-linux-gnu/libc.so.6 | sed 's/^libc-\(.*\)\.so$/\1/') of $QEMU_LD_PREFIX"
+else
+    echo "# $R ($VERSION) on $(uname -sm), glibc $(getconf GNU_LIBC_VERSION 2>/dev/null | cut -d' ' -f2)"
+fi
 [ -n "$VERSION" ] || { echo "FAILED - no version in $R/BUILD-INFO"; exit 1; }
 
 # --- the archive
