@@ -73,10 +73,14 @@ dist-chroot-test: $(ARCHIVE)
 	done
 
 # CPUs without AVX or below x86-64-v2 get an answer, not SIGILL: the program
-# and the frozen one run on qemu-user's emulated Nehalem and kvm64 CPUs.
+# and the frozen one run on qemu-user's emulated Nehalem and kvm64 CPUs. With
+# ARCH=aarch64 (on x86-64): the frozen program on emulated ARM cores, from
+# the Cortex-A53 (ARMv8.0) to Neoverse N1 and qemu's max.
 cpu-test: $(STAMP) $(ARCHIVE)
+ifeq ($(ARCH),x86_64)
 	command -v qemu-x86_64 >/dev/null || { apt-get update -q && apt-get install -y -q qemu-user; }
 	$(BIN)/python -m pytest -p no:cacheprovider tests/test_cpu.py
+endif
 	PYTHON=$(BIN)/python bash tests/frozen/qemu-check.sh $(ARCHIVE)
 
 # The container image (podman, from the archive; docs/container.md), and its
