@@ -37,6 +37,12 @@ cd /build/python3.11-*/
 if grep -q '^#include "pycore_' Modules/pyexpat.c && ! grep -q Py_BUILD_CORE_MODULE Modules/pyexpat.c; then
     sed -i '1i #ifndef Py_BUILD_CORE_BUILTIN\n#  define Py_BUILD_CORE_MODULE 1\n#endif' Modules/pyexpat.c
 fi
+# Debian's sysconfigdata-name.diff renames the sysconfig data module
+# (_sysconfigdata__aarch64-linux-gnu) in configure.ac, Makefile.pre.in and
+# sysconfig.py, but not in the generated configure script, which Debian's own
+# build regenerates; a cross build takes the module's name from it.
+sed -i 's/_sysconfigdata_\$(ABIFLAGS)_\$(MACHDEP)_\$(MULTIARCH)/_sysconfigdata_$(ABIFLAGS)_$(MULTIARCH)/' configure
+grep -qF '_PYTHON_SYSCONFIGDATA_NAME=_sysconfigdata_$(ABIFLAGS)_$(MULTIARCH) ' configure
 export PKG_CONFIG_LIBDIR=/usr/lib/$HOST_TRIPLET/pkgconfig:/usr/share/pkgconfig
 ac_cv_func_sem_clockwait=no ac_cv_file__dev_ptmx=yes ac_cv_file__dev_ptc=no ac_cv_buggy_getaddrinfo=no \
     ./configure --host="$HOST_TRIPLET" --build="$(gcc -dumpmachine)" --with-build-python="$BUILD_PYTHON" \
