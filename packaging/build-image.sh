@@ -2,11 +2,8 @@
 # `make image`: the container image of the release, made from the release
 # archive (packaging/container/Containerfile) on a minimal Debian root built
 # here with debootstrap and imported with `podman import` (no registry is
-# needed or used). Tags localhost/mlbackend:VERSION-ARCH (and :VERSION and
-# :latest for this machine's own architecture), and writes
+# needed or used). Tags localhost/mlbackend:VERSION and :latest, and writes
 # dist/mlbackend-VERSION-image-ARCH.tar (`docker load` / `podman load` it).
-# Another machine's image (aarch64 on x86-64) is built under qemu-user
-# (packaging/emulation.sh).
 #
 #   packaging/build-image.sh dist/mlbackend-VERSION-linux-ARCH.tar.gz
 #
@@ -29,14 +26,13 @@ say() { echo "build-image: $*" >&2; }
 command -v podman >/dev/null && command -v runc >/dev/null && command -v debootstrap >/dev/null \
     || { apt-get update -q && apt-get install -y -q podman runc debootstrap; } >&2
 case $arch in x86_64) debarch=amd64 ;; aarch64) debarch=arm64 ;; *) exit 1 ;; esac
-[ "$arch" = "$(uname -m)" ] || bash packaging/emulation.sh "$arch"
 (cd "$(dirname "$archive")" && sha256sum --check --quiet "$name.tar.gz.sha256")
 
 # 1. The base: Debian minbase, the user that runs the server (uid 999) and its
 #    home with the models directory, without apt's lists and the docs.
 stamp=$(cat packaging/build-image.sh | sha256sum | cut -c1-12)
 base_tar=$CACHE/image-base-$SUITE-$arch-$stamp.tar
-base_tag=localhost/mlbackend-base:$SUITE-$arch-$stamp
+base_tag=localhost/mlbackend-base:$SUITE-$stamp
 if [ ! -s "$base_tar" ]; then
     say "debootstrap $SUITE into the image's base root"
     root=$CACHE/image-base-$SUITE-$arch
@@ -58,7 +54,7 @@ if [ ! -s "$base_tar" ]; then
 fi
 if ! podman image exists "$base_tag"; then
     say "podman import $base_tar"
-    podman import --quiet --os linux --arch "$debarch" "$base_tar" "$base_tag" >/dev/null
+    podman import --quiet "$base_tar" "$base_tag" >/dev/null
 fi
 
 # 2. The image: the archive unpacked into the build context, then the Containerfile.
@@ -66,13 +62,11 @@ context=$(mktemp -d)
 trap 'rm -rf "$context"' EXIT
 tar -xzf "$archive" -C "$context"
 mv "$context/$name" "$context/mlbackend"
-tag=localhost/mlbackend:$version-$arch
-tags=(--tag "$tag")
-[ "$arch" != "$(uname -m)" ] || tags+=(--tag "localhost/mlbackend:$version" --tag localhost/mlbackend:latest)
-podman build --quiet --file packaging/container/Containerfile --platform "linux/$debarch" \
-    --build-arg BASE="$base_tag" --build-arg VERSION="$version" "${tags[@]}" "$context" >/dev/null
+podman build --quiet --file packaging/container/Containerfile \
+    --build-arg BASE="$base_tag" --build-arg VERSION="$version" \
+    --tag "localhost/mlbackend:$version" --tag localhost/mlbackend:latest "$context" >/dev/null
 mkdir -p dist
 image_tar=dist/mlbackend-$version-image-$arch.tar
 rm -f "$image_tar"
-podman save --quiet --format docker-archive -o "$image_tar" "$tag"
-echo "$tag ($(podman image inspect --format '{{.Size}}' "$tag" | awk '{printf "%d MB", $1/1e6}')), saved as $image_tar"
+podman save --quiet --format docker-archive -o "$image_tar" "localhost/mlbackend:$version"
+echo "localhost/mlbackend:$version ($(podman image inspect --format '{{.Size}}' "localhost/mlbackend:$version" | awk '{printf "%d MB", $1/1e6}')), saved as $image_tar"
