@@ -11,10 +11,12 @@
 # tests/test_cpu.py does the same for the unfrozen program.
 #
 # aarch64 (run on an x86-64 machine): the oldest and the common ARM cores,
-# `cortex-a53` and `cortex-a72` (ARMv8.0, Raspberry Pi 3 and 4),
-# `cortex-a76` (ARMv8.2, Raspberry Pi 5), `neoverse-n1` (AWS Graviton 2,
-# Ampere Altra) and `max` (every feature qemu has: SVE, SVE2...) each train,
-# evaluate and predict, with the same answers as on `max`. The emulated CPU
+# `cortex-a53` (ARMv8.0 without the ARMv8.1 atomics; Raspberry Pi 3; qemu's
+# `cortex-a72`, the Pi 4's, has the same features), `neoverse-n1` (ARMv8.2:
+# AWS Graviton 2, Ampere Altra; qemu's `cortex-a76`, the Pi 5's, has the
+# same features) and `max` (every feature qemu has: SVE, SVE2...) train,
+# evaluate and predict, with the same answers as on `max`. QEMU_ARM_CPUS
+# (default "cortex-a53 neoverse-n1") chooses the cores besides `max`. The emulated CPU
 # is chosen with QEMU_CPU (binfmt_misc), with the loader and glibc of a
 # bullseye arm64 root (QEMU_LD_PREFIX); the check first proves that QEMU_CPU
 # is obeyed: the kernel's feature bits (AT_HWCAP) differ between the cores.
@@ -128,7 +130,10 @@ checks_aarch64() {
     on max -m moodlemlbackend.prediction u1 "$M" "$D/prediction.csv"
     prediction=$last
     check "prediction" '[ $rc = 0 ] && [[ $last == "{\"status\": 0,"* ]]'
-    for cpu in cortex-a53 cortex-a72 cortex-a76 neoverse-n1; do
+    # qemu's cortex-a72 has cortex-a53's features and cortex-a76 neoverse-n1's
+    # (the same AT_HWCAP: 8fb and 119ffb); all five passed this check once
+    # (docs/release.md), so CI runs one of each pair.
+    for cpu in ${QEMU_ARM_CPUS:-cortex-a53 neoverse-n1}; do
         echo "# $cpu (AT_HWCAP $(hwcap $cpu))"
         on "$cpu" -m moodlemlbackend.training u1 "$tmp/model-$cpu" "$D/training.csv"
         check "training" '[ $rc = 0 ] && [[ $last == "{\"status\": 0,"* ]]'
