@@ -42,7 +42,9 @@ docs: $(STAMP)
 # dist/mlbackend-VERSION-linux-ARCH.tar.gz with its .sha256, built in a Debian
 # bullseye root so that it runs on glibc 2.28 and later (packaging/BUILD-ROOT.md;
 # needs root; the root is cached in /var/cache/mlbackend). See docs/release.md.
-# Rebuilt when a file it is made from changes.
+# Rebuilt when a file it is made from changes. ARCH=aarch64 on an x86-64
+# machine builds and checks the aarch64 release under qemu-user (every
+# target below takes ARCH).
 VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' mlbackend/__init__.py)
 ARCH    ?= $(shell uname -m)
 ARCHIVE := dist/mlbackend-$(VERSION)-linux-$(ARCH).tar.gz
@@ -64,15 +66,21 @@ dist-test: $(ARCHIVE)
 
 # The same check in minimal Debian roots without Python (debootstrap, chroot;
 # root): bullseye (glibc 2.31) and bookworm (2.36).
+CHROOT_SUITES ?= bullseye bookworm
 dist-chroot-test: $(ARCHIVE)
-	SUITE=bullseye PYTHON=$(BIN)/python bash tests/frozen/chroot-test.sh $(ARCHIVE)
-	SUITE=bookworm PYTHON=$(BIN)/python bash tests/frozen/chroot-test.sh $(ARCHIVE)
+	for suite in $(CHROOT_SUITES); do \
+		SUITE=$$suite PYTHON=$(BIN)/python bash tests/frozen/chroot-test.sh $(ARCHIVE) || exit 1; \
+	done
 
 # CPUs without AVX or below x86-64-v2 get an answer, not SIGILL: the program
-# and the frozen one run on qemu-user's emulated Nehalem and kvm64 CPUs.
+# and the frozen one run on qemu-user's emulated Nehalem and kvm64 CPUs. With
+# ARCH=aarch64 (on x86-64): the frozen program on emulated ARM cores, from
+# the Cortex-A53 (ARMv8.0) to Neoverse N1 and qemu's max.
 cpu-test: $(STAMP) $(ARCHIVE)
+ifeq ($(ARCH),x86_64)
 	command -v qemu-x86_64 >/dev/null || { apt-get update -q && apt-get install -y -q qemu-user; }
 	$(BIN)/python -m pytest -p no:cacheprovider tests/test_cpu.py
+endif
 	PYTHON=$(BIN)/python bash tests/frozen/qemu-check.sh $(ARCHIVE)
 
 # The container image (podman, from the archive; docs/container.md), and its

@@ -29,11 +29,14 @@ if [ "$commit" != unknown ] && [ -n "$(git status --porcelain --untracked-files=
     commit=$commit-dirty
 fi
 
-# One build at a time in the shared build root (CI and a developer on the
-# same machine).
-mkdir -p "${MLBACKEND_CACHE:-/var/cache/mlbackend}"
-exec 9>"${MLBACKEND_CACHE:-/var/cache/mlbackend}/build-dist.lock"
+# One build at a time in ARCH's build root (CI and a developer on the same
+# machine); builds for two machines run side by side. build-root.sh takes
+# the same lock unless told (MLBACKEND_LOCKED) that it is held here.
+cache=${MLBACKEND_CACHE:-/var/cache/mlbackend}
+mkdir -p "$cache"
+exec 9>"$cache/build-$ARCH.lock"
 flock 9
+export MLBACKEND_LOCKED=$ARCH
 root=$(bash packaging/build-root.sh)
 # The sources the bundle is made from, copied into the root. PyInstaller keeps
 # its analysis and the stripped libraries in /srv/mlbackend/pyinstaller there
@@ -65,7 +68,11 @@ cp packaging/install.sh packaging/uninstall.sh packaging/mlbackend.service \
     packaging/server.env "$stage/packaging/"
 
 # The bundle must at least start here; `make dist-test` checks the rest.
-answer=$(env -i PATH=/usr/bin:/bin "$stage/mlbackend" version)
+# Another machine's bundle runs under qemu-user (binfmt_misc, set up by
+# build-root.sh), with that machine's loader and libraries from the root.
+emulation=()
+[ "$ARCH" = "$(uname -m)" ] || emulation=(QEMU_LD_PREFIX="$root")
+answer=$(env -i PATH=/usr/bin:/bin "${emulation[@]}" "$stage/mlbackend" version)
 [ "$answer" = "$version" ] || { echo "frozen mlbackend answered '$answer', not $version" >&2; exit 1; }
 
 # Every entry owned by root and dated at the commit, not by the builder's

@@ -11,9 +11,15 @@
 # Every stage is cached under $MLBACKEND_CACHE (default /var/cache/mlbackend)
 # and made again only when what it is made from changes (a stamp file holds a
 # hash of its inputs): from scratch about 35 minutes on two busy cores, then
-# seconds. Needs root
-# (debootstrap, chroot). ARCH is the machine (uname -m); only the build
-# machine's own is built for now.
+# seconds. Needs root (debootstrap, chroot).
+#
+# ARCH is the machine the release is for (default: uname -m). Another
+# machine's root (aarch64 on x86-64) runs under qemu-user
+# (packaging/emulation.sh); its CPython is cross-compiled at native speed in a
+# third root, the cross root (packaging/cross-python.sh).
+#
+# One build at a time per root: the lock $CACHE/build-ARCH.lock is taken here,
+# unless MLBACKEND_LOCKED=ARCH says that the caller holds it (build-dist.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 here=$PWD
@@ -28,63 +34,92 @@ PREFIX=/opt/python                 # CPython and OpenSSL inside the root
 VENV=/opt/venv                     # the build environment inside the root
 JOBS=${JOBS:-2}
 PIP_VERSION=25.0.1                 # the pip that fills the build environment
+BUILD_ARCH=$(uname -m)             # the machine the build runs on
 
-case $ARCH in
-    x86_64) debarch=amd64 ;;
-    aarch64) debarch=arm64 ;;
-    *) echo "build-root.sh: no build root for $ARCH" >&2; exit 1 ;;
-esac
-[ "$ARCH" = "$(uname -m)" ] || { echo "build-root.sh: builds for this machine's $(uname -m) only, not $ARCH" >&2; exit 1; }
+debian_arch() {
+    case $1 in
+        x86_64) echo amd64 ;;
+        aarch64) echo arm64 ;;
+        *) echo "build-root.sh: no build root for $1" >&2; return 1 ;;
+    esac
+}
+debarch=$(debian_arch "$ARCH")
+build_debarch=$(debian_arch "$BUILD_ARCH")
 [ "$(id -u)" = 0 ] || { echo "build-root.sh: needs root (debootstrap, chroot); try sudo make dist" >&2; exit 1; }
 
 root=$CACHE/build-root-$SUITE-$ARCH
 mkdir -p "$CACHE"
 log=$CACHE/build-root-$SUITE-$ARCH.log
 say() { echo "build-root: $*" >&2; }
+failed() { say "failed; the end of $log:"; tail -n 30 "$log" >&2; exit 1; }
+if [ "${MLBACKEND_LOCKED:-}" != "$ARCH" ]; then
+    exec 8>"$CACHE/build-$ARCH.lock"
+    flock 8
+fi
+[ "$ARCH" = "$BUILD_ARCH" ] || bash packaging/emulation.sh "$ARCH"
 
-# in_root CMD...: run in the root with a clean environment (no PIP_* or
-# proxy settings of the host), /proc mounted for the duration.
-in_root() {
-    local mounted=
-    if ! mountpoint -q "$root/proc"; then
-        mount -t proc proc "$root/proc"
+# in_chroot DIR CMD...: run in the root DIR with a clean environment (no PIP_*
+# or proxy settings of the host), /proc mounted for the duration.
+in_chroot() {
+    local dir=$1 mounted=
+    shift
+    if ! mountpoint -q "$dir/proc"; then
+        mount -t proc proc "$dir/proc"
         mounted=1
     fi
     local rc=0
-    chroot "$root" /usr/bin/env -i PATH=$PREFIX/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root \
+    chroot "$dir" /usr/bin/env -i PATH=$PREFIX/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root \
         LANG=C.UTF-8 "$@" || rc=$?
-    [ -z "$mounted" ] || umount "$root/proc"
+    [ -z "$mounted" ] || umount "$dir/proc"
     return $rc
 }
+in_root() { in_chroot "$root" "$@"; }
 
-# stage NAME INPUT...: true when the stage must be made (its stamp is missing
-# or holds another hash of the inputs: file contents and strings).
+# needs DIR NAME INPUT...: true when the stage NAME of the root DIR must be
+# made (its stamp is missing or holds another hash of the inputs: file
+# contents and strings); done_stage DIR NAME INPUT... writes the stamp.
 stamp_of() { local f; for f in "$@"; do if [ -f "$f" ]; then cat "$f"; else echo "$f"; fi; done | sha256sum | cut -c1-16; }
 needs() {
-    local name=$1; shift
-    [ "$(cat "$root/.stage-$name" 2>/dev/null)" != "$(stamp_of "$@")" ]
+    local dir=$1 name=$2
+    shift 2
+    [ "$(cat "$dir/.stage-$name" 2>/dev/null)" != "$(stamp_of "$@")" ]
 }
 done_stage() {
-    local name=$1; shift
-    stamp_of "$@" > "$root/.stage-$name"
+    local dir=$1 name=$2
+    shift 2
+    stamp_of "$@" > "$dir/.stage-$name"
 }
 
-# 1. The root: minbase and the compilers, from the mirror apt uses.
-packages=build-essential,dpkg-dev,perl,pkg-config,ca-certificates,libffi-dev,zlib1g-dev,libbz2-dev,liblzma-dev,libsqlite3-dev,uuid-dev,binutils,patchelf
-if needs root "$SUITE" "$packages" "$MIRROR"; then
-    say "debootstrap $SUITE ($debarch) into $root, log in $log"
-    mountpoint -q "$root/proc" && umount "$root/proc"
-    rm -rf "$root"
+# debootstrap_root DIR DEBARCH PACKAGES: Debian minbase of SUITE with
+# PACKAGES, from the mirror apt uses, and the deb-src lines of SOURCE_SUITE.
+debootstrap_root() {
+    local dir=$1 arch=$2 include=$3
+    say "debootstrap $SUITE ($arch) into $dir, log in $log"
+    ! mountpoint -q "$dir/proc" || umount "$dir/proc"
+    rm -rf "$dir"
     command -v debootstrap >/dev/null || { apt-get update -q && apt-get install -y -q debootstrap; } >>"$log" 2>&1
-    debootstrap --variant=minbase --arch="$debarch" --include="$packages" \
-        "$SUITE" "$root" "$MIRROR" >>"$log" 2>&1
+    debootstrap --variant=minbase --arch="$arch" --include="$include" \
+        "$SUITE" "$dir" "$MIRROR" >>"$log" 2>&1 || failed
     # Sources of the newer suite, signed with the keys this machine trusts.
-    install -D -m 644 /usr/share/keyrings/debian-archive-keyring.gpg "$root/etc/apt/keyrings/debian.gpg"
-    cat > "$root/etc/apt/sources.list.d/sources.list" <<EOF
+    install -D -m 644 /usr/share/keyrings/debian-archive-keyring.gpg "$dir/etc/apt/keyrings/debian.gpg"
+    cat > "$dir/etc/apt/sources.list.d/sources.list" <<EOF
 deb-src [signed-by=/etc/apt/keyrings/debian.gpg] $MIRROR $SOURCE_SUITE main
 deb-src [signed-by=/etc/apt/keyrings/debian.gpg] $SECURITY_MIRROR $SOURCE_SUITE-security main
 EOF
-    done_stage root "$SUITE" "$packages" "$MIRROR"
+}
+
+# 1. The root: minbase and the compilers, from the mirror apt uses. Another
+#    machine's root runs emulated and nothing is compiled in it: it gets the
+#    libraries that the cross-compiled Python's modules load, and binutils
+#    (PyInstaller, strip).
+if [ "$ARCH" = "$BUILD_ARCH" ]; then
+    packages=build-essential,dpkg-dev,perl,pkg-config,ca-certificates,libffi-dev,zlib1g-dev,libbz2-dev,liblzma-dev,libsqlite3-dev,uuid-dev,binutils,patchelf
+else
+    packages=ca-certificates,libffi7,zlib1g,libbz2-1.0,liblzma5,libsqlite3-0,libuuid1,binutils
+fi
+if needs "$root" root "$SUITE" "$packages" "$MIRROR"; then
+    debootstrap_root "$root" "$debarch" "$packages"
+    done_stage "$root" root "$SUITE" "$packages" "$MIRROR"
 fi
 
 # 2. OpenSSL 3 and CPython 3.11, Debian's sources with Debian's patches
@@ -92,28 +127,77 @@ fi
 #    build-python.sh or glibc-compat.h changes; to take a new Debian source
 #    version (a security fix), remove $root/.stage-python. Debian's own
 #    builds are not used: bullseye has neither, and bookworm's need glibc 2.34+.
-if needs python "$SOURCE_SUITE" "$PREFIX" packaging/build-python.sh packaging/glibc-compat.h; then
+if [ "$ARCH" = "$BUILD_ARCH" ] &&
+        needs "$root" python "$SOURCE_SUITE" "$PREFIX" packaging/build-python.sh packaging/glibc-compat.h; then
     say "building OpenSSL 3 and CPython 3.11 from $SOURCE_SUITE's sources (half an hour on two busy cores), log in $log"
     install -m 644 packaging/glibc-compat.h "$root/usr/local/include/glibc-compat.h"
     install -m 755 packaging/build-python.sh "$root/usr/local/bin/build-python.sh"
     in_root env SOURCE_SUITE=$SOURCE_SUITE PREFIX=$PREFIX ARCH=$ARCH JOBS=$JOBS \
-        bash /usr/local/bin/build-python.sh >>"$log" 2>&1 \
-         || { say "failed; the end of $log:"; tail -n 30 "$log" >&2; exit 1; }
+        bash /usr/local/bin/build-python.sh >>"$log" 2>&1 || failed
     rm -f "$root/.stage-venv"
-    done_stage python "$SOURCE_SUITE" "$PREFIX" packaging/build-python.sh packaging/glibc-compat.h
+    done_stage "$root" python "$SOURCE_SUITE" "$PREFIX" packaging/build-python.sh packaging/glibc-compat.h
 fi
 
-# 3. The build environment: the runtime pins and the freezing tools of
-#    requirements-dev.txt, as wheels for the root's glibc, downloaded on this
-#    machine (pip inside the root may not get through this network's TLS
-#    proxy) and installed offline.
+# 2'. For another machine, the same sources cross-compiled at native speed in
+#    the cross root: this machine's bullseye with Debian's cross toolchain and
+#    ARCH's -dev packages (multiarch), plus this machine's release CPython
+#    (the same version, copied from its build root, which is made first if
+#    need be) as the build Python that a cross build of CPython runs. The
+#    result is copied into ARCH's root and checked there (emulated).
+if [ "$ARCH" != "$BUILD_ARCH" ]; then
+    cross=$CACHE/cross-root-$SUITE-$BUILD_ARCH-$ARCH
+    cross_packages="crossbuild-essential-$debarch"
+    for p in libffi-dev zlib1g-dev libbz2-dev liblzma-dev libsqlite3-dev uuid-dev; do
+        cross_packages+=" $p:$debarch"
+    done
+    if needs "$cross" root "$SUITE" "$MIRROR" "$debarch" "$cross_packages"; then
+        debootstrap_root "$cross" "$build_debarch" build-essential,dpkg-dev,perl,pkg-config,ca-certificates
+        in_chroot "$cross" sh -euxc "
+            dpkg --add-architecture $debarch
+            apt-get update -q
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $cross_packages
+        " >>"$log" 2>&1 || failed
+        done_stage "$cross" root "$SUITE" "$MIRROR" "$debarch" "$cross_packages"
+    fi
+    build_root() { ARCH=$BUILD_ARCH MLBACKEND_LOCKED='' bash packaging/build-root.sh "$@"; }
+    build_python=$(build_root cat /.stage-python)
+    if needs "$cross" build-python "$build_python"; then
+        say "copying the build Python from $CACHE/build-root-$SUITE-$BUILD_ARCH"
+        rm -rf "${cross:?}$PREFIX"
+        build_root tar -C "$(dirname $PREFIX)" -cf - "$(basename $PREFIX)" | tar -C "$cross$(dirname $PREFIX)" -xf -
+        done_stage "$cross" build-python "$build_python"
+    fi
+    if needs "$root" python "$SOURCE_SUITE" "$PREFIX" packaging/cross-python.sh packaging/glibc-compat.h "$build_python"; then
+        say "cross-compiling OpenSSL 3 and CPython 3.11 for $ARCH from $SOURCE_SUITE's sources, log in $log"
+        install -D -m 644 packaging/glibc-compat.h "$cross/usr/local/include/glibc-compat.h"
+        install -D -m 755 packaging/cross-python.sh "$cross/usr/local/bin/cross-python.sh"
+        in_chroot "$cross" env SOURCE_SUITE=$SOURCE_SUITE PREFIX=$PREFIX ARCH=$ARCH JOBS=$JOBS \
+            HOST_TRIPLET="$ARCH-linux-gnu" BUILD_PYTHON=$PREFIX/bin/python3.11 DESTDIR=/opt/cross-$ARCH \
+            bash /usr/local/bin/cross-python.sh >>"$log" 2>&1 || failed
+        rm -rf "${root:?}$PREFIX"
+        cp -a "$cross/opt/cross-$ARCH$PREFIX" "$root$PREFIX"
+        rm -rf "$cross/opt/cross-$ARCH"
+        # Every extension module of the standard library loads, on ARCH.
+        in_root "$PREFIX/bin/python3.11" -c 'import pyexpat, _elementtree, _ssl, _hashlib, _ctypes, _lzma, _bz2, zlib, _sqlite3, _uuid, _decimal, _multiprocessing' \
+            >>"$log" 2>&1 || failed
+        rm -f "$root/.stage-venv"
+        done_stage "$root" python "$SOURCE_SUITE" "$PREFIX" packaging/cross-python.sh packaging/glibc-compat.h "$build_python"
+    fi
+fi
+
+# 3. The build environment: the runtime pins (their markers evaluated for
+#    ARCH: packaging/pins.py) and the freezing tools of requirements-dev.txt,
+#    as wheels for the root's glibc and machine, downloaded on this machine
+#    (pip inside the root may not get through this network's TLS proxy) and
+#    installed offline.
 reqs=$root/opt/requirements-build.txt
+host_pip=${HOST_PIP:-$here/.venv/bin/pip}
 {
-    cat requirements.txt
+    "$(dirname "$host_pip")/python" packaging/pins.py "$ARCH" requirements.txt
     grep -E '^(setuptools|argparse-manpage|pyinstaller|pyinstaller-hooks-contrib|altgraph)==' requirements-dev.txt
     echo "pip==$PIP_VERSION"   # run from its wheel to install the rest
 } > "$reqs.new"
-if needs venv "$reqs.new" "$ARCH"; then
+if needs "$root" venv "$reqs.new" "$ARCH"; then
     say "the build environment in $root$VENV"
     wheels=$root/opt/wheels
     mkdir -p "$wheels"
@@ -121,7 +205,6 @@ if needs venv "$reqs.new" "$ARCH"; then
     platforms=()
     for minor in $(seq 28 -1 17); do platforms+=(--platform "manylinux_2_${minor}_$ARCH"); done
     platforms+=(--platform "manylinux2014_$ARCH")
-    host_pip=${HOST_PIP:-$here/.venv/bin/pip}
     # argparse-manpage is published as a source archive only: pure Python,
     # so its wheel is built here (py3-none-any, the same for any machine).
     pure_sdists='^argparse-manpage=='
@@ -132,7 +215,7 @@ if needs venv "$reqs.new" "$ARCH"; then
             -d "$wheels" -r "$root/opt/requirements-wheels.txt"
         grep -E "$pure_sdists" "$reqs.new" | env -u PIP_REQUIRE_VIRTUALENV xargs \
             "$host_pip" --disable-pip-version-check -q wheel --no-deps -w "$wheels"
-    } >>"$log" 2>&1 || { say "pip download failed; the end of $log:"; tail -n 30 "$log" >&2; exit 1; }
+    } >>"$log" 2>&1 || failed
     mv "$reqs.new" "$reqs"
     # pip runs from its wheel (the built Python has none) and fills the venv.
     in_root bash -euxc "
@@ -140,8 +223,8 @@ if needs venv "$reqs.new" "$ARCH"; then
         $PREFIX/bin/python3.11 -m venv --without-pip $VENV
         $VENV/bin/python /opt/wheels/pip-$PIP_VERSION-py3-none-any.whl/pip --disable-pip-version-check -q install \
             --no-index --find-links /opt/wheels -r /opt/requirements-build.txt
-    " >>"$log" 2>&1 || { say "failed; the end of $log:"; tail -n 30 "$log" >&2; exit 1; }
-    done_stage venv "$reqs" "$ARCH"
+    " >>"$log" 2>&1 || failed
+    done_stage "$root" venv "$reqs" "$ARCH"
 else
     rm -f "$reqs.new"
 fi

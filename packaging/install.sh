@@ -1,8 +1,8 @@
 #!/bin/sh
 # Install mlbackend from its unpacked release archive:
 #
-#   tar xzf mlbackend-VERSION-linux-x86_64.tar.gz
-#   sudo mlbackend-VERSION-linux-x86_64/packaging/install.sh [--systemd]
+#   tar xzf mlbackend-VERSION-linux-ARCH.tar.gz      (ARCH: x86_64 or aarch64)
+#   sudo mlbackend-VERSION-linux-ARCH/packaging/install.sh [--systemd]
 #
 # It copies the program to /opt/mlbackend, links /usr/local/bin/mlbackend to
 # it and installs the man page. It refuses to replace another version of
@@ -90,8 +90,13 @@ mkdir -p "$(dirname "$prefix")"
 rm -rf "$new"
 cp -R "$here" "$new"
 chmod -R u+rwX,go+rX,go-w "$new"   # Moodle runs it as the web server's user
-answer=$(MLBACKEND_REPORTED_VERSION='' "$new/mlbackend" version 2>&1) ||
+built_for=$(info platform "$here/BUILD-INFO" | sed 's/^linux-//')
+machine=$(uname -m)
+answer=$(MLBACKEND_REPORTED_VERSION='' "$new/mlbackend" version 2>&1) || {
+    [ -z "$built_for" ] || [ "$built_for" = "$machine" ] ||
+        die "this archive is for $built_for machines, and this one is $machine: take mlbackend-$version-linux-$machine.tar.gz"
     die "the program does not run on this system: $answer"
+}
 [ "$answer" = "$version" ] || die "the program answers '$answer' instead of $version"
 if [ -e "$prefix" ]; then
     mv "$prefix" "$old"

@@ -43,6 +43,27 @@ def test_avx_counts_only_when_the_kernel_saves_its_registers() -> None:
     assert cpu.features_from_cpuid(cpuid, lambda _: 0b011) == set(cpu.X86_64_V2)
 
 
+def test_on_aarch64_no_x86_code_runs_and_nothing_is_missing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every ARMv8 core runs NumPy and TensorFlow (tests/frozen/qemu-check.sh
+    trains on emulated ones), so cpu.py asks nothing there, and above all does
+    not run its x86 machine code."""
+
+    def no_machine_code() -> None:
+        raise AssertionError("x86 machine code run on aarch64")
+
+    monkeypatch.setattr(cpu.platform, "machine", lambda: "aarch64")
+    monkeypatch.setattr(cpu, "_machine_code", no_machine_code)
+    cpu.cpu_features.cache_clear()
+    try:
+        assert cpu.cpu_features() is None
+        assert cpu.missing_features(cpu.X86_64_V2 + cpu.TENSORFLOW) == []
+        cpu.require_tensorflow()
+    finally:
+        cpu.cpu_features.cache_clear()
+
+
 def test_this_machine_has_what_numpy_and_tensorflow_need() -> None:
     if cpu.cpu_features() is None:
         pytest.skip("not x86-64")

@@ -7,7 +7,7 @@
 #
 #   tests/frozen/check.sh RELEASEDIR DATADIR
 #
-# RELEASEDIR is the unpacked archive (mlbackend-VERSION-linux-x86_64/), DATADIR
+# RELEASEDIR is the unpacked archive (mlbackend-VERSION-linux-ARCH/), DATADIR
 # what tests/frozen/make_data.py wrote. With MLBACKEND_CHECK_INSTALL=system,
 # install.sh installs into the system's own places with --systemd (for a
 # throwaway root only); otherwise into a scratch directory. make dist-test
@@ -70,7 +70,11 @@ status_is() { [[ $last == "{\"status\": $1,"* ]]; }
 data_rows() { echo $(($(wc -l <"$1") - 3)); }
 prediction_rows() { grep -o '\["[^"]*", "[0-9]*", "[0-9.e-]*"\]' <<<"$last" | wc -l; }
 
-echo "# $R ($VERSION) on $(uname -sm), glibc $(getconf GNU_LIBC_VERSION 2>/dev/null | cut -d' ' -f2)"
+if [ -n "${QEMU_LD_PREFIX:-}" ]; then   # another machine's program, emulated (dist-test.sh)
+    echo "# $R ($VERSION) under qemu-user on $(uname -sm), glibc $(readlink "$QEMU_LD_PREFIX"/lib/*-linux-gnu/libc.so.6 | sed 's/^libc-\(.*\)\.so$/\1/') of $QEMU_LD_PREFIX"
+else
+    echo "# $R ($VERSION) on $(uname -sm), glibc $(getconf GNU_LIBC_VERSION 2>/dev/null | cut -d' ' -f2)"
+fi
 [ -n "$VERSION" ] || { echo "FAILED - no version in $R/BUILD-INFO"; exit 1; }
 
 # --- the archive
@@ -262,7 +266,9 @@ if [ "$(id -u)" = 0 ] && id www-data >/dev/null 2>&1 && [ -x /usr/sbin/runuser ]
     mkdir "$WORK/moodledata"
     cp "$DATA/training.csv" "$DATA/prediction.csv" "$WORK/moodledata/"
     chown -R www-data "$WORK/moodledata"
-    as_www() { /usr/sbin/runuser -u www-data -- env -i PATH=/usr/bin:/bin "$bindir/mlbackend" "$@" \
+    # QEMU_LD_PREFIX: another machine's program keeps its emulated loader (dist-test.sh).
+    as_www() { /usr/sbin/runuser -u www-data -- env -i PATH=/usr/bin:/bin \
+                   ${QEMU_LD_PREFIX:+QEMU_LD_PREFIX="$QEMU_LD_PREFIX"} "$bindir/mlbackend" "$@" \
                    >"$WORK/out" 2>"$WORK/err" </dev/null; rc=$?; last=$(tail -n 1 "$WORK/out"); }
     as_www -m moodlemlbackend.training u5 "$WORK/moodledata/model" "$WORK/moodledata/training.csv"
     check "the web server's user trains with the installed program" '[ $rc = 0 ] && status_is 0 && quiet'

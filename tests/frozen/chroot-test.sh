@@ -4,12 +4,14 @@
 # archive: bullseye (glibc 2.31, the oldest Debian on the mirror) and bookworm.
 # Needs root (debootstrap, chroot).
 #
-#   SUITE=bullseye tests/frozen/chroot-test.sh dist/mlbackend-VERSION-linux-x86_64.tar.gz
+#   SUITE=bullseye tests/frozen/chroot-test.sh dist/mlbackend-VERSION-linux-ARCH.tar.gz
 #
-# The minbase root of SUITE is made once with debootstrap and kept in
-# $MLBACKEND_CACHE (default /var/cache/mlbackend); each run works in a fresh
-# copy of it (build/chroot-SUITE), since check.sh installs and uninstalls the
-# program as root there (install.sh --systemd, uninstall.sh --purge). The
+# The minbase root of SUITE for the archive's machine (tests/frozen/test-root.sh)
+# is made once and kept in $MLBACKEND_CACHE (default /var/cache/mlbackend);
+# each run works in a fresh copy of it (build/chroot-SUITE-ARCH), since
+# check.sh installs and uninstalls the program as root there (install.sh
+# --systemd, uninstall.sh --purge). An aarch64 root on an x86-64 machine runs
+# wholly under qemu-user (binfmt_misc), its shell and tools included. The
 # suite defaults to this machine's (VERSION_CODENAME in /etc/os-release); set
 # MIRROR to change the mirror.
 set -euo pipefail
@@ -17,22 +19,12 @@ cd "$(dirname "$0")/../.."
 archive=$1
 PYTHON=${PYTHON:-.venv/bin/python}
 name=$(basename "$archive" .tar.gz)
+arch=${name##*-}
 suite=${SUITE:-$(. /etc/os-release && echo "$VERSION_CODENAME")}
-mirror=${MIRROR:-http://deb.debian.org/debian}
-cache=${MLBACKEND_CACHE:-/var/cache/mlbackend}/test-root-$suite-$(uname -m)
-root=build/chroot-$suite
+root=build/chroot-$suite-$arch
 
 [ "$(id -u)" = 0 ] || { echo "chroot-test.sh: needs root (debootstrap, chroot)" >&2; exit 1; }
-if ! command -v debootstrap >/dev/null; then
-    apt-get update && apt-get install -y debootstrap
-fi
-if [ ! -e "$cache/.minbase-done" ]; then
-    rm -rf "$cache"
-    mkdir -p "$(dirname "$cache")"
-    debootstrap --variant=minbase "$suite" "$cache" "$mirror" >"$cache.log" 2>&1 \
-        || { tail -n 20 "$cache.log" >&2; exit 1; }
-    touch "$cache/.minbase-done"
-fi
+cache=$(bash tests/frozen/test-root.sh "$suite" "$arch")
 ! mountpoint -q "$root/proc" || umount "$root/proc"
 rm -rf "$root"
 mkdir -p build

@@ -5,12 +5,23 @@
 # the PATH the program sees. moto's S3 server (from the development
 # environment) stands in for S3. Exits non-zero on any failure.
 #
-#   tests/frozen/dist-test.sh dist/mlbackend-VERSION-linux-x86_64.tar.gz
+#   tests/frozen/dist-test.sh dist/mlbackend-VERSION-linux-ARCH.tar.gz
+#
+# Another machine's archive (aarch64 on x86-64) runs under qemu-user
+# (binfmt_misc: packaging/emulation.sh; needs root once to set up) with that
+# machine's loader, glibc and libstdc++ from a minimal Debian bullseye root
+# (tests/frozen/test-root.sh, QEMU_LD_PREFIX): the oldest glibc (2.31) and
+# libstdc++ (GCC 10) the mirror offers, which the bundle must do with.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 archive=$1
 PYTHON=${PYTHON:-.venv/bin/python}
 name=$(basename "$archive" .tar.gz)
+arch=${name##*-}
+emulation=()
+if [ "$arch" != "$(uname -m)" ]; then
+    emulation=(QEMU_LD_PREFIX="$(bash tests/frozen/test-root.sh bullseye "$arch")")
+fi
 
 (cd "$(dirname "$archive")" && sha256sum --check --quiet "$name.tar.gz.sha256")
 tmp=$(mktemp -d)
@@ -45,5 +56,5 @@ boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east
              ).create_bucket(Bucket="mlbackend-frozen")
 PY
 
-env -i PATH=/usr/bin:/bin HOME="$tmp/home" MLBACKEND_CHECK_S3="http://127.0.0.1:$s3port/mlbackend-frozen" \
+env -i PATH=/usr/bin:/bin HOME="$tmp/home" "${emulation[@]}" MLBACKEND_CHECK_S3="http://127.0.0.1:$s3port/mlbackend-frozen" \
     bash tests/frozen/check.sh "$tmp/$name" "$tmp/data"
