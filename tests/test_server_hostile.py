@@ -446,6 +446,11 @@ def test_headers_that_never_end_are_cut_off(server):
                     break
             except TimeoutError:
                 continue
+            except ConnectionResetError:
+                # Closed while a header line was on its way: the kernel
+                # answers that line with a reset instead of an end of file.
+                got = b""
+                break
         assert got == b"", got
     assert server.get("version", auth=None).status_code == 200
 
