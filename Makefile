@@ -89,7 +89,7 @@ image: $(ARCHIVE)
 	bash packaging/build-image.sh $(ARCHIVE)
 
 image-test: $(STAMP) image
-	PYTHON=$(BIN)/python bash tests/frozen/image-test.sh localhost/mlbackend:$(VERSION)
+	PYTHON=$(BIN)/python bash tests/frozen/image-test.sh localhost/mlbackend:$(VERSION)-$(ARCH)
 
 # Hostile input at length: the property-based tests with thousands of fresh
 # examples (make test runs a few, the same every time). Failing examples are

@@ -2,13 +2,16 @@
 # `make image`: the container image of the release, made from the release
 # archive (packaging/container/Containerfile) on a minimal Debian root built
 # here with debootstrap and imported with `podman import` (no registry is
-# needed or used). Tags localhost/mlbackend:VERSION and :latest, and writes
+# needed or used). Tags localhost/mlbackend:VERSION-ARCH (and :VERSION and
+# :latest for this machine's own architecture), and writes
 # dist/mlbackend-VERSION-image-ARCH.tar (`docker load` / `podman load` it).
+# Another machine's image (aarch64 on x86-64) is built under qemu-user
+# (packaging/emulation.sh).
 #
 #   packaging/build-image.sh dist/mlbackend-VERSION-linux-ARCH.tar.gz
 #
 # The base root is cached in $MLBACKEND_CACHE (default /var/cache/mlbackend)
-# and made again when this script changes. Needs root and podman; podman is
+# and made again when its recipe (part 1 below) changes. Needs root and podman; podman is
 # run with packaging/container/containers.conf (CONTAINERS_CONF).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,20 +29,21 @@ say() { echo "build-image: $*" >&2; }
 command -v podman >/dev/null && command -v runc >/dev/null && command -v debootstrap >/dev/null \
     || { apt-get update -q && apt-get install -y -q podman runc debootstrap; } >&2
 case $arch in x86_64) debarch=amd64 ;; aarch64) debarch=arm64 ;; *) exit 1 ;; esac
+[ "$arch" = "$(uname -m)" ] || bash packaging/emulation.sh "$arch"
 (cd "$(dirname "$archive")" && sha256sum --check --quiet "$name.tar.gz.sha256")
 
 # 1. The base: Debian minbase, the user that runs the server (uid 999) and its
 #    home with the models directory, without apt's lists and the docs.
-stamp=$(cat packaging/build-image.sh | sha256sum | cut -c1-12)
+stamp=$(sed -n '/^# 1\. The base/,/^# 2\. The image/p' packaging/build-image.sh | sha256sum | cut -c1-12)
 base_tar=$CACHE/image-base-$SUITE-$arch-$stamp.tar
-base_tag=localhost/mlbackend-base:$SUITE-$stamp
+base_tag=localhost/mlbackend-base:$SUITE-$arch-$stamp
 if [ ! -s "$base_tar" ]; then
     say "debootstrap $SUITE into the image's base root"
     root=$CACHE/image-base-$SUITE-$arch
     rm -rf "$root" "$CACHE"/image-base-"$SUITE"-"$arch"-*.tar
     mkdir -p "$CACHE"
     debootstrap --variant=minbase --arch="$debarch" "$SUITE" "$root" "$MIRROR" \
-        >"$CACHE/image-base.log" 2>&1 || { tail -n 20 "$CACHE/image-base.log" >&2; exit 1; }
+        >"$CACHE/image-base-$arch.log" 2>&1 || { tail -n 20 "$CACHE/image-base-$arch.log" >&2; exit 1; }
     chroot "$root" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin sh -euc '
         groupadd --system --gid 999 mlbackend
         useradd --system --uid 999 --gid 999 --home-dir /var/lib/mlbackend \
@@ -52,9 +56,12 @@ if [ ! -s "$base_tar" ]; then
     mv "$base_tar.tmp" "$base_tar"
     rm -rf "$root"
 fi
+# Bases of earlier versions of this script are of no further use.
+podman images --format '{{.Repository}}:{{.Tag}}' | grep "^localhost/mlbackend-base:$SUITE-$arch-" \
+    | grep -v ":$SUITE-$arch-$stamp\$" | xargs -r podman rmi --force >/dev/null || true
 if ! podman image exists "$base_tag"; then
     say "podman import $base_tar"
-    podman import --quiet "$base_tar" "$base_tag" >/dev/null
+    podman import --quiet --os linux --arch "$debarch" "$base_tar" "$base_tag" >/dev/null
 fi
 
 # 2. The image: the archive unpacked into the build context, then the Containerfile.
@@ -62,11 +69,15 @@ context=$(mktemp -d)
 trap 'rm -rf "$context"' EXIT
 tar -xzf "$archive" -C "$context"
 mv "$context/$name" "$context/mlbackend"
-podman build --quiet --file packaging/container/Containerfile \
-    --build-arg BASE="$base_tag" --build-arg VERSION="$version" \
-    --tag "localhost/mlbackend:$version" --tag localhost/mlbackend:latest "$context" >/dev/null
+tag=localhost/mlbackend:$version-$arch
+tags=(--tag "$tag")
+[ "$arch" != "$(uname -m)" ] || tags+=(--tag "localhost/mlbackend:$version" --tag localhost/mlbackend:latest)
+podman build --quiet --file packaging/container/Containerfile --platform "linux/$debarch" \
+    --build-arg BASE="$base_tag" --build-arg VERSION="$version" "${tags[@]}" "$context" >/dev/null
+# The image this build replaced, left without a tag, goes (850 MB each).
+podman image prune --force --filter label=org.opencontainers.image.title=mlbackend >/dev/null
 mkdir -p dist
 image_tar=dist/mlbackend-$version-image-$arch.tar
 rm -f "$image_tar"
-podman save --quiet --format docker-archive -o "$image_tar" "localhost/mlbackend:$version"
-echo "localhost/mlbackend:$version ($(podman image inspect --format '{{.Size}}' "localhost/mlbackend:$version" | awk '{printf "%d MB", $1/1e6}')), saved as $image_tar"
+podman save --quiet --format docker-archive -o "$image_tar" "$tag"
+echo "$tag ($(podman image inspect --format '{{.Size}}' "$tag" | awk '{printf "%d MB", $1/1e6}')), saved as $image_tar"
