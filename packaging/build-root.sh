@@ -97,7 +97,6 @@ debootstrap_root() {
     say "debootstrap $SUITE ($arch) into $dir, log in $log"
     ! mountpoint -q "$dir/proc" || umount "$dir/proc"
     rm -rf "$dir"
-    command -v debootstrap >/dev/null || { apt-get update -q && apt-get install -y -q debootstrap; } >>"$log" 2>&1
     debootstrap --variant=minbase --arch="$arch" --include="$include" \
         "$SUITE" "$dir" "$MIRROR" >>"$log" 2>&1 || failed
     # Sources of the newer suite, signed with the keys this machine trusts.
@@ -108,6 +107,8 @@ deb-src [signed-by=/etc/apt/keyrings/debian.gpg] $SECURITY_MIRROR $SOURCE_SUITE-
 EOF
 }
 
+command -v debootstrap >/dev/null || { apt-get update -q && apt-get install -y -q debootstrap; } >>"$log" 2>&1
+
 # 1. The root: minbase and the compilers, from the mirror apt uses. Another
 #    machine's root runs emulated and nothing is compiled in it: it gets the
 #    libraries that the cross-compiled Python's modules load, and binutils
@@ -117,10 +118,24 @@ if [ "$ARCH" = "$BUILD_ARCH" ]; then
 else
     packages=ca-certificates,libffi7,zlib1g,libbz2-1.0,liblzma5,libsqlite3-0,libuuid1,binutils
 fi
+# Another machine's root is made (emulated, minutes) beside the cross root
+# and the cross build (2'), which do not need it; its Python is then made
+# again, as the root is made anew.
+root_pid=
 if needs "$root" root "$SUITE" "$packages" "$MIRROR"; then
-    debootstrap_root "$root" "$debarch" "$packages"
-    done_stage "$root" root "$SUITE" "$packages" "$MIRROR"
+    rm -f "$root/.stage-python"
+    if [ "$ARCH" = "$BUILD_ARCH" ]; then
+        debootstrap_root "$root" "$debarch" "$packages"
+        done_stage "$root" root "$SUITE" "$packages" "$MIRROR"
+    else
+        { debootstrap_root "$root" "$debarch" "$packages" && done_stage "$root" root "$SUITE" "$packages" "$MIRROR"; } &
+        root_pid=$!
+    fi
 fi
+root_ready() {
+    [ -z "$root_pid" ] || wait "$root_pid" || { say "the $ARCH root could not be made"; exit 1; }
+    root_pid=
+}
 
 # 2. OpenSSL 3 and CPython 3.11, Debian's sources with Debian's patches
 #    (security fixes included), built into $PREFIX. Made again when
@@ -140,40 +155,33 @@ fi
 
 # 2'. For another machine, the same sources cross-compiled at native speed in
 #    the cross root: this machine's bullseye with Debian's cross toolchain and
-#    ARCH's -dev packages (multiarch), plus this machine's release CPython
-#    (the same version, copied from its build root, which is made first if
-#    need be) as the build Python that a cross build of CPython runs. The
-#    result is copied into ARCH's root and checked there (emulated).
+#    ARCH's -dev packages (multiarch). cross-python.sh builds the CPython that
+#    a cross build of CPython runs from the same sources first. The result is
+#    copied into ARCH's root and checked there (emulated).
 if [ "$ARCH" != "$BUILD_ARCH" ]; then
     cross=$CACHE/cross-root-$SUITE-$BUILD_ARCH-$ARCH
+    cross_log=$cross.log
     cross_packages="crossbuild-essential-$debarch"
     for p in libffi-dev zlib1g-dev libbz2-dev liblzma-dev libsqlite3-dev uuid-dev; do
         cross_packages+=" $p:$debarch"
     done
     if needs "$cross" root "$SUITE" "$MIRROR" "$debarch" "$cross_packages"; then
-        debootstrap_root "$cross" "$build_debarch" build-essential,dpkg-dev,perl,pkg-config,ca-certificates
+        log=$cross_log debootstrap_root "$cross" "$build_debarch" build-essential,dpkg-dev,perl,pkg-config,ca-certificates
         in_chroot "$cross" sh -euxc "
             dpkg --add-architecture $debarch
             apt-get update -q
             DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $cross_packages
-        " >>"$log" 2>&1 || failed
+        " >>"$cross_log" 2>&1 || log=$cross_log failed
         done_stage "$cross" root "$SUITE" "$MIRROR" "$debarch" "$cross_packages"
     fi
-    build_root() { ARCH=$BUILD_ARCH MLBACKEND_LOCKED='' bash packaging/build-root.sh "$@"; }
-    build_python=$(build_root cat /.stage-python)
-    if needs "$cross" build-python "$build_python"; then
-        say "copying the build Python from $CACHE/build-root-$SUITE-$BUILD_ARCH"
-        rm -rf "${cross:?}$PREFIX"
-        build_root tar -C "$(dirname $PREFIX)" -cf - "$(basename $PREFIX)" | tar -C "$cross$(dirname $PREFIX)" -xf -
-        done_stage "$cross" build-python "$build_python"
-    fi
-    if needs "$root" python "$SOURCE_SUITE" "$PREFIX" packaging/cross-python.sh packaging/glibc-compat.h "$build_python"; then
-        say "cross-compiling OpenSSL 3 and CPython 3.11 for $ARCH from $SOURCE_SUITE's sources, log in $log"
+    if needs "$root" python "$SOURCE_SUITE" "$PREFIX" packaging/cross-python.sh packaging/glibc-compat.h; then
+        say "cross-compiling OpenSSL 3 and CPython 3.11 for $ARCH from $SOURCE_SUITE's sources, log in $cross_log"
         install -D -m 644 packaging/glibc-compat.h "$cross/usr/local/include/glibc-compat.h"
         install -D -m 755 packaging/cross-python.sh "$cross/usr/local/bin/cross-python.sh"
         in_chroot "$cross" env SOURCE_SUITE=$SOURCE_SUITE PREFIX=$PREFIX ARCH=$ARCH JOBS=$JOBS \
-            HOST_TRIPLET="$ARCH-linux-gnu" BUILD_PYTHON=$PREFIX/bin/python3.11 DESTDIR=/opt/cross-$ARCH \
-            bash /usr/local/bin/cross-python.sh >>"$log" 2>&1 || failed
+            HOST_TRIPLET="$ARCH-linux-gnu" DESTDIR=/opt/cross-$ARCH \
+            bash /usr/local/bin/cross-python.sh >>"$cross_log" 2>&1 || log=$cross_log failed
+        root_ready
         rm -rf "${root:?}$PREFIX"
         cp -a "$cross/opt/cross-$ARCH$PREFIX" "$root$PREFIX"
         rm -rf "$cross/opt/cross-$ARCH"
@@ -181,9 +189,10 @@ if [ "$ARCH" != "$BUILD_ARCH" ]; then
         in_root "$PREFIX/bin/python3.11" -c 'import pyexpat, _elementtree, _ssl, _hashlib, _ctypes, _lzma, _bz2, zlib, _sqlite3, _uuid, _decimal, _multiprocessing' \
             >>"$log" 2>&1 || failed
         rm -f "$root/.stage-venv"
-        done_stage "$root" python "$SOURCE_SUITE" "$PREFIX" packaging/cross-python.sh packaging/glibc-compat.h "$build_python"
+        done_stage "$root" python "$SOURCE_SUITE" "$PREFIX" packaging/cross-python.sh packaging/glibc-compat.h
     fi
 fi
+root_ready
 
 # 3. The build environment: the runtime pins (their markers evaluated for
 #    ARCH: packaging/pins.py) and the freezing tools of requirements-dev.txt,

@@ -6,15 +6,17 @@
 # machine's speed: the same build under emulation takes hours. Installed into
 # DESTDIR/PREFIX; build-root.sh copies it to PREFIX in the target's root.
 #
-# BUILD_PYTHON is a CPython of the same version that runs here (this
-# machine's release CPython, from its build root): CPython's cross build runs
-# it to generate files and to build the extension modules.
+# A cross build of CPython runs a CPython of the same version on this machine
+# (to generate files and to build the extension modules): it is built here
+# first, from the same sources, for this machine (a few minutes; it needs no
+# OpenSSL). So the aarch64 build depends on no other root and starts at once,
+# beside the x86-64 one.
 #
 # A separate script from build-python.sh, whose text is part of the x86-64
 # root's cache stamp: the two are kept in step by hand (the same sources,
 # patch and options; here, in addition, what a cross build needs).
 set -euxo pipefail
-: "${SOURCE_SUITE:?}" "${PREFIX:?}" "${ARCH:?}" "${HOST_TRIPLET:?}" "${BUILD_PYTHON:?}" "${DESTDIR:?}" "${JOBS:=2}"
+: "${SOURCE_SUITE:?}" "${PREFIX:?}" "${ARCH:?}" "${HOST_TRIPLET:?}" "${DESTDIR:?}" "${JOBS:=2}"
 out=$DESTDIR$PREFIX
 rm -rf /build "$DESTDIR"
 mkdir -p /build
@@ -43,9 +45,19 @@ fi
 # build regenerates; a cross build takes the module's name from it.
 sed -i 's/_sysconfigdata_\$(ABIFLAGS)_\$(MACHDEP)_\$(MULTIARCH)/_sysconfigdata_$(ABIFLAGS)_$(MULTIARCH)/' configure
 grep -qF '_PYTHON_SYSCONFIGDATA_NAME=_sysconfigdata_$(ABIFLAGS)_$(MULTIARCH) ' configure
+# Both builds are made outside the source tree: first the build Python, for
+# this machine and run from where it is built, then the cross build.
+src=$PWD
+mkdir /build/native /build/cross
+cd /build/native
+"$src/configure" --with-ensurepip=no >/dev/null
+make -j"$JOBS" >/dev/null
+build_python=/build/native/python
+"$build_python" -c 'import sys; assert sys.version_info[:2] == (3, 11), sys.version'
+cd /build/cross
 export PKG_CONFIG_LIBDIR=/usr/lib/$HOST_TRIPLET/pkgconfig:/usr/share/pkgconfig
 ac_cv_func_sem_clockwait=no ac_cv_file__dev_ptmx=yes ac_cv_file__dev_ptc=no ac_cv_buggy_getaddrinfo=no \
-    ./configure --host="$HOST_TRIPLET" --build="$(gcc -dumpmachine)" --with-build-python="$BUILD_PYTHON" \
+    "$src/configure" --host="$HOST_TRIPLET" --build="$(gcc -dumpmachine)" --with-build-python="$build_python" \
     --prefix="$PREFIX" --enable-shared --with-openssl="$out" --with-ensurepip=no \
     CFLAGS="-include /usr/local/include/glibc-compat.h" \
     LDFLAGS="-Wl,-rpath,$PREFIX/lib"
