@@ -21,12 +21,12 @@ case $arch in x86_64) debarch=amd64 ;; aarch64) debarch=arm64 ;; *) echo "test-r
 if ! command -v debootstrap >/dev/null; then
     { apt-get update -q && apt-get install -y -q debootstrap; } >&2
 fi
+mkdir -p "$(dirname "$cache")"
 exec 8>"$cache.lock"
 flock 8
 if [ ! -e "$cache/.minbase-done" ]; then
     echo "test-root.sh: debootstrap $suite ($debarch) into $cache" >&2
     rm -rf "$cache"
-    mkdir -p "$(dirname "$cache")"
     debootstrap --variant=minbase --arch="$debarch" "$suite" "$cache" "$mirror" >"$cache.log" 2>&1 \
         || { tail -n 20 "$cache.log" >&2; exit 1; }
     touch "$cache/.minbase-done"
