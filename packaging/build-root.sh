@@ -123,11 +123,11 @@ fi
 # again, as the root is made anew.
 root_pid=
 if needs "$root" root "$SUITE" "$packages" "$MIRROR"; then
-    rm -f "$root/.stage-python"
     if [ "$ARCH" = "$BUILD_ARCH" ]; then
         debootstrap_root "$root" "$debarch" "$packages"
         done_stage "$root" root "$SUITE" "$packages" "$MIRROR"
     else
+        rm -f "$root/.stage-python"   # before 2' looks at it: the root is made anew
         { debootstrap_root "$root" "$debarch" "$packages" && done_stage "$root" root "$SUITE" "$packages" "$MIRROR"; } &
         root_pid=$!
     fi
