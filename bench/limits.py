@@ -92,23 +92,29 @@ def header(nfeatures: int, prediction: bool) -> str:
 def model_at_limits(path: Path, nfeatures: int) -> None:
     """A model.npz as costly as the limits allow: two hidden layers as wide
     as MAX_PARAMETERS permits, compressed (a few hundred KB of zeros)."""
-    from mlbackend.inference import MAX_PARAMETERS, Model
+    from mlbackend.model import Model
+    from mlbackend.model.format import CENTRED, to_arrays
+    from mlbackend.model.inputs import Inputs
+    from mlbackend.model.limits import MAX_PARAMETERS
+    from mlbackend.model.network import Dense, Network
 
     width = int((MAX_PARAMETERS / 1.01) ** 0.5)
     rng = np.random.default_rng(0)
     sizes = [nfeatures, width, width, 2]
-    weights = []
-    for a, b in zip(sizes, sizes[1:]):
-        weights += [np.zeros((a, b), np.float32), rng.normal(size=b).astype(np.float32)]
+    layers = [
+        Dense(np.zeros((a, b), np.float32), rng.normal(size=b).astype(np.float32))
+        for a, b in zip(sizes, sizes[1:])
+    ]
     model = Model(
         classes=[0, 1],
         nfeatures=nfeatures,
-        columns=np.arange(nfeatures),
-        mean=np.zeros(nfeatures, np.float32),
-        scale=np.ones(nfeatures, np.float32),
-        weights=weights,
+        inputs=Inputs(
+            np.arange(nfeatures), np.zeros(nfeatures, np.float32), np.ones(nfeatures, np.float32)
+        ),
+        network=Network(layers),
+        format_version=CENTRED.number,
     )
-    np.savez_compressed(path, **model.to_arrays())
+    np.savez_compressed(path, **to_arrays(model))
 
 
 def main() -> None:

@@ -21,8 +21,8 @@ from mlbackend.contract import BackendError, NotTrainedError, answer
 # first thing both do before they touch NumPy.
 cpu.require_numpy()
 
-from mlbackend import dataset, store  # noqa: E402 - NumPy, after the CPU check
-from mlbackend.inference import Model  # noqa: E402
+from mlbackend import dataset, store, transfer  # noqa: E402 - NumPy, after the CPU check
+from mlbackend.model import Model  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,17 @@ def train(model_dir: str, dataset_path: str, progress: bool = False) -> dict[str
 
     ds = dataset.read_training(dataset_path, tensorflow=True)
     with store.writer_lock(model_dir):
-        previous = store.load(model_dir, nfeatures=ds.nfeatures, replace_damaged=True)
+        try:
+            stored = store.read(model_dir, nfeatures=ds.nfeatures)
+        except store.DamagedModel as exc:
+            # Training makes a new model instead of failing for ever; the
+            # damaged file is kept for whoever wants to look at it.
+            aside = store.set_aside_damaged(model_dir)
+            log.warning(
+                "%s The damaged file is kept as %s; training makes a new model.", exc.message, aside
+            )
+            stored = None
+        previous = stored.model if stored is not None else None
         if previous is not None:
             previous.check_work(ds.nrows)
         options = training.TrainingOptions(progress=progress)
@@ -47,17 +57,19 @@ def train(model_dir: str, dataset_path: str, progress: bool = False) -> dict[str
             ds.X, ds.labels, ds.classes, ds.feature_names, previous=previous, options=options
         )
         store.save(model_dir, trained)
+        if stored is not None and stored.converted:
+            store.move_legacy_aside(model_dir)  # trained on from the old model: kept for a rollback
     log.info("trained %s on %d rows", model_dir, ds.nrows)
     return answer()
 
 
 def predict(model_dir: str, dataset_path: str) -> dict[str, Any]:
-    """Predictions with NumPy only: no TensorFlow on this path (except once,
-    to convert a model the old backend trained: see `store.load`)."""
+    """Predictions with NumPy only: no TensorFlow on this path."""
     if not store.has_model(model_dir):
         raise NotTrainedError()
     ds = dataset.read_prediction(dataset_path)
-    trained = _load_trained(model_dir, ds.nfeatures)
+    store.tidy(model_dir)  # after a killed training, whichever call comes next
+    trained = _trained_model(model_dir, ds.nfeatures)
     proba = trained.predict_proba(ds.X)
     best = proba.argmax(axis=1)
     rows = [
@@ -89,7 +101,7 @@ def evaluate(
     if trained_model_dir and not store.has_model(trained_model_dir):
         raise NotTrainedError()
     ds = dataset.read_training(dataset_path, tensorflow=True)
-    trained = _load_trained(trained_model_dir, ds.nfeatures) if trained_model_dir else None
+    trained = _trained_model(trained_model_dir, ds.nfeatures) if trained_model_dir else None
     return evaluation.evaluate(
         ds, model_dir, min_score, max_deviation, iterations, trained=trained, progress=progress
     )
@@ -97,19 +109,24 @@ def evaluate(
 
 def export(model_dir: str, export_dir: str) -> str:
     """Write the model into `export_dir`; returns the directory to hand over."""
-    return store.export_model(model_dir, export_dir)
+    return transfer.export_model(model_dir, export_dir)
 
 
 def import_(model_dir: str, import_dir: str) -> None:
     """Store the model exported into `import_dir` as this model."""
-    store.import_model(model_dir, import_dir)
+    transfer.import_model(model_dir, import_dir)
 
 
-def _load_trained(model_dir: str, nfeatures: int) -> Model:
-    trained = store.load(model_dir, nfeatures=nfeatures)
-    if trained is None:  # removed since has_model() said it was there
+def _trained_model(model_dir: str, nfeatures: int) -> Model:
+    """The model to predict with. A model of the old backend, converted as it
+    is read, is kept in our format at its first use (its files moved aside),
+    so that later calls read ours."""
+    stored = store.read(model_dir, nfeatures=nfeatures)
+    if stored is None:  # removed since has_model() said it was there
         raise NotTrainedError()
-    return trained
+    if stored.converted:
+        store.save_converted(model_dir, nfeatures)
+    return stored.model
 
 
 def _prob(p: float) -> str:

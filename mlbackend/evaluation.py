@@ -33,7 +33,7 @@ import numpy as np
 from mlbackend import importance, metrics, store
 from mlbackend.contract import LOW_SCORE, NOT_ENOUGH_DATA, OK, BackendError, answer
 from mlbackend.dataset import Dataset
-from mlbackend.inference import Model
+from mlbackend.model import Model
 
 log = logging.getLogger(__name__)
 

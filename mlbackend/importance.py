@@ -8,7 +8,8 @@ model uses to generalise, not what it memorised.
 
 Kept cheap: a shuffled column changes only its own inputs of the first
 layer, so each column costs one small product (its inputs times their kernel
-rows) and the rest of the forward pass (`Model.head`); at most MAX_ROWS rows
+rows, `Network.first_layer_change`) and the rest of the forward pass
+(`Network.head`); at most MAX_ROWS rows
 and MAX_COLUMNS columns (those with the largest first-layer weights) are
 measured.
 """
@@ -20,7 +21,7 @@ from collections.abc import Callable
 import numpy as np
 
 from mlbackend import metrics
-from mlbackend.inference import Model
+from mlbackend.model import Model
 
 #: Held-out rows used per model (a seeded sample beyond)...
 MAX_ROWS = 1000
@@ -49,7 +50,7 @@ def permutation_importance(
 ) -> tuple[str, np.ndarray]:
     """(score name, drop of that score per used column of `model` when the
     column is shuffled); NaN for columns not measured."""
-    groups = model.input_groups()
+    groups = model.inputs.groups()
     most = max(min(MAX_ROWS, MAX_ROW_COLUMNS // max(min(len(groups), MAX_COLUMNS), 1)), 2)
     if len(y_idx) > most:
         rows = np.sort(rng.choice(len(y_idx), most, replace=False))
@@ -58,17 +59,19 @@ def permutation_importance(
     importance = np.full(len(groups), np.nan)
     if len(y_idx) < 2:
         return name, importance
-    kernel = model.weights[0].astype(np.float32)
-    h = model.standardised(X)
-    z = h @ kernel + model.weights[1]
-    base = score(model.head(z))
+    network = model.network
+    h = model.inputs(X)
+    z = network.first_layer(h)
+    base = score(network.head(z))
     measured = np.arange(len(groups))
     if len(groups) > MAX_COLUMNS:
-        weight = np.array([np.abs(kernel[g]).sum() for g in groups])
+        weight = np.array([network.input_weight(g) for g in groups])
         measured = np.sort(np.argsort(-weight, kind="stable")[:MAX_COLUMNS])
     for j in measured:
         g = groups[j]
         part = h[:, g]
         shuffled = part[rng.permutation(len(y_idx))]
-        importance[j] = base - score(model.head(z + (shuffled - part) @ kernel[g]))
+        importance[j] = base - score(
+            network.head(z + network.first_layer_change(shuffled - part, g))
+        )
     return name, importance

@@ -19,7 +19,8 @@ file run code as the web server. So the pickle is read by `SafeUnpickler`,
 which knows the few names the format uses and refuses any other before
 anything runs; the weights come from the SavedModel's variables checkpoint
 (parsed and checked by `mlbackend.checkpoint`, without TensorFlow), never
-from its graph, which is code too. The result is a plain `mlbackend.inference.Model`.
+from its graph, which is code too. The result is a `LegacyNetwork` of plain
+arrays, which `mlbackend.model.convert` makes a `Model`.
 
 The old backend named its predictions by class *index* (0, 1, ...), so a
 converted model's classes are `0..n_classes-1`: it answers what it answered.
@@ -44,7 +45,8 @@ import numpy as np
 
 from mlbackend.checkpoint import read_at_most
 from mlbackend.contract import BackendError, shown
-from mlbackend.inference import MAX_CLASSES, MAX_FEATURES, MAX_HIDDEN_LAYERS, Model
+from mlbackend.model.limits import MAX_CLASSES, MAX_FEATURES, MAX_HIDDEN_LAYERS
+from mlbackend.model.network import Dense
 
 log = logging.getLogger(__name__)
 
@@ -114,12 +116,13 @@ def legacy_files(directory: str) -> list[str]:
 class LegacyNetwork:
     """What an old model holds, checked; `nfeatures` is None when the old
     format does not say how many features the dataset had (3.x kept only the
-    indices of the columns it used)."""
+    indices of the columns it used). `mlbackend.model.convert` makes it a
+    `Model`."""
 
     source: str
     fmt: str
     columns: np.ndarray | None  # dataset columns the network sees; None: all
-    weights: list[np.ndarray]
+    layers: list[Dense]
     n_classes: int
     activation: str
     nfeatures: int | None
@@ -127,52 +130,7 @@ class LegacyNetwork:
 
     @property
     def width(self) -> int:
-        return int(self.weights[0].shape[0])
-
-    def to_model(self, nfeatures: int | None = None) -> Model:
-        """A `Model` for datasets of `nfeatures` features.
-
-        3.x models need it from the dataset they are first used with; the
-        dataset must have at least the columns the old model used.
-        """
-        if self.nfeatures is not None:
-            if nfeatures is not None and nfeatures != self.nfeatures:
-                raise BackendError(
-                    f"The dataset has {nfeatures} features but the {self.fmt} model in "
-                    f"{self.source} was trained with {self.nfeatures}. The features of a "
-                    "model cannot change; train a new model."
-                )
-            nfeatures = self.nfeatures
-        if nfeatures is None:
-            raise BackendError(
-                f"The {self.fmt} model in {self.source} does not record how many features "
-                "its datasets have; it is converted the first time it is used with a "
-                "dataset (prediction, training or evaluation)."
-            )
-        columns = (
-            np.arange(self.width, dtype=np.int64)
-            if self.columns is None
-            else self.columns.astype(np.int64)
-        )
-        if columns.size and int(columns.max()) >= nfeatures:
-            raise BackendError(
-                f"The dataset has {nfeatures} features but the {self.fmt} model in "
-                f"{self.source} uses feature number {int(columns.max()) + 1}. The features "
-                "of a model cannot change; train a new model."
-            )
-        width = columns.size
-        return Model(
-            classes=list(range(self.n_classes)),
-            nfeatures=int(nfeatures),
-            columns=columns,
-            # The old backends fed the raw features to the network.
-            mean=np.zeros(width, dtype=np.float32),
-            scale=np.ones(width, dtype=np.float32),
-            weights=[w.astype(np.float32) for w in self.weights],
-            feature_names=[],
-            history={"converted_from": self.fmt, "legacy_settings": self.settings},
-            activation=self.activation,
-        )
+        return int(self.layers[0].kernel.shape[0])
 
 
 def read(directory: str) -> LegacyNetwork:
@@ -186,10 +144,6 @@ def read(directory: str) -> LegacyNetwork:
         f"No moodlemlbackend model found in {directory} (expected "
         f"{PICKLE_FILE} with {SAVEDMODEL_DIR}/, or {EXPORT_JSON})."
     )
-
-
-def convert(directory: str, nfeatures: int | None = None) -> Model:
-    return read(directory).to_model(nfeatures)
 
 
 # --------------------------------------------------------------------------
@@ -557,14 +511,14 @@ def read_3x(directory: str) -> LegacyNetwork:
                 "(not increasing column numbers)."
             )
     _check_activations(saved)
-    weights = read_checkpoint(os.path.join(saved, CHECKPOINT_PREFIX), n_layers)
-    _check_chain(weights, n_inputs, n_classes, saved)
+    layers = read_checkpoint(os.path.join(saved, CHECKPOINT_PREFIX), n_layers)
+    _check_chain(layers, n_inputs, n_classes, saved)
     settings = _plain_settings(state)
     return LegacyNetwork(
         source=directory,
         fmt=FORMAT_3X,
         columns=columns,
-        weights=weights,
+        layers=layers,
         n_classes=n_classes,
         activation="relu",
         nfeatures=None if columns is not None else n_inputs,
@@ -594,7 +548,7 @@ def _check_activations(saved: str) -> None:
         )
 
 
-def read_checkpoint(prefix: str, n_layers: int) -> list[np.ndarray]:
+def read_checkpoint(prefix: str, n_layers: int) -> list[Dense]:
     """Kernels and biases of `n_layers` Dense layers from a TensorFlow
     checkpoint: tensors only, the SavedModel's graph is never loaded, and
     the checkpoint is parsed and checked by `mlbackend.checkpoint`, never by
@@ -627,7 +581,13 @@ def read_checkpoint(prefix: str, n_layers: int) -> list[np.ndarray]:
                 raise BackendError(
                     f"The old model's weights in {prefix} are too large ({key}: {shown(shape)})."
                 )
-        return [reader.tensor(k) for k in wanted]
+        return [
+            Dense(
+                reader.tensor(_CKPT_KEY.format(i=i, part="kernel")),
+                reader.tensor(_CKPT_KEY.format(i=i, part="bias")),
+            )
+            for i in range(n_layers)
+        ]
     except CheckpointError as exc:
         raise BackendError(
             f"The old model's weights in {prefix} cannot be read: they are "
@@ -635,11 +595,13 @@ def read_checkpoint(prefix: str, n_layers: int) -> list[np.ndarray]:
         ) from None
 
 
-def _check_chain(weights: list[np.ndarray], n_inputs: int, n_classes: int, source: str) -> None:
-    """Shapes must chain input -> hidden ... -> classes, numbers be finite."""
+def _check_chain(layers: list[Dense], n_inputs: int, n_classes: int, source: str) -> None:
+    """Shapes must chain input -> hidden ... -> classes, numbers be finite.
+    The old files' own checks, with their own messages (the converted
+    model is checked again as any model is)."""
     width = n_inputs
-    for i in range(0, len(weights), 2):
-        kernel, bias = weights[i], weights[i + 1]
+    for i, layer in enumerate(layers):
+        kernel, bias = layer.kernel, layer.bias
         if (
             kernel.ndim != 2
             or kernel.shape[0] != width
@@ -649,7 +611,7 @@ def _check_chain(weights: list[np.ndarray], n_inputs: int, n_classes: int, sourc
         ):
             raise BackendError(
                 f"The old model in {source} has weights of the wrong shape "
-                f"(layer {i // 2 + 1}: {kernel.shape} and {bias.shape} after "
+                f"(layer {i + 1}: {kernel.shape} and {bias.shape} after "
                 f"{width} inputs)."
             )
         if kernel.dtype.kind != "f" or bias.dtype.kind != "f":
@@ -661,7 +623,7 @@ def _check_chain(weights: list[np.ndarray], n_inputs: int, n_classes: int, sourc
         raise BackendError(
             f"The old model in {source} has {width} outputs for {n_classes} classes."
         )
-    if not all(np.all(np.isfinite(w)) for w in weights):
+    if not all(np.all(np.isfinite(a)) for layer in layers for a in (layer.kernel, layer.bias)):
         raise BackendError(f"The old model in {source} has weights that are not finite.")
 
 
@@ -697,30 +659,33 @@ def read_2x_export(path: str) -> LegacyNetwork:
         default=2,  # as 2.x import did
         maximum=MAX_CLASSES,
     )
-    weights = []
+    arrays = {}
     for key in _JSON_KEYS:
         try:
-            arr = np.asarray(doc[key], dtype=np.float64)
+            arrays[key] = np.asarray(doc[key], dtype=np.float64)
         except (ValueError, TypeError):
             raise BackendError(
                 f"The exported model {path} has invalid weights under {key}."
             ) from None
-        weights.append(arr)
-    _check_chain(weights, n_features, n_classes, path)
-    if "n_hidden" in doc and _int_setting(doc, "n_hidden", path, 1) != weights[0].shape[1]:
+    layers = [
+        Dense(arrays[kernel], arrays[bias]) for kernel, bias in (_JSON_KEYS[:2], _JSON_KEYS[2:])
+    ]
+    _check_chain(layers, n_features, n_classes, path)
+    hidden = int(layers[0].kernel.shape[1])
+    if "n_hidden" in doc and _int_setting(doc, "n_hidden", path, 1) != hidden:
         raise BackendError(
             f"The exported model {path} is inconsistent: n_hidden is "
-            f"{shown(doc['n_hidden'])} but the weights have {weights[0].shape[1]}."
+            f"{shown(doc['n_hidden'])} but the weights have {hidden}."
         )
     return LegacyNetwork(
         source=path,
         fmt=FORMAT_2X_EXPORT,
         columns=None,
-        weights=weights,
+        layers=layers,
         n_classes=n_classes,
         activation="tanh",
         nfeatures=n_features,
-        settings={"n_hidden": int(weights[0].shape[1])},
+        settings={"n_hidden": hidden},
     )
 
 

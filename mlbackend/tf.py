@@ -36,3 +36,52 @@ def import_tensorflow() -> Any:
 
     tf.get_logger().setLevel(logging.ERROR)
     return tf
+
+
+class Adam:
+    """Adam (Kingma and Ba 2015) on a list of TensorFlow variables, one fused
+    kernel per variable and step: TensorFlow spends microseconds on each op,
+    and few ops per step is what makes small batches quick.
+
+    The one place that uses TensorFlow's raw op `ResourceApplyAdam` (its
+    inputs: the variables' handles, beta powers, learning rate, betas,
+    epsilon, gradient); `tests/test_training.py` checks one step against
+    Adam's formula, so a TensorFlow that changes the op fails there.
+    """
+
+    def __init__(
+        self,
+        tf: Any,
+        params: list[Any],
+        learning_rate: float,
+        beta1: float = 0.9,
+        beta2: float = 0.999,
+        epsilon: float = 1e-7,
+    ) -> None:
+        self.tf, self.params = tf, params
+        self.lr, self.beta1, self.beta2, self.epsilon = learning_rate, beta1, beta2, epsilon
+        self.slots = [
+            (tf.Variable(tf.zeros_like(p)), tf.Variable(tf.zeros_like(p))) for p in params
+        ]
+        self.step = tf.Variable(0.0)
+
+    def apply(self, grads: list[Any]) -> list[Any]:
+        """The update ops of one step (run them before the next)."""
+        tf = self.tf
+        t = self.step.assign_add(1.0)
+        beta1_power, beta2_power = tf.pow(self.beta1, t), tf.pow(self.beta2, t)
+        return [
+            tf.raw_ops.ResourceApplyAdam(
+                var=p.handle,
+                m=m.handle,
+                v=v.handle,
+                beta1_power=beta1_power,
+                beta2_power=beta2_power,
+                lr=self.lr,
+                beta1=self.beta1,
+                beta2=self.beta2,
+                epsilon=self.epsilon,
+                grad=g,
+            )
+            for p, g, (m, v) in zip(self.params, grads, self.slots)
+        ]

@@ -16,7 +16,9 @@ Weights carry a leading "model" axis for that; a plain training is K = 1.
 
 TensorFlow is imported inside these functions only: prediction, `version`
 and `--help` never pay for it. Training hands back plain
-`mlbackend.inference.Model`s.
+`mlbackend.model.Model`s; the network's shape and its TensorFlow forward
+pass come from `mlbackend.model.network.Layout`, its inputs' from
+`mlbackend.model.inputs`.
 """
 
 from __future__ import annotations
@@ -30,8 +32,11 @@ from typing import Any
 import numpy as np
 
 from mlbackend.contract import MISSING_CLASSES_MESSAGE, NOT_ENOUGH_DATA, BackendError
-from mlbackend.inference import Model, PiecewiseLinear
-from mlbackend.tf import import_tensorflow
+from mlbackend.model import Model
+from mlbackend.model.format import CENTRED, ENCODED
+from mlbackend.model.inputs import Inputs, PiecewiseLinear, tf_stage
+from mlbackend.model.network import Dense, Layout, Network
+from mlbackend.tf import Adam, import_tensorflow
 
 log = logging.getLogger(__name__)
 
@@ -78,10 +83,6 @@ CLASS_WEIGHT_POWER = 0.5
 #: inputs) and the share of the students at risk whose probability reaches
 #: Moodle's 0.6 (docs/model.md, "Choices, measured").
 DECISION_SHIFT_POWER = 0.25
-
-#: How a network's inputs are made from the used columns: a piecewise-linear
-#: encoding (None: none, the columns themselves), then minus mean, over scale.
-Inputs = tuple[PiecewiseLinear | None, np.ndarray, np.ndarray]
 
 
 @dataclass
@@ -136,53 +137,37 @@ def train(
     y_idx = class_indices(y, classes)
     require_all_classes(y_idx, len(classes))
     if previous is not None:
-        # The stored inputs, encoding included: the weights were learnt on them.
-        columns = previous.columns
-        encoding, mean, scale = previous.encoding, previous.mean, previous.scale
-        hidden = previous.hidden_units
-        activation = previous.activation  # tanh for models converted from 2.x
+        # The stored inputs, encoding included: the weights were learnt on them;
+        # and the network as it learnt, without the decision shift.
+        inputs, start = previous.inputs, previous.unshifted_network()
+        layout, version = start.layout, previous.format_version
     else:
         columns, _, _ = scaling(X)
-        encoding, mean, scale = network_inputs(
-            X, columns, None, options.seed, _rarest(y_idx, len(classes))
-        )
-        hidden = hidden_units(X, len(columns))
-        activation = "relu"
-    init = [w[None] for w in previous.weights] if previous is not None else None
-    if init is not None and previous is not None and previous.logit_shift is not None:
-        init[-1] = init[-1] - previous.logit_shift[None]  # trains on as it learnt
-    weights, epochs = _fit_side_by_side(
-        X,
-        columns,
-        [(encoding, mean, scale)],
-        y_idx,
-        [np.arange(len(y_idx))],
-        len(classes),
-        hidden,
-        options,
-        init,
-        activation=activation,
-    )
+        inputs = network_inputs(X, columns, None, options.seed, _rarest(y_idx, len(classes)))
+        layout = Layout(inputs.width, tuple(hidden_units(X, len(columns))), len(classes))
+        version = (ENCODED if inputs.encoding is not None else CENTRED).number
+        start = None
+    networks, epochs = _SideBySide(
+        X, [inputs], y_idx, [np.arange(len(y_idx))], layout, options, start
+    ).fit()
     past = dict(previous.history) if previous is not None else {}
     record = {
         "trainings": int(past.get("trainings", 0)) + 1,
         "rows_seen": int(past.get("rows_seen", 0)) + int(X.shape[0]),
         "last_epochs": epochs[0],
     }
-    log.info("trained %d rows for %d epochs (hidden layers %s)", len(y_idx), epochs[0], hidden)
+    log.info(
+        "trained %d rows for %d epochs (hidden layers %s)", len(y_idx), epochs[0], layout.hidden
+    )
     shift = logit_shift(y_idx, len(classes))
-    weights[0][-1] = weights[0][-1] + shift
     return Model(
         classes=list(classes),
         nfeatures=int(X.shape[1]),
-        columns=columns,
-        mean=mean,
-        scale=scale,
-        weights=weights[0],
+        inputs=inputs,
+        network=networks[0].shift_output(shift),
+        format_version=version,
         feature_names=list(feature_names),
         history=record,
-        activation=activation,
-        encoding=encoding,
         logit_shift=shift,
     )
 
@@ -204,30 +189,27 @@ def train_splits(
     options = options or TrainingOptions()
     y_idx = class_indices(y, classes)
     columns, _, _ = scaling(X)
-    hidden = hidden_units(X, len(columns))
     # One kind of inputs for all (they train as one computation): the splits
     # are stratified and of equal size, so their rarest classes are too.
     rarest = min(_rarest(y_idx[rows], len(classes)) for rows in splits)
     inputs = [network_inputs(X, columns, rows, options.seed, rarest) for rows in splits]
-    weights, epochs = _fit_side_by_side(
-        X, columns, inputs, y_idx, splits, len(classes), hidden, options, None
+    version = (ENCODED if inputs[0].encoding is not None else CENTRED).number
+    layout = Layout(
+        max(i.width for i in inputs), tuple(hidden_units(X, len(columns))), len(classes)
     )
+    networks, epochs = _SideBySide(X, inputs, y_idx, splits, layout, options, None).fit()
     models = []
     for k, rows in enumerate(splits):
-        encoding, mean, scale = inputs[k]
         shift = logit_shift(y_idx[rows], len(classes))
-        weights[k][-1] = weights[k][-1] + shift
         models.append(
             Model(
                 classes=list(classes),
                 nfeatures=int(X.shape[1]),
-                columns=columns,
-                mean=mean,
-                scale=scale,
-                weights=weights[k],
+                inputs=inputs[k],
+                network=networks[k].shift_output(shift),
+                format_version=version,
                 feature_names=list(feature_names),
                 history={"trainings": 1, "rows_seen": len(rows), "last_epochs": epochs[k]},
-                encoding=encoding,
                 logit_shift=shift,
             )
         )
@@ -248,7 +230,7 @@ def network_inputs(
     if rarest >= ENCODING_MIN_RARE_ROWS:
         return piecewise_inputs(X, columns, rows, seed, rarest)
     _, mean, scale = scaling(X, columns, rows)
-    return None, mean, scale
+    return Inputs(columns, mean, scale)
 
 
 def piecewise_inputs(
@@ -269,7 +251,7 @@ def piecewise_inputs(
             axis=0, dtype=np.float64
         )
     mean = (total / max(len(Xc), 1)).astype(np.float32)
-    return encoding, mean, np.ones_like(mean)
+    return Inputs(columns, mean, np.ones_like(mean), encoding)
 
 
 def scaling(
@@ -364,245 +346,205 @@ def class_weights(y_idx: np.ndarray, nclasses: int, power: float) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------
-# The engine
+# The engine: several networks trained side by side as one computation
 
 
-def _initial_weights(rng: np.random.Generator, K: int, sizes: list[int]) -> list[np.ndarray]:
-    """Glorot-uniform kernels and zero biases, as Keras' Dense starts."""
-    weights = []
-    for fan_in, fan_out in zip(sizes, sizes[1:]):
-        limit = np.sqrt(6.0 / (fan_in + fan_out))
-        weights.append(rng.uniform(-limit, limit, (K, fan_in, fan_out)).astype(np.float32))
-        weights.append(np.zeros((K, fan_out), dtype=np.float32))
-    return weights
+class _SideBySide:
+    """K networks trained at once: network k on rows `subsets[k]` of X, made
+    into its inputs by `inputs[k]`, all of shape `layout` (`layout.inputs` is
+    the widest of their inputs; narrower ones are padded, see
+    `mlbackend.model.inputs.tf_stage`), starting from `start` (a network to
+    train on, K = 1) or from fresh weights.
 
+    `fit` runs epochs until every network's validation loss has stopped
+    improving for `patience` epochs (early stopping, each network keeping
+    its best weights), or a fixed budget of epochs on data too small to
+    hold rows out.
+    """
 
-def _fit_side_by_side(
-    X: np.ndarray,
-    columns: np.ndarray,
-    encodings: list[Inputs],
-    y_idx: np.ndarray,
-    subsets: list[np.ndarray],
-    nclasses: int,
-    hidden: list[int],
-    options: TrainingOptions,
-    init: list[np.ndarray] | None,
-    activation: str = "relu",
-) -> tuple[list[list[np.ndarray]], list[int]]:
-    """Train len(subsets) networks at once, network k on rows `subsets[k]` of
-    X[:, columns] made into inputs by `encodings[k]`; returns their weights
-    and the epochs each ran."""
-    tf = import_tensorflow()
-    tf.random.set_seed(options.seed)
-    rng = np.random.default_rng(options.seed)
-    K = len(subsets)
-    width = len(columns)
+    def __init__(
+        self,
+        X: np.ndarray,
+        inputs: list[Inputs],
+        y_idx: np.ndarray,
+        subsets: list[np.ndarray],
+        layout: Layout,
+        options: TrainingOptions,
+        start: Network | None,
+    ) -> None:
+        self.X, self.inputs, self.y_idx, self.layout, self.options = (
+            X,
+            inputs,
+            y_idx,
+            layout,
+            options,
+        )
+        self.K = len(subsets)
+        self.columns = inputs[0].columns
+        self.rng = np.random.default_rng(options.seed)
+        self._plan_rows(subsets)
+        # The used columns, once, unless that copy is large: then per chunk.
+        narrower = len(self.columns) < X.shape[1]
+        self.source = X[:, self.columns] if X.nbytes <= PRESELECT_BYTES and narrower else None
+        widest = max(len(self.columns), layout.inputs)
+        self.chunk = max(self.bs, (CHUNK_VALUES // max(self.K * widest, 1)) // self.bs * self.bs)
+        self.start = start.side_by_side() if start is not None else None
 
-    # Each network's own training and validation rows, as index arrays.
-    train_rows, val_rows = [], []
-    for rows in subsets:
-        t, v = validation_split(y_idx[rows], options.validation_fraction, rng)
-        train_rows.append(rows[t])
-        val_rows.append(rows[v] if v is not None else None)
-    with_validation = all(v is not None for v in val_rows)
-    if not with_validation:
-        # Too few rows to hold some out: a fixed budget of steps. Tiling the
-        # rows makes that budget a few long epochs instead of many tiny ones.
-        reps = -(-SMALL_DATA_ROWS // len(train_rows[0]))
-        train_rows = [np.tile(subsets[k], reps) for k in range(K)]
-        max_epochs = SMALL_DATA_EPOCHS
-    else:
-        max_epochs = options.max_epochs
-    n = min(len(r) for r in train_rows)
-    train_idx = np.stack([r[:n] for r in train_rows])  # [K, n]
-    bs = min(batch_size(n), n)
-    cw = np.stack(
-        [class_weights(y_idx[r], nclasses, options.class_weight_power) for r in train_idx]
-    ).astype(np.float32)  # [K, C]
-    prepare, depth = _input_graph(tf, encodings, width)
-    chunk = max(bs, (CHUNK_VALUES // max(K * max(width, depth), 1)) // bs * bs)
-    if with_validation:
-        val_sets = [v for v in val_rows if v is not None]
-        m = min(len(v) for v in val_sets)
-        val_idx = np.stack([v[:m] for v in val_sets])  # [K, m]
+    def _plan_rows(self, subsets: list[np.ndarray]) -> None:
+        """Each network's training and validation rows, as index arrays
+        [K, n] and [K, m] (None without validation), the epochs and the
+        batch size."""
+        y_idx, options = self.y_idx, self.options
+        train_rows, val_rows = [], []
+        for rows in subsets:
+            t, v = validation_split(y_idx[rows], options.validation_fraction, self.rng)
+            train_rows.append(rows[t])
+            val_rows.append(rows[v] if v is not None else None)
+        self.val_idx: np.ndarray | None = None
+        if all(v is not None for v in val_rows):
+            self.max_epochs = options.max_epochs
+            m = min(len(v) for v in val_rows if v is not None)
+            self.val_idx = np.stack([v[:m] for v in val_rows if v is not None])
+        else:
+            # Too few rows to hold some out: a fixed budget of steps. Tiling the
+            # rows makes that budget a few long epochs instead of many tiny ones.
+            reps = -(-SMALL_DATA_ROWS // len(train_rows[0]))
+            train_rows = [np.tile(rows, reps) for rows in subsets]
+            self.max_epochs = SMALL_DATA_EPOCHS
+        self.n = min(len(r) for r in train_rows)
+        self.train_idx = np.stack([r[: self.n] for r in train_rows])  # [K, n]
+        self.bs = min(batch_size(self.n), self.n)
+        self.cw = np.stack(
+            [
+                class_weights(y_idx[r], self.layout.outputs, options.class_weight_power)
+                for r in self.train_idx
+            ]
+        ).astype(np.float32)  # [K, C]
 
-    # The used columns, once, unless that copy is large: then per chunk.
-    source = X[:, columns] if X.nbytes <= PRESELECT_BYTES and width < X.shape[1] else None
-
-    def inputs(idx: np.ndarray) -> np.ndarray:
-        """Rows X[idx[k], columns] per network: [K, len, d] (standardised in the graph)."""
+    def _rows(self, idx: np.ndarray) -> np.ndarray:
+        """Rows X[idx[k], columns] per network: [K, len, columns] (made into
+        the networks' inputs in the graph)."""
         flat = idx.reshape(-1)
-        rows = (
-            source[flat]
-            if source is not None
-            else X[flat][:, columns]
-            if width < X.shape[1]
-            else X[flat]
-        )
-        return rows.reshape(idx.shape[0], idx.shape[1], width)
+        if self.source is not None:
+            rows = self.source[flat]
+        elif len(self.columns) < self.X.shape[1]:
+            rows = self.X[flat][:, self.columns]
+        else:
+            rows = self.X[flat]
+        return rows.reshape(idx.shape[0], idx.shape[1], len(self.columns))
 
-    sizes = [depth] + list(hidden) + [nclasses]
-    start = init if init is not None else _initial_weights(rng, K, sizes)
-    params = [tf.Variable(w) for w in start]
-    kernels = params[0::2]
-    slots_m = [tf.Variable(tf.zeros_like(p)) for p in params]
-    slots_v = [tf.Variable(tf.zeros_like(p)) for p in params]
-    step = tf.Variable(0.0)
-    lr, b1, b2, eps = options.learning_rate, 0.9, 0.999, 1e-7
-    l2, dropout = options.l2, options.dropout
-    activate = {"relu": tf.nn.relu, "tanh": tf.tanh}[activation]
-
-    def forward(h: Any, training: bool) -> Any:
-        layers = list(zip(params[0::2], params[1::2]))
-        for kernel, bias in layers[:-1]:
-            h = activate(tf.matmul(h, kernel) + bias[:, None, :])
-            if training and dropout:
-                h = tf.nn.dropout(h, rate=dropout)
-        kernel, bias = layers[-1]
-        return tf.matmul(h, kernel) + bias[:, None, :]
-
-    def train_step(b: Any, total: Any, x: Any, y: Any, w: Any) -> tuple[Any, ...]:
-        xb, yb, wb = (t[:, b * bs : (b + 1) * bs] for t in (x, y, w))
-        with tf.GradientTape() as tape:
-            ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=yb, logits=forward(xb, True))
-            per_model = tf.reduce_mean(ce * wb, axis=1)
-            penalty = tf.add_n([tf.reduce_sum(tf.square(k), axis=[1, 2]) for k in kernels])
-            loss = tf.reduce_sum(per_model + l2 * penalty)
-        grads = tape.gradient(loss, params)
-        t = step.assign_add(1.0)
-        b1_power, b2_power = tf.pow(b1, t), tf.pow(b2, t)
-        # Adam, one fused kernel per variable (few ops per step is what makes
-        # small batches quick: TensorFlow spends microseconds on each op).
-        updates = [
-            tf.raw_ops.ResourceApplyAdam(
-                var=p.handle,
-                m=m_.handle,
-                v=v_.handle,
-                beta1_power=b1_power,
-                beta2_power=b2_power,
-                lr=lr,
-                beta1=b1,
-                beta2=b2,
-                epsilon=eps,
-                grad=g,
-            )
-            for p, g, m_, v_ in zip(params, grads, slots_m, slots_v)
+    def fit(self) -> tuple[list[Network], list[int]]:
+        """Train; returns each network (its best weights) and its epochs."""
+        tf = import_tensorflow()
+        tf.random.set_seed(self.options.seed)
+        layers = self.start or self.layout.initial(self.rng, self.K)
+        params = [tf.Variable(a) for layer in layers for a in (layer.kernel, layer.bias)]
+        train_chunk, loss_of = self._graph(tf, params)
+        K, options = self.K, self.options
+        writers = _tensorboard_writers(options.tensorboard_dirs)
+        best_loss = np.full(K, np.inf)
+        best = [p.numpy() for p in params]
+        waited = np.zeros(K, dtype=int)
+        stopped_at = np.full(K, self.max_epochs)
+        e = 0
+        for e in range(self.max_epochs):
+            logs = {"loss": self._epoch(train_chunk)}
+            if self.val_idx is not None:
+                val = self._validation_loss(loss_of)
+                logs["val_loss"] = val
+                better = (val < best_loss) & (waited <= options.patience)
+                if better.any():
+                    current = [p.numpy() for p in params]
+                    for b_, c_ in zip(best, current):
+                        b_[better] = c_[better]
+                    best_loss[better] = val[better]
+                waited = np.where(better, 0, waited + 1)
+                stopped_at[waited == options.patience + 1] = e + 1
+            _log_epoch(e, self.max_epochs, logs, writers, options.progress)
+            if self.val_idx is not None and np.all(waited > options.patience):
+                break
+        if options.progress:
+            sys.stderr.write("\n")
+        for writer in writers:
+            writer.close()
+        final = best if self.val_idx is not None else [p.numpy() for p in params]
+        trained = [Dense(kernel, bias) for kernel, bias in zip(final[0::2], final[1::2])]
+        stopped_at = np.minimum(stopped_at, e + 1)
+        networks = [
+            Network.from_side_by_side(trained, k, self.inputs[k].width, self.layout.activation)
+            for k in range(K)
         ]
-        with tf.control_dependencies(updates):
-            return b + 1, total + per_model, x, y, w
+        return networks, [int(s) for s in stopped_at]
 
-    spec = (
-        tf.TensorSpec([K, None, width], tf.float32),
-        tf.TensorSpec([K, None], tf.int32),
-        tf.TensorSpec([K, None], tf.float32),
-    )
+    def _graph(self, tf: Any, params: list[Any]) -> tuple[Any, Any]:
+        """The compiled TensorFlow functions: one pass over a chunk of rows
+        (the batch loop inside the graph) and the loss of a chunk."""
+        K, bs, layout, options = self.K, self.bs, self.layout, self.options
+        stage, depth = tf_stage(tf, self.inputs)
+        assert depth == layout.inputs
+        pairs = list(zip(params[0::2], params[1::2]))
+        kernels = params[0::2]
+        adam = Adam(tf, params, options.learning_rate)
+        width = len(self.columns)
 
-    # autograph=False: converting Python source to a graph costs 0.7 s a call,
-    # so the batch loop is an explicit while_loop. XLA (jit_compile) took 50 s
-    # to compile here, then saved little.
-    @tf.function(autograph=False, input_signature=spec)
-    def train_chunk(x: Any, y: Any, w: Any) -> Any:
-        """One pass over a chunk of shuffled rows, batch by batch; summed batch losses."""
-        batches = (tf.shape(x)[1] + bs - 1) // bs
-        x = prepare(x)
-        _, total, *_ = tf.while_loop(
-            lambda b, *rest: b < batches, train_step, (tf.constant(0), tf.zeros([K]), x, y, w)
+        def train_step(b: Any, total: Any, x: Any, y: Any, w: Any) -> tuple[Any, ...]:
+            xb, yb, wb = (t[:, b * bs : (b + 1) * bs] for t in (x, y, w))
+            with tf.GradientTape() as tape:
+                logits = layout.tf_logits(tf, pairs, xb, options.dropout)
+                ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=yb, logits=logits)
+                per_model = tf.reduce_mean(ce * wb, axis=1)
+                penalty = tf.add_n([tf.reduce_sum(tf.square(k), axis=[1, 2]) for k in kernels])
+                loss = tf.reduce_sum(per_model + options.l2 * penalty)
+            grads = tape.gradient(loss, params)
+            with tf.control_dependencies(adam.apply(grads)):
+                return b + 1, total + per_model, x, y, w
+
+        spec = (
+            tf.TensorSpec([K, None, width], tf.float32),
+            tf.TensorSpec([K, None], tf.int32),
+            tf.TensorSpec([K, None], tf.float32),
         )
-        return total
 
-    @tf.function(autograph=False, input_signature=spec[:2])
-    def loss_of(x: Any, y: Any) -> Any:
-        x = prepare(x)
-        ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=forward(x, False))
-        return tf.reduce_sum(ce, axis=1)
+        # autograph=False: converting Python source to a graph costs 0.7 s a call,
+        # so the batch loop is an explicit while_loop. XLA (jit_compile) took 50 s
+        # to compile here, then saved little.
+        @tf.function(autograph=False, input_signature=spec)
+        def train_chunk(x: Any, y: Any, w: Any) -> Any:
+            """One pass over a chunk of shuffled rows, batch by batch; summed batch losses."""
+            batches = (tf.shape(x)[1] + bs - 1) // bs
+            x = stage(x)
+            _, total, *_ = tf.while_loop(
+                lambda b, *rest: b < batches, train_step, (tf.constant(0), tf.zeros([K]), x, y, w)
+            )
+            return total
 
-    def epoch() -> np.ndarray:
-        order = train_idx[:, rng.permutation(n)]
-        total = np.zeros(K)
-        for c in range(0, n, chunk):
-            idx = order[:, c : c + chunk]
-            y = y_idx[idx]
+        @tf.function(autograph=False, input_signature=spec[:2])
+        def loss_of(x: Any, y: Any) -> Any:
+            logits = layout.tf_logits(tf, pairs, stage(x))
+            ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)
+            return tf.reduce_sum(ce, axis=1)
+
+        return train_chunk, loss_of
+
+    def _epoch(self, train_chunk: Any) -> np.ndarray:
+        """One pass over the training rows in a new order; mean batch loss per network."""
+        order = self.train_idx[:, self.rng.permutation(self.n)]
+        total = np.zeros(self.K)
+        for c in range(0, self.n, self.chunk):
+            idx = order[:, c : c + self.chunk]
+            y = self.y_idx[idx]
             total += train_chunk(
-                inputs(idx), y.astype(np.int32), np.take_along_axis(cw, y, axis=1)
+                self._rows(idx), y.astype(np.int32), np.take_along_axis(self.cw, y, axis=1)
             ).numpy()
-        return total / -(-n // bs)
+        return total / -(-self.n // self.bs)
 
-    def validation_loss() -> np.ndarray:
-        total = np.zeros(K)
-        for c in range(0, val_idx.shape[1], chunk):
-            idx = val_idx[:, c : c + chunk]
-            total += loss_of(inputs(idx), y_idx[idx].astype(np.int32)).numpy()
-        return total / val_idx.shape[1]
-
-    writers = _tensorboard_writers(options.tensorboard_dirs)
-    best_loss = np.full(K, np.inf)
-    best = [p.numpy() for p in params]
-    waited = np.zeros(K, dtype=int)
-    stopped_at = np.full(K, max_epochs)
-    for e in range(max_epochs):
-        logs = {"loss": epoch()}
-        if with_validation:
-            val = validation_loss()
-            logs["val_loss"] = val
-            better = (val < best_loss) & (waited <= options.patience)
-            if better.any():
-                current = [p.numpy() for p in params]
-                for b_, c_ in zip(best, current):
-                    b_[better] = c_[better]
-                best_loss[better] = val[better]
-            waited = np.where(better, 0, waited + 1)
-            stopped_at[waited == options.patience + 1] = e + 1
-        _log_epoch(e, max_epochs, logs, writers, options.progress)
-        if with_validation and np.all(waited > options.patience):
-            break
-    if options.progress:
-        sys.stderr.write("\n")
-    for writer in writers:
-        writer.close()
-    final = best if with_validation else [p.numpy() for p in params]
-    stopped_at = np.minimum(stopped_at, e + 1)
-    # Network k's first kernel without the rows of its padding inputs.
-    own = [len(mu) for _, mu, _ in encodings]
-    return (
-        [[w[k][: own[k]] if i == 0 else w[k] for i, w in enumerate(final)] for k in range(K)],
-        [int(s) for s in stopped_at],
-    )
-
-
-def _input_graph(tf: Any, encodings: list[Inputs], width: int) -> tuple[Any, int]:
-    """The TensorFlow function that makes the networks' inputs [K, rows, depth]
-    from their rows of the used columns [K, rows, width], and depth.
-
-    Networks trained side by side may have encodings of different widths:
-    the narrower ones are padded with inputs that are always 0 (a lower edge
-    of +inf), whose kernel rows are cut off after training."""
-    K = len(encodings)
-    if encodings[0][0] is None:  # a model of format 1 or 2: standardised columns
-        mean = tf.constant(np.stack([mu for _, mu, _ in encodings])[:, None, :], tf.float32)
-        inv_scale = tf.constant(
-            (1.0 / np.stack([sc for _, _, sc in encodings]))[:, None, :], tf.float32
-        )
-        return (lambda x: (x - mean) * inv_scale), width
-    depth = max(len(mu) for _, mu, _ in encodings)
-    source = np.zeros((K, depth), np.int32)
-    lower = np.full((K, depth), np.inf, np.float32)
-    bin_width, scale = np.ones((K, depth), np.float32), np.ones((K, depth), np.float32)
-    mean = np.zeros((K, depth), np.float32)
-    for k, (encoding, mu, sc) in enumerate(encodings):
-        assert encoding is not None
-        d = len(mu)
-        source[k, :d], lower[k, :d], bin_width[k, :d] = encoding.components()
-        mean[k, :d], scale[k, :d] = mu, sc
-    source_t = tf.constant(source)
-    lower_t, width_t, mean_t, scale_t = (
-        tf.constant(a[:, None, :]) for a in (lower, bin_width, mean, scale)
-    )
-
-    def prepare(x: Any) -> Any:
-        parts = tf.gather(x, source_t, axis=2, batch_dims=1)
-        return (tf.clip_by_value((parts - lower_t) / width_t, 0.0, 1.0) - mean_t) / scale_t
-
-    return prepare, depth
+    def _validation_loss(self, loss_of: Any) -> np.ndarray:
+        assert self.val_idx is not None
+        total = np.zeros(self.K)
+        for c in range(0, self.val_idx.shape[1], self.chunk):
+            idx = self.val_idx[:, c : c + self.chunk]
+            total += loss_of(self._rows(idx), self.y_idx[idx].astype(np.int32)).numpy()
+        return total / self.val_idx.shape[1]
 
 
 def _tensorboard_writers(dirs: list[str]) -> list[Any]:

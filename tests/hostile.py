@@ -379,25 +379,19 @@ def write_table(path: Path, entries: dict[str, bytes]) -> None:
 
 def small_model_arrays(nfeatures: int = 3, hidden: int = 4, seed: int = 0) -> dict[str, np.ndarray]:
     """The arrays of a valid model.npz, made without training."""
-    from mlbackend.inference import Model
+    from helpers.models import model
 
-    rng = np.random.default_rng(seed)
-    sizes = [nfeatures, hidden, 2]
-    weights = []
-    for a, b in zip(sizes, sizes[1:]):
-        weights += [
-            rng.normal(size=(a, b)).astype(np.float32),
-            rng.normal(size=b).astype(np.float32),
-        ]
-    return Model(
-        classes=[0, 1],
-        nfeatures=nfeatures,
-        columns=np.arange(nfeatures),
-        mean=np.zeros(nfeatures, np.float32),
-        scale=np.ones(nfeatures, np.float32),
-        weights=weights,
-        feature_names=[f"f{i}" for i in range(nfeatures)],
-    ).to_arrays()
+    from mlbackend.model.format import to_arrays
+
+    return to_arrays(
+        model(
+            nfeatures,
+            (hidden,),
+            seed,
+            bias=1.0,
+            feature_names=[f"f{i}" for i in range(nfeatures)],
+        )
+    )
 
 
 HOSTILE_JSON = st.sampled_from(

@@ -11,8 +11,9 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from helpers.models import weights
 
-from mlbackend.inference import Model
+from mlbackend.model import Model
 from mlbackend.tf import quiet_tensorflow
 
 
@@ -22,16 +23,17 @@ def tf_inputs(model: Model, X: np.ndarray) -> np.ndarray:
     quiet_tensorflow()
     import tensorflow as tf
 
-    used = tf.gather(tf.constant(X, tf.float32), model.columns, axis=1)
-    if model.encoding is not None:
+    inputs = model.inputs
+    used = tf.gather(tf.constant(X, tf.float32), inputs.columns, axis=1)
+    if inputs.encoding is not None:
         parts, start = [], 0
-        for j, count in enumerate(model.encoding.counts):
-            edges = tf.constant(model.encoding.edges[start : start + count])
+        for j, count in enumerate(inputs.encoding.counts):
+            edges = tf.constant(inputs.encoding.edges[start : start + count])
             start += count
             x = used[:, j : j + 1]
             parts.append(tf.clip_by_value((x - edges[:-1]) / (edges[1:] - edges[:-1]), 0.0, 1.0))
         used = tf.concat(parts, axis=1)
-    return ((used - model.mean) / model.scale).numpy()
+    return ((used - inputs.mean) / inputs.scale).numpy()
 
 
 def keras_predict_proba(model: Model, X: np.ndarray) -> np.ndarray:
@@ -39,12 +41,12 @@ def keras_predict_proba(model: Model, X: np.ndarray) -> np.ndarray:
     quiet_tensorflow()
     import keras
 
-    layers: list[Any] = [keras.Input(shape=(model.weights[0].shape[0],))]
+    layers: list[Any] = [keras.Input(shape=(model.inputs.width,))]
     units = model.hidden_units + [len(model.classes)]
     for i, u in enumerate(units):
         hidden = i < len(units) - 1
         layers.append(keras.layers.Dense(u, activation=model.activation if hidden else None))
     net = keras.Sequential(layers)
-    net.set_weights(model.weights)
+    net.set_weights(weights(model))
     logits = net.predict(tf_inputs(model, X), verbose=0, batch_size=4096)
     return np.asarray(keras.ops.softmax(logits, axis=-1))

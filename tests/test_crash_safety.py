@@ -8,7 +8,6 @@ importing TensorFlow.
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import io
 import json
@@ -234,7 +233,7 @@ def test_a_reader_leaves_the_temporary_files_of_a_writer_at_work(tmp_path, data,
         r = moodle("prediction", "busy", outdir, data["predict"])
         assert r.rc == 0
         assert strays(outdir) == [".tmp-in-progress.npz"]
-        store.clean_strays(str(outdir))  # same process, another open: still refused
+        store.tidy(str(outdir))  # same process, another open: still refused
         assert strays(outdir) == [".tmp-in-progress.npz"]
     r = moodle("prediction", "busy", outdir, data["predict"])
     assert strays(outdir) == []
@@ -428,8 +427,9 @@ def test_a_model_that_would_not_load_is_never_saved(tmp_path, data, run_main):
     outdir = tmp_path / "model"
     assert run_main("training", data["first"], "--model-dir", outdir).rc == 0
     before = (outdir / "classifier" / "model.npz").read_bytes()
-    good = store.load(str(outdir))
-    broken = dataclasses.replace(good, weights=[w * np.nan for w in good.weights])
+    from helpers.models import scaled
+
+    broken = scaled(store.read(str(outdir)).model, np.nan)
     with store.writer_lock(str(outdir)):
         with pytest.raises(store.BackendError, match="not saved.*previous model is unchanged"):
             store.save(str(outdir), broken)
@@ -523,20 +523,21 @@ def test_a_wide_model_is_refused_by_the_work_it_causes(tmp_path):
     path = tmp_path / "model.npz"
     np.savez_compressed(path, **arrays)
     with pytest.raises(store.BackendError, match="more than a model can take|units") as err:
-        store.load_file(str(path))
+        store.read_file(str(path))
     assert err.value.status == 1
 
 
 def test_prediction_in_row_blocks_gives_the_same_answers(monkeypatch):
     from hostile import small_model_arrays
 
-    from mlbackend import inference
+    from mlbackend.model import limits
+    from mlbackend.model.format import from_arrays
 
-    model = inference.Model.from_arrays(small_model_arrays(nfeatures=5, hidden=7), "m")
+    model = from_arrays(small_model_arrays(nfeatures=5, hidden=7), "m")
     X = np.random.default_rng(1).normal(size=(1000, 5)).astype(np.float32)
     X[::97] = 3e38  # rows that overflow float32 go through the float64 path
     whole = model.predict_proba(X)
-    monkeypatch.setattr(inference, "PREDICT_BLOCK_BYTES", 1)  # one row at a time
+    monkeypatch.setattr(limits, "PREDICT_BLOCK_BYTES", 1)  # one row at a time
     assert model.block_rows == 1
     # float32 products summed in another order differ in the last bits only
     np.testing.assert_allclose(model.predict_proba(X), whole, atol=1e-6)

@@ -318,7 +318,7 @@ def test_every_model_file_loads_checked_or_is_refused(traced, tmp_path_factory, 
     tracemalloc.reset_peak()
     before = tracemalloc.get_traced_memory()[0]
     try:
-        model = store.load_file(str(path))
+        model = store.read_file(str(path))
     except BackendError as exc:
         bounded_refusal(exc)
         event("refused: " + exc.message.split("(", 1)[-1][:30])

@@ -1,30 +1,23 @@
-"""The in-memory model cache of `store.load`: fast repeated predictions, never stale."""
+"""The in-memory model cache of `store.read`: fast repeated predictions, never stale."""
 
 from __future__ import annotations
 
 import os
 
 import numpy as np
+from helpers.models import model as tiny
 
 from mlbackend import store
-from mlbackend.inference import Model
+from mlbackend.model import Model
 
 
 def tiny_model(seed: int) -> Model:
-    rng = np.random.default_rng(seed)
-    return Model(
-        classes=[0, 1],
-        nfeatures=3,
-        columns=np.arange(3),
-        mean=np.zeros(3, np.float32),
-        scale=np.ones(3, np.float32),
-        weights=[
-            rng.normal(size=(3, 4)).astype(np.float32),
-            np.zeros(4, np.float32),
-            rng.normal(size=(4, 2)).astype(np.float32),
-            np.zeros(2, np.float32),
-        ],
-    )
+    return tiny(3, (4,), seed)
+
+
+def read(model_dir: str) -> Model | None:
+    stored = store.read(model_dir)
+    return stored.model if stored is not None else None
 
 
 def save(model_dir: str, model: Model) -> None:
@@ -35,34 +28,34 @@ def save(model_dir: str, model: Model) -> None:
 def test_unchanged_file_is_loaded_once(tmp_path):
     model_dir = str(tmp_path / "m")
     save(model_dir, tiny_model(1))
-    first = store.load(model_dir)
+    first = read(model_dir)
     assert first is not None
-    assert store.load(model_dir) is first
+    assert read(model_dir) is first
 
 
 def test_replaced_file_is_read_again(tmp_path):
     model_dir = str(tmp_path / "m")
     save(model_dir, tiny_model(1))
-    first = store.load(model_dir)
+    first = read(model_dir)
     save(model_dir, tiny_model(2))
-    second = store.load(model_dir)
+    second = read(model_dir)
     assert second is not first
-    assert not np.array_equal(second.weights[0], first.weights[0])
+    assert not np.array_equal(second.network.layers[0].kernel, first.network.layers[0].kernel)
 
 
 def test_deleted_file_is_untrained(tmp_path):
     model_dir = str(tmp_path / "m")
     save(model_dir, tiny_model(1))
-    assert store.load(model_dir) is not None
+    assert read(model_dir) is not None
     os.unlink(store.model_path(model_dir))
-    assert store.load(model_dir) is None
+    assert read(model_dir) is None
 
 
 def test_cache_is_bounded(tmp_path):
     for i in range(store.CACHE_SIZE + 5):
         model_dir = str(tmp_path / f"m{i}")
         save(model_dir, tiny_model(i))
-        store.load(model_dir)
+        read(model_dir)
     assert len(store._cache._entries) <= store.CACHE_SIZE
 
 

@@ -10,11 +10,14 @@ import re
 
 import numpy as np
 import pytest
+from helpers.models import network, scaled, scaled_network
 from oracle import keras_predict_proba
 
 from mlbackend import dataset, store, synthetic, training
 from mlbackend.contract import BackendError
-from mlbackend.inference import Model
+from mlbackend.model import Model
+from mlbackend.model.format import from_arrays, to_arrays
+from mlbackend.model.inputs import Inputs
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +38,8 @@ def finely_encoded():
 
 def test_numpy_prediction_equals_tensorflow(finely_encoded):
     X, _, m = finely_encoded
-    assert m.encoding is not None and m.format_version == 3 and m.encoding.counts.max() > 9
+    enc = m.inputs.encoding
+    assert enc is not None and m.format_version == 3 and enc.counts.max() > 9
     # Out-of-range values too: below the first bin edge and past the last.
     X = np.vstack([X[1200:], X[1200:1220] * 3.0, -X[1200:1220] * 3.0])
     np.testing.assert_allclose(m.predict_proba(X), keras_predict_proba(m, X), atol=1e-5)
@@ -44,7 +48,7 @@ def test_numpy_prediction_equals_tensorflow(finely_encoded):
 def test_the_encoding_follows_the_training_quantiles(finely_encoded):
     X, y, m = finely_encoded
     X, y = X[:1200], y[:1200]
-    enc = m.encoding
+    enc = m.inputs.encoding
     most = np.bincount(y).min() // training.MINORITY_ROWS_PER_BIN + 1
     assert len(enc.counts) == len(m.columns) and enc.counts.max() == min(most, 33)
     start = 0
@@ -61,15 +65,15 @@ def test_the_encoding_follows_the_training_quantiles(finely_encoded):
             np.testing.assert_array_equal(edges, quantiles)
             assert edges[0] == column.min() and edges[-1] == column.max()
     # Centred: the encoded training rows average to zero.
-    np.testing.assert_allclose(m.standardised(X).mean(axis=0), 0, atol=1e-5)
+    np.testing.assert_allclose(m.inputs(X).mean(axis=0), 0, atol=1e-5)
 
 
 def test_little_evidence_gets_the_centred_columns(trained):
     """90 rows of the rarest class (under ENCODING_MIN_RARE_ROWS): no
     encoding, the centred columns, a format 1 model."""
     ds, m = trained
-    assert m.encoding is None and m.format_version == 1
-    np.testing.assert_allclose(m.standardised(ds.X).mean(axis=0), 0, atol=1e-4)
+    assert m.inputs.encoding is None and m.format_version == 1
+    np.testing.assert_allclose(m.inputs(ds.X).mean(axis=0), 0, atol=1e-4)
     np.testing.assert_allclose(m.predict_proba(ds.X), keras_predict_proba(m, ds.X), atol=1e-5)
 
 
@@ -77,8 +81,8 @@ def test_the_rule_between_centred_and_encoded_inputs():
     X = np.random.default_rng(4).normal(size=(1000, 3)).astype(np.float32)
     columns = np.arange(3)
     rare = training.ENCODING_MIN_RARE_ROWS
-    assert training.network_inputs(X, columns, None, 0, rare - 1)[0] is None
-    encoding = training.network_inputs(X, columns, None, 0, rare)[0]
+    assert training.network_inputs(X, columns, None, 0, rare - 1).encoding is None
+    encoding = training.network_inputs(X, columns, None, 0, rare).encoding
     assert encoding is not None
     assert encoding.counts.max() == rare // training.MINORITY_ROWS_PER_BIN + 1
 
@@ -91,20 +95,16 @@ def test_continued_training_of_an_old_format_model_keeps_its_inputs(trained):
     old = Model(
         classes=[0, 1],
         nfeatures=ds.nfeatures,
-        columns=m.columns,
-        mean=rng.normal(0, 0.1, width).astype(np.float32),
-        scale=np.ones(width, np.float32),
-        weights=[
-            rng.normal(0, 0.3, (width, 8)).astype(np.float32),
-            np.zeros(8, np.float32),
-            rng.normal(0, 0.3, (8, 2)).astype(np.float32),
-            np.zeros(2, np.float32),
-        ],
+        inputs=Inputs(
+            m.columns, rng.normal(0, 0.1, width).astype(np.float32), np.ones(width, np.float32)
+        ),
+        network=scaled_network(network([width, 8, 2], seed=3), 0.3),
+        format_version=1,
     )
     again = training.train(ds.X[:300], ds.y[:300], ds.classes, ds.feature_names, previous=old)
-    assert again.encoding is None and again.format_version == 1
-    np.testing.assert_array_equal(again.mean, old.mean)
-    assert json.loads(str(again.to_arrays()["meta"]))["format_version"] == 1
+    assert again.inputs.encoding is None and again.format_version == 1
+    np.testing.assert_array_equal(again.inputs.mean, old.inputs.mean)
+    assert json.loads(str(to_arrays(again)["meta"]))["format_version"] == 1
     np.testing.assert_allclose(
         again.predict_proba(ds.X), keras_predict_proba(again, ds.X), atol=1e-5
     )
@@ -118,26 +118,30 @@ def test_the_decision_shift_is_in_the_bias_and_taken_out_to_train_on(finely_enco
     expected = np.log(training.class_weights(y[:1200], 2, training.DECISION_SHIFT_POWER))
     np.testing.assert_allclose(m.logit_shift, expected, rtol=1e-6)
     assert m.logit_shift[1] > 0  # class 1 is the rarer
-    stored = Model.from_arrays(m.to_arrays(), "x")
+    stored = from_arrays(to_arrays(m), "x")
     np.testing.assert_array_equal(stored.logit_shift, m.logit_shift)
     frozen = training.TrainingOptions(learning_rate=0.0)
     again = training.train(X[:1200], y[:1200], [0, 1], [], previous=m, options=frozen)
-    for before, after in zip(m.weights, again.weights):
-        np.testing.assert_allclose(after, before, atol=1e-6)
+    for before, after in zip(m.network.layers, again.network.layers):
+        np.testing.assert_allclose(after.kernel, before.kernel, atol=1e-6)
+        np.testing.assert_allclose(after.bias, before.bias, atol=1e-6)
     # Without the shift, the same weights decide as the loss's class weights do.
-    unshifted = Model(**{**m.__dict__, "weights": m.weights[:-1] + [m.weights[-1] - m.logit_shift]})
+    unshifted = Model(**{**m.__dict__, "network": m.unshifted_network()})
+    last = m.network.layers[-1].bias - unshifted.network.layers[-1].bias
+    np.testing.assert_allclose(last, m.logit_shift, atol=1e-6)
+    assert np.mean(unshifted.predict_proba(X).argmax(1)) < np.mean(m.predict_proba(X).argmax(1))
     assert np.mean(unshifted.predict_proba(X).argmax(1)) < np.mean(m.predict_proba(X).argmax(1))
 
 
 def test_a_wrong_logit_shift_is_refused(finely_encoded):
     *_, m = finely_encoded
     for bad in ([1.0], [0.0, float("inf")], ["a", 1], [0.0, 1e6], {"a": 1}):
-        arrays = m.to_arrays()
+        arrays = to_arrays(m)
         meta = json.loads(str(arrays["meta"]))
         meta["logit_shift"] = bad
         arrays["meta"] = np.array(json.dumps(meta))
         with pytest.raises(BackendError, match="logit_shift"):
-            Model.from_arrays(arrays, "x")
+            from_arrays(arrays, "x")
 
 
 def test_constant_columns_are_dropped_and_remembered(trained):
@@ -151,10 +155,10 @@ def test_continued_training_keeps_the_encoding_and_changes_the_weights(finely_en
     X, y, m = finely_encoded
     again = training.train(X[1200:], y[1200:], [0, 1], [], previous=m)
     np.testing.assert_array_equal(again.columns, m.columns)
-    np.testing.assert_array_equal(again.encoding.counts, m.encoding.counts)
-    np.testing.assert_array_equal(again.encoding.edges, m.encoding.edges)
-    np.testing.assert_array_equal(again.mean, m.mean)
-    assert not np.allclose(again.weights[0], m.weights[0])
+    np.testing.assert_array_equal(again.inputs.encoding.counts, m.inputs.encoding.counts)
+    np.testing.assert_array_equal(again.inputs.encoding.edges, m.inputs.encoding.edges)
+    np.testing.assert_array_equal(again.inputs.mean, m.inputs.mean)
+    assert not np.allclose(again.network.layers[0].kernel, m.network.layers[0].kernel)
     assert again.history["trainings"] == 2
 
 
@@ -170,7 +174,7 @@ def test_store_round_trip(trained, tmp_path):
     _, m = trained
     with store.writer_lock(str(tmp_path)):
         store.save(str(tmp_path), m)
-    loaded = store.load(str(tmp_path))
+    loaded = store.read(str(tmp_path)).model
     X = np.random.default_rng(0).uniform(-1, 1, (10, 20)).astype(np.float32)
     np.testing.assert_array_equal(loaded.predict_proba(X), m.predict_proba(X))
     assert sorted(os.listdir(tmp_path / "classifier")) == [".lock", "model.npz"]
@@ -182,7 +186,7 @@ def test_a_reader_sees_the_old_model_or_the_new_never_a_partial_one(trained, tmp
     import threading
 
     _, a = trained
-    b = Model(**{**a.__dict__, "weights": [w * 0.5 for w in a.weights]})
+    b = scaled(a, 0.5)
     X = np.random.default_rng(1).uniform(-1, 1, (5, 20)).astype(np.float32)
     answers = [a.predict_proba(X), b.predict_proba(X)]
     store.save(str(tmp_path), a)
@@ -245,7 +249,7 @@ def test_stray_temporary_files_are_cleaned_by_the_next_writer(tmp_path):
 )
 def test_damaged_models_are_refused(finely_encoded, tmp_path, damage):
     *_, m = finely_encoded
-    arrays = m.to_arrays()
+    arrays = to_arrays(m)
     path = tmp_path / "model.npz"
     if damage == "truncate":
         np.savez(path, **arrays)
@@ -268,13 +272,34 @@ def test_damaged_models_are_refused(finely_encoded, tmp_path, damage):
         del arrays["encoding_edges"]
         np.savez(path, **arrays)
     with pytest.raises(BackendError) as err:
-        store.load_file(str(path))
+        store.read_file(str(path))
     assert err.value.status == 1
 
 
 @pytest.mark.parametrize("which", ["trained", "finely_encoded"])
 def test_model_arrays_are_plain_data(which, request):
     m = request.getfixturevalue(which)[-1]
-    for name, arr in m.to_arrays().items():
+    for name, arr in to_arrays(m).items():
         assert arr.dtype != object, name
-    assert isinstance(Model.from_arrays(m.to_arrays(), "x"), Model)
+    assert isinstance(from_arrays(to_arrays(m), "x"), Model)
+
+
+def test_the_adam_adapter_takes_adams_step():
+    """`mlbackend.tf.Adam` calls TensorFlow's raw ResourceApplyAdam op: two
+    steps of it must be Adam's formula (Kingma and Ba), so that a TensorFlow
+    that changes the op fails here, not in a model's quality."""
+    from mlbackend.tf import Adam, import_tensorflow
+
+    tf = import_tensorflow()
+    start = np.array([[0.5, -1.0], [2.0, 0.0]], np.float32)
+    var = tf.Variable(start)
+    adam = Adam(tf, [var], learning_rate=0.1)
+    grads = [np.array([[0.3, -0.2], [1.0, 0.0]], np.float32), np.full((2, 2), -0.5, np.float32)]
+    expected, m, v = start.astype(np.float64), 0.0, 0.0
+    for t, g in enumerate(grads, start=1):
+        adam.apply([tf.constant(g)])
+        m = 0.9 * m + 0.1 * g
+        v = 0.999 * v + 0.001 * g * g
+        lr = 0.1 * np.sqrt(1 - 0.999**t) / (1 - 0.9**t)
+        expected = expected - lr * m / (np.sqrt(v) + 1e-7)
+    np.testing.assert_allclose(var.numpy(), expected, rtol=1e-5, atol=1e-6)

@@ -427,7 +427,7 @@ class S3Storage(Storage):
         try:
             if base is not None and not replace:
                 # Under the copy's writer lock: a prediction may be converting a
-                # moodlemlbackend model in it (store.load) at this moment.
+                # moodlemlbackend model in it (store.save_converted) at this moment.
                 with store.writer_lock(base.model_dir):
                     shutil.copytree(
                         store.classifier_dir(base.model_dir),

@@ -1,0 +1,2 @@
+"""What the tests share: data and models made without training, the
+TensorFlow oracle, hostile inputs, real server processes."""
