@@ -6,21 +6,23 @@
 
 from __future__ import annotations
 
-import argparse
 import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mlbackend.cli import Parser
 
 os.environ["COLUMNS"] = "90"  # argparse wraps to the terminal: fix the width
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser() -> Parser:
     from mlbackend.cli import build_parser
 
     return build_parser()
 
 
-def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
-    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    return dict(action.choices)
+def _subparsers(parser: Parser) -> dict[str, Parser]:
+    return parser.commands
 
 
 def help_text(command: str | None = None) -> str:
@@ -41,8 +43,8 @@ def all_help() -> str:
 def options_table(command: str) -> str:
     """A subcommand's options as a Markdown table: option, default, meaning."""
     rows = ["| option | default | meaning |", "|---|---|---|"]
-    for action in _subparsers(_parser())[command]._actions:
-        if not action.option_strings or action.dest == "help":
+    for action in _subparsers(_parser())[command].options():
+        if not action.option_strings:
             continue
         name = ", ".join(f"`{o}`" for o in action.option_strings)
         if action.metavar:

@@ -38,14 +38,56 @@ class UsageError(BackendError):
 
 
 class Parser(argparse.ArgumentParser):
+    """argparse's parser, answering a wrong command line with the contract's
+    JSON, and keeping its subcommands and options where others can read them.
+
+    argparse keeps both in private attributes (`_actions`, the subparsers
+    action's `choices`); `options` is the one place that reads them, and
+    tests/test_cli.py checks it against what was declared, so that an
+    argparse that changes them fails there."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: The subcommands, by name, as declared (`build_parser`).
+        self.commands: dict[str, Parser] = {}
+
     def error(self, message: str) -> Any:  # argparse would exit 2 with no JSON
         self.print_usage(sys.stderr)
         raise UsageError(f"Wrong arguments for {self.prog}: {message}.")
 
+    def options(self) -> list[argparse.Action]:
+        """Every argument declared, in order (options and positionals; not --help)."""
+        return [a for a in self._actions if a.dest != "help"]
 
-def build_parser() -> argparse.ArgumentParser:
-    """The whole command line. Each command is declared here once: its
-    options, its handler, and the order of Moodle's positional arguments."""
+
+class _Commands:
+    """Declares the subcommands of one parser: each command, its handler and
+    the order of Moodle's positional arguments, once."""
+
+    def __init__(self, parser: Parser) -> None:
+        self.parser = parser
+        self.sub = parser.add_subparsers(
+            dest="command", metavar="COMMAND", required=True, parser_class=Parser
+        )
+
+    def add(
+        self,
+        name: str,
+        handler: Handler,
+        moodle: list[str] | None = None,
+        moodle_optional: tuple[str, ...] = (),
+        **kwargs: Any,
+    ) -> Parser:
+        """A subcommand. `moodle`: the option (or positional) each of Moodle's
+        positional arguments fills, in order; None when Moodle never calls it."""
+        p: Parser = self.sub.add_parser(name, **kwargs)
+        p.set_defaults(handler=handler, moodle_args=moodle, moodle_optional=list(moodle_optional))
+        self.parser.commands[name] = p
+        return p
+
+
+def build_parser() -> Parser:
+    """The whole command line: the program's options, then each command."""
     parser = Parser(
         prog="mlbackend",
         description="Machine-learning backend for Moodle Learning Analytics: trains, "
@@ -67,38 +109,34 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="log what happens to stderr (stdout keeps only the answer)",
     )
-    sub = parser.add_subparsers(
-        dest="command", metavar="COMMAND", required=True, parser_class=Parser
+    commands = _Commands(parser)
+    for declare in (
+        _training_command,
+        _prediction_command,
+        _evaluation_command,
+        _export_command,
+        _import_command,
+        _version_command,
+        _serve_command,
+        _passwd_command,
+    ):
+        declare(commands)
+    return parser
+
+
+def _model_options(p: Parser, json_answer: bool = False) -> None:
+    p.add_argument(
+        "--model-id",
+        default="default",
+        help="name of the model (Moodle's unique id); default: %(default)s",
     )
-
-    def command(
-        name: str,
-        handler: Handler,
-        moodle: list[str] | None = None,
-        moodle_optional: tuple[str, ...] = (),
-        **kwargs: Any,
-    ) -> argparse.ArgumentParser:
-        """A subcommand. `moodle`: the option (or positional) each of Moodle's
-        positional arguments fills, in order; None when Moodle never calls it."""
-        p = sub.add_parser(name, **kwargs)
-        p.set_defaults(handler=handler, moodle_args=moodle, moodle_optional=list(moodle_optional))
-        return p
-
-    def model_options(p: argparse.ArgumentParser) -> None:
-        p.add_argument(
-            "--model-id",
-            default="default",
-            help="name of the model (Moodle's unique id); default: %(default)s",
-        )
-        p.add_argument(
-            "--model-dir",
-            metavar="DIR",
-            help="directory that holds the model (Moodle's OUTPUTDIR); default: "
-            "a directory named after the model id under the user data "
-            "directory",
-        )
-
-    def json_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model-dir",
+        metavar="DIR",
+        help="directory that holds the model (Moodle's OUTPUTDIR); default: "
+        "a directory named after the model id under the user data directory",
+    )
+    if json_answer:
         p.add_argument(
             "--json",
             action="store_true",
@@ -106,7 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
             "it always is: Moodle reads that line)",
         )
 
-    p = command(
+
+def _training_command(commands: _Commands) -> None:
+    p = commands.add(
         "training",
         _train,
         ["--model-id", "--model-dir", "DATASET"],
@@ -115,10 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
         "was trained before, training continues from it.",
     )
     p.add_argument("dataset", metavar="DATASET", help="Moodle training CSV file")
-    model_options(p)
-    json_option(p)
+    _model_options(p, json_answer=True)
 
-    p = command(
+
+def _prediction_command(commands: _Commands) -> None:
+    p = commands.add(
         "prediction",
         _predict,
         ["--model-id", "--model-dir", "DATASET"],
@@ -126,10 +167,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Print [sampleid, class, probability] for every row.",
     )
     p.add_argument("dataset", metavar="DATASET", help="Moodle prediction CSV file")
-    model_options(p)
-    json_option(p)
+    _model_options(p, json_answer=True)
 
-    p = command(
+
+def _evaluation_command(commands: _Commands) -> None:
+    p = commands.add(
         "evaluation",
         _evaluate,
         ["--model-id", "--model-dir", "DATASET", "--min-score", "--max-deviation", "--iterations"],
@@ -140,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
         "model on every row. Logs go to DIR/logs/RUNID/.",
     )
     p.add_argument("dataset", metavar="DATASET", help="Moodle training CSV file")
-    model_options(p)
+    _model_options(p)
     p.add_argument(
         "--min-score",
         type=float,
@@ -161,9 +203,16 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="score the model trained in DIR instead of training new ones",
     )
-    json_option(p)
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print the answer as one JSON line at a terminal too (elsewhere "
+        "it always is: Moodle reads that line)",
+    )
 
-    p = command(
+
+def _export_command(commands: _Commands) -> None:
+    p = commands.add(
         "export",
         _export,
         ["--model-id", "--model-dir", "EXPORTDIR"],
@@ -171,9 +220,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Write the model into EXPORTDIR and print that directory.",
     )
     p.add_argument("export_dir", metavar="EXPORTDIR", help="directory to write the model into")
-    model_options(p)
+    _model_options(p)
 
-    p = command(
+
+def _import_command(commands: _Commands) -> None:
+    p = commands.add(
         "import",
         _import,
         ["--model-id", "--model-dir", "IMPORTDIR"],
@@ -182,9 +233,11 @@ def build_parser() -> argparse.ArgumentParser:
         "store it as this model; prints Ok.",
     )
     p.add_argument("import_dir", metavar="IMPORTDIR", help="directory an export wrote")
-    model_options(p)
+    _model_options(p)
 
-    command(
+
+def _version_command(commands: _Commands) -> None:
+    commands.add(
         "version",
         _version,
         [],
@@ -192,7 +245,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Print the version string alone, as Moodle expects.",
     )
 
-    p = command(
+
+def _serve_command(commands: _Commands) -> None:
+    from mlbackend.server.config import MIB, ServerConfig  # light: no server code
+
+    p = commands.add(
         "serve",
         _serve,
         help="serve Moodle's server mode over HTTP",
@@ -205,19 +262,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--host",
-        default="127.0.0.1",
+        default=ServerConfig.host,
         help="address to listen on (0.0.0.0: every interface); default: %(default)s",
     )
     p.add_argument(
         "--port",
         type=int,
-        default=5000,
+        default=ServerConfig.port,
         help="TCP port to listen on (0 picks a free one); default: %(default)s",
     )
     p.add_argument(
         "--workers",
         type=int,
-        default=8,
+        default=ServerConfig.workers,
         metavar="N",
         help="requests handled at once (threads); a queued training holds one, "
         "so keep it well above --max-trainings; default: %(default)s",
@@ -225,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max-trainings",
         type=int,
-        default=1,
+        default=ServerConfig.max_trainings,
         metavar="N",
         help="trainings and evaluations run at once, the rest wait their turn "
         "(each uses every core); default: %(default)s",
@@ -233,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max-upload-mb",
         type=int,
-        default=512,
+        default=ServerConfig.max_upload_bytes // MIB,
         metavar="MB",
         help="largest request body accepted, in MiB; a larger upload gets HTTP "
         "413; default: %(default)s",
@@ -241,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max-unzipped-mb",
         type=int,
-        default=256,
+        default=ServerConfig.max_unzipped_bytes // MIB,
         metavar="MB",
         help="largest total size an imported zip may expand to, in MiB; default: %(default)s",
     )
@@ -260,7 +317,11 @@ def build_parser() -> argparse.ArgumentParser:
         "the real client); default: none",
     )
 
-    p = command(
+
+def _passwd_command(commands: _Commands) -> None:
+    from mlbackend.server.config import PBKDF2_ITERATIONS  # light: no server code
+
+    p = commands.add(
         "passwd",
         _passwd,
         help="print MOODLE_MLBACKEND_PYTHON_USERS entries for users",
@@ -280,18 +341,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="read the passwords from standard input, one line per user",
     )
     p.add_argument(
-        "--iterations", type=int, default=600_000, help="PBKDF2 iterations; default: %(default)s"
+        "--iterations",
+        type=int,
+        default=PBKDF2_ITERATIONS,
+        help="PBKDF2 iterations; default: %(default)s",
     )
-    return parser
 
 
-def moodle_modules(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+def moodle_modules(parser: Parser) -> dict[str, Parser]:
     """The subcommands Moodle calls as `-m moodlemlbackend.NAME`."""
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    return {name: p for name, p in sub.choices.items() if p.get_default("moodle_args") is not None}
+    return {
+        name: p for name, p in parser.commands.items() if p.get_default("moodle_args") is not None
+    }
 
 
-def moodle_argv(argv: list[str], parser: argparse.ArgumentParser) -> list[str]:
+def moodle_argv(argv: list[str], parser: Parser) -> list[str]:
     """Rewrite `-m moodlemlbackend.MODULE ARG...` into the human form."""
     module = argv[1].split(".", 1)[1] if "." in argv[1] else argv[1]
     modules = moodle_modules(parser)

@@ -305,7 +305,10 @@ class SafeUnpickler(pickle._Unpickler):
     one cannot give; joblib itself reads its files the same way.
     """
 
-    # The pure-Python unpickler's internals, which the hooks below use.
+    # The pure-Python unpickler's internals, which the hooks below use (its
+    # stack, its reader, its dispatch table by opcode): this class is the one
+    # place that knows them; tests/test_legacy.py's
+    # test_allowed_names_cannot_be_misused fails if a Python changes them.
     stack: list[Any]
     read: Callable[[int], bytes]
     dispatch: ClassVar[dict[int, Any]] = dict(pickle._Unpickler.dispatch)

@@ -144,10 +144,65 @@ def test_unexpected_errors_become_a_json_answer(run_main, monkeypatch, tmp_path)
 
 def test_every_option_has_help():
     parser = cli.build_parser()
-    subparsers = next(a for a in parser._actions if a.dest == "command")
-    for name, sub in subparsers.choices.items():
-        for action in sub._actions:
+    for name, sub in parser.commands.items():
+        for action in sub.options():
             assert action.help, f"{name} {action.option_strings or action.dest} lacks help"
+
+
+def test_the_parser_adapter_sees_what_was_declared():
+    """`Parser.commands` and `Parser.options` read what argparse keeps
+    privately: an argparse that keeps it otherwise fails here."""
+    parser = cli.build_parser()
+    assert list(parser.commands) == [
+        "training",
+        "prediction",
+        "evaluation",
+        "export",
+        "import",
+        "version",
+        "serve",
+        "passwd",
+    ]
+    for name, sub in parser.commands.items():
+        args = parser.parse_args([name, *_required(name)])
+        assert args.command == name and args.handler is sub.get_default("handler")
+    serve = [a.dest for a in parser.commands["serve"].options()]
+    assert serve == [
+        "host",
+        "port",
+        "workers",
+        "max_trainings",
+        "max_upload_mb",
+        "max_unzipped_mb",
+        "s3_endpoint_url",
+        "trusted_proxy",
+    ]
+    assert [a.dest for a in parser.commands["export"].options()] == [
+        "export_dir",
+        "model_id",
+        "model_dir",
+    ]
+
+
+def _required(command: str) -> list[str]:
+    """Arguments that make `command` parse."""
+    return {
+        "training": ["d"],
+        "prediction": ["d"],
+        "evaluation": ["d"],
+        "export": ["e"],
+        "import": ["i"],
+        "passwd": ["u"],
+    }.get(command, [])
+
+
+def test_server_options_default_to_the_server_configuration():
+    """Written once: `serve`'s defaults are ServerConfig's."""
+    from mlbackend.server.config import ServerConfig
+
+    args = cli.build_parser().parse_args(["serve"])
+    config = ServerConfig.from_args(args, environ={"MOODLE_MLBACKEND_PYTHON_DIR": "/x"})
+    assert config == ServerConfig(storage_dir="/x")
 
 
 def test_progress_on_a_terminal_only(tmp_path, binary_data):

@@ -51,6 +51,5 @@ def test_help_texts_show_no_escaped_percent_signs():
     """argparse %-formats argument help but prints descriptions as written:
     a '%%' there reaches the reader (and the man page) as it is."""
     parser = cli.build_parser()
-    subparsers = next(a for a in parser._actions if a.choices and isinstance(a.choices, dict))
-    for name, sub in subparsers.choices.items():
+    for name, sub in parser.commands.items():
         assert "%%" not in sub.format_help(), name

@@ -528,9 +528,13 @@ def test_the_unpickler_refuses_any_other_global(tmp_path: Path, module: str, nam
         # an allowed function given attributes (BUILD with slot state calls setattr)
         (b"cnumpy\ndtype\nN}(X\x04\x00\x00\x00hack\x88u\x86b.", "setting the state of _safe_dtype"),
         (b"(cmoodlemlbackend.model.tensor\nTF\no.", "INST/OBJ"),
+        (b"cnumpy\nndarray\n)}\x92.", "NEWOBJ_EX"),
     ],
 )
 def test_allowed_names_cannot_be_misused(tmp_path: Path, stream: bytes, message: str) -> None:
+    """Each opcode that builds or calls goes through `SafeUnpickler`'s hook
+    in the pure-Python unpickler's private dispatch table: a Python whose
+    unpickler dispatches otherwise fails here."""
     path = tmp_path / "classifier.pkl"
     path.write_bytes(b"\x80\x04" + stream)
     with pytest.raises(BackendError, match=message):

@@ -101,9 +101,8 @@ class MoodleApp:
         self.storage = storage
         self.users = users
         self.trainings = threading.BoundedSemaphore(config.max_trainings)
-        base_dir = getattr(storage, "base_dir", None)
-        if isinstance(base_dir, str) and base_dir not in PRIVATE_DIRS:
-            PRIVATE_DIRS.append(base_dir)
+        #: Absolute directories of this machine an error answer must not show.
+        self.private_dirs = storage.private_paths()
 
         class LimitedRequest(Request):
             max_content_length = config.max_upload_bytes
@@ -158,19 +157,19 @@ class MoodleApp:
         try:
             return handler(request)
         except RequestEntityTooLarge:
-            return _json({"status": GENERAL_ERROR, "info": [self._too_large(request)]}, 413)
+            return self._json({"status": GENERAL_ERROR, "info": [self._too_large(request)]}, 413)
         except BackendError as exc:
             code = http_status(endpoint, exc)
             if code >= 500:
                 log.error("%s %s: %s", request.method, request.path, exc.message)
-            return _json(exc.answer(), code)
+            return self._json(exc.answer(), code)
         except HTTPException as exc:  # e.g. a malformed multipart body
-            return _json(
+            return self._json(
                 {"status": GENERAL_ERROR, "info": [exc.description or exc.name]}, exc.code or 400
             )
         except Exception as exc:  # noqa: BLE001 - every request gets an answer
             log.error("%s %s failed:\n%s", request.method, request.path, traceback.format_exc())
-            return _json(
+            return self._json(
                 {
                     "status": GENERAL_ERROR,
                     "info": [
@@ -191,7 +190,7 @@ class MoodleApp:
         with _request_dir() as tmp:
             dataset = _upload(request, "dataset", tmp)
             with self._training_slot():
-                return _json(
+                return self._json(
                     self.storage.update(
                         uniqueid, dirhash, lambda model_dir: actions.train(model_dir, dataset)
                     )
@@ -202,7 +201,7 @@ class MoodleApp:
         with _request_dir() as tmp:
             dataset = _upload(request, "dataset", tmp)
             with self.storage.model(uniqueid, dirhash, fetch=True) as model_dir:
-                return _json(actions.predict(model_dir, dataset))
+                return self._json(actions.predict(model_dir, dataset))
 
     def on_evaluation(self, request: Request) -> Response:
         uniqueid, dirhash = _ids(request)
@@ -234,7 +233,7 @@ class MoodleApp:
                 # in the storage, for /evaluationlog; Moodle adds no
                 # TensorBoard hint for an empty `dir`.
                 result["dir"] = ""
-            return _json(result)
+            return self._json(result)
 
     def on_evaluationlog(self, request: Request) -> Response:
         uniqueid, dirhash = _ids(request)
@@ -286,6 +285,19 @@ class MoodleApp:
 
     def _training_slot(self) -> _Slot:
         return _Slot(self.trainings)
+
+    def _json(self, obj: dict[str, Any], status: int = 200) -> Response:
+        """The contract's JSON answer; an error's messages without this
+        machine's paths (`hide_paths`)."""
+        if status != 200 or obj.get("status"):
+            obj = dict(
+                obj,
+                info=[
+                    hide_paths(i, self.private_dirs) if isinstance(i, str) else i
+                    for i in obj.get("info", [])
+                ],
+            )
+        return Response(to_json_line(obj) + "\n", status=status, mimetype="application/json")
 
 
 class _Slot:
@@ -385,24 +397,11 @@ def _upload(request: Request, field: str, directory: str) -> str:
     return path
 
 
-def _json(obj: dict[str, Any], status: int = 200) -> Response:
-    if status != 200 or obj.get("status"):
-        obj = dict(
-            obj, info=[hide_paths(i) if isinstance(i, str) else i for i in obj.get("info", [])]
-        )
-    return Response(to_json_line(obj) + "\n", status=status, mimetype="application/json")
-
-
-#: Absolute directories whose names an error answer must not show a client:
-#: the storage directory (set by the server at start) and the temporary one.
-PRIVATE_DIRS: list[str] = []
-
-
-def hide_paths(message: str) -> str:
+def hide_paths(message: str, private_dirs: list[str]) -> str:
     """An error message for a client, without the server's absolute paths:
     a model's path is shown from its uniqueid (which the client sent), an
     uploaded file's by its field name; the admin's log keeps the full text."""
-    for root in PRIVATE_DIRS:
+    for root in private_dirs:
         message = message.replace(root.rstrip(os.sep) + os.sep, "")
     for temp in {tempfile.gettempdir(), os.path.realpath(tempfile.gettempdir())}:
         # The temporary root and the request's (or S3 copy's) own directory.

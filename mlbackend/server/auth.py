@@ -40,13 +40,11 @@ import threading
 from dataclasses import dataclass
 
 from mlbackend.contract import BackendError
+from mlbackend.server.config import PBKDF2_ITERATIONS, USERS_ENV
 
 log = logging.getLogger(__name__)
 
-USERS_ENV = "MOODLE_MLBACKEND_PYTHON_USERS"
 PBKDF2_SCHEME = "pbkdf2_sha256"
-#: OWASP's recommendation for PBKDF2-HMAC-SHA256 (2023).
-PBKDF2_ITERATIONS = 600_000
 #: Fewer than this is refused when read: it would be no better than sha256.
 PBKDF2_MIN_ITERATIONS = 10_000
 #: Remembered successful checks of slow entries (credentials, not users).

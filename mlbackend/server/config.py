@@ -2,7 +2,9 @@
 
 Moodle's contract names the environment variables (users, storage
 directory, S3 bucket, temporary directory); everything about how the server
-runs (address, threads, limits) is an option of `mlbackend serve`.
+runs (address, threads, limits) is an option of `mlbackend serve`, whose
+defaults are `ServerConfig`'s. Light on purpose: the command line imports
+it to declare `serve`.
 """
 
 from __future__ import annotations
@@ -13,8 +15,11 @@ from dataclasses import dataclass
 
 from mlbackend import VERSION_OVERRIDE_ENV
 from mlbackend.contract import BackendError
-from mlbackend.server.auth import USERS_ENV
 
+USERS_ENV = "MOODLE_MLBACKEND_PYTHON_USERS"
+#: Iterations of the PBKDF2-HMAC-SHA256 entries `mlbackend passwd` makes:
+#: OWASP's recommendation (2023).
+PBKDF2_ITERATIONS = 600_000
 DIR_ENV = "MOODLE_MLBACKEND_PYTHON_DIR"
 S3_BUCKET_ENV = "MOODLE_MLBACKEND_PYTHON_S3_BUCKET_NAME"
 TEMPDIR_ENV = "MOODLE_MLBACKEND_TEMPDIR"
@@ -64,6 +69,11 @@ class ServerConfig:
     s3_endpoint_url: str | None = None
     temp_dir: str | None = None
     trusted_proxy: str | None = None
+
+    @property
+    def storage_kind(self) -> str:
+        """Where models are kept: "s3" (a bucket) or "directory"."""
+        return "s3" if self.s3_bucket else "directory"
 
     @classmethod
     def from_args(

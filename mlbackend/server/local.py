@@ -23,6 +23,9 @@ class LocalStorage(Storage):
     def describe(self) -> str:
         return f"directory {self.base_dir}"
 
+    def private_paths(self) -> list[str]:
+        return [self.base_dir]
+
     def check(self) -> None:
         os.makedirs(self.base_dir, exist_ok=True)
         if not os.access(self.base_dir, os.W_OK | os.X_OK):

@@ -16,8 +16,9 @@ A change of a model goes through `update`, which may run it more than
 once: that is why it takes a function, not a block.
 
 Identifiers reaching here were already reduced by `store.safe_name`. The
-server picks one in `mlbackend.server.wsgi.open_storage`: this module knows
-neither, so that they can import it.
+server picks one by its configuration (`mlbackend.server.wsgi.open_storage`,
+`ServerConfig.storage_kind`): this module knows neither, so that they can
+import it.
 """
 
 from __future__ import annotations
@@ -56,6 +57,12 @@ class Storage(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - a hook: most storages need nothing
         """The server stops: release what the storage holds on this machine."""
+
+    def private_paths(self) -> list[str]:
+        """Absolute directories of this machine that an error answer must not
+        show a client (`mlbackend.server.app.hide_paths`); the temporary
+        directory is always hidden."""
+        return []
 
     @abc.abstractmethod
     def model(

@@ -22,8 +22,8 @@ from mlbackend import reported_version
 from mlbackend.contract import BackendError
 from mlbackend.server import gate
 from mlbackend.server.app import USER_KEY, MoodleApp, WSGIApp, clean_request_dirs
-from mlbackend.server.auth import USERS_ENV, Users
-from mlbackend.server.config import ServerConfig
+from mlbackend.server.auth import Users
+from mlbackend.server.config import USERS_ENV, ServerConfig
 from mlbackend.server.gate import access_log, log_safe
 from mlbackend.server.local import LocalStorage
 from mlbackend.server.storage import Storage
@@ -88,7 +88,7 @@ def build_app(
     """The whole application for this configuration; checks users and storage first."""
     users = users or Users.from_env()
     if storage is None:
-        storage = open_storage(config.storage_dir, config.s3_bucket, config.s3_endpoint_url)
+        storage = open_storage(config)
     storage.check()
     log.info(
         "%d user(s); models in %s; at most %d training(s) at once",
@@ -117,7 +117,7 @@ def serve(config: ServerConfig) -> None:
     if config.temp_dir:
         tempfile.tempdir = config.temp_dir  # uploads, waitress' spooled bodies, S3 copies
     users = Users.from_env()
-    storage = open_storage(config.storage_dir, config.s3_bucket, config.s3_endpoint_url)
+    storage = open_storage(config)
     app = build_app(config, storage, users)
     removed = clean_request_dirs(tempfile.gettempdir())
     if removed:
@@ -197,12 +197,12 @@ def _configure_logging() -> None:
     waitress_log.propagate = False
 
 
-def open_storage(
-    storage_dir: str | None, s3_bucket: str | None, s3_endpoint_url: str | None
-) -> Storage:
-    if s3_bucket:
+def open_storage(config: ServerConfig) -> Storage:
+    """The storage the configuration names (`ServerConfig.storage_kind`)."""
+    if config.storage_kind == "s3":
         from mlbackend.server.s3 import S3Storage  # boto3: only with a bucket
 
-        return S3Storage(s3_bucket, endpoint_url=s3_endpoint_url)
-    assert storage_dir is not None
-    return LocalStorage(storage_dir)
+        assert config.s3_bucket is not None
+        return S3Storage(config.s3_bucket, endpoint_url=config.s3_endpoint_url)
+    assert config.storage_dir is not None
+    return LocalStorage(config.storage_dir)
