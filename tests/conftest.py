@@ -1,27 +1,20 @@
-"""Shared fixtures: Moodle-format data made by the tests, and the two ways of
-running the program (in process through `main()`, and as Moodle does, as a
-subprocess with `-m moodlemlbackend.MODULE`)."""
+"""Shared fixtures: Moodle-format data made by the tests, and `main(argv)`
+in process. What the tests share besides fixtures is in `tests/helpers/`
+(running the program, servers, hostile inputs, small models, the oracle)."""
 
 from __future__ import annotations
 
-import contextlib
-import io
-import json
-import os
-import subprocess
-import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from hostile import FUZZ
+from helpers.hostile import FUZZ
+from helpers.legacy_files import make_export2, make_legacy3
+from helpers.run import Result
 from hypothesis import HealthCheck, settings
 
 from mlbackend import synthetic
 from mlbackend.cli import main
-
-ROOT = Path(__file__).resolve().parent.parent
 
 # Property-based tests (hypothesis): `make test` runs the same few examples
 # every time, so that a red run can be repeated; `make fuzz` draws fresh ones
@@ -38,77 +31,6 @@ settings.register_profile(
 )
 settings.register_profile("fuzz", deadline=None, suppress_health_check=_SLOW_OK, print_blob=True)
 settings.load_profile("fuzz" if FUZZ else "quick")
-
-
-@dataclass
-class Result:
-    rc: int
-    stdout: str
-    stderr: str
-
-    @property
-    def last(self) -> str:
-        lines = [line for line in self.stdout.split("\n") if line.strip()]
-        return lines[-1].rstrip() if lines else ""
-
-    @property
-    def json(self) -> Any:
-        return json.loads(self.last)
-
-
-def backend_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    env.update(extra or {})
-    return env
-
-
-def moodle(
-    module: str,
-    *args: Any,
-    env: dict[str, str] | None = None,
-    timeout: float = 900,
-    runner: tuple[str, ...] = (),
-) -> Result:
-    """Run the program exactly as Moodle's PHP does (stdout, stderr, exit code).
-
-    `runner`: a command the program runs under (e.g. qemu-user and its options)."""
-    cmd = [
-        *runner,
-        sys.executable,
-        "-m",
-        "mlbackend",
-        "-m",
-        f"moodlemlbackend.{module}",
-        *[str(a) for a in args],
-    ]
-    p = subprocess.run(
-        cmd,
-        capture_output=True,
-        text=True,
-        env=backend_env(env),
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-    )
-    return Result(p.returncode, p.stdout, p.stderr)
-
-
-def moodle_in_process(module: str, *args: Any, env: dict[str, str] | None = None) -> Result:
-    """The same call as `moodle()`, through `main(argv)` in this process: for
-    behaviour tests, which need not pay a TensorFlow start-up per call. The
-    contract itself (argv, exit codes, what reaches stdout, signals) is
-    checked with `moodle()`."""
-    argv = ["-m", f"moodlemlbackend.{module}", *[str(a) for a in args]]
-    out, err = io.StringIO(), io.StringIO()
-    saved = dict(os.environ)
-    os.environ.update(env or {})
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            rc = main(argv)
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-    return Result(rc, out.getvalue(), err.getvalue())
 
 
 @pytest.fixture
@@ -155,6 +77,17 @@ def multiclass_data(datadir: Path) -> dict[str, Any]:
     }
 
 
-def write(path: Path, text: str) -> str:
-    path.write_text(text)
-    return str(path)
+@pytest.fixture(scope="session")
+def legacy3(
+    tmp_path_factory: pytest.TempPathFactory, binary_data: dict[str, Any]
+) -> dict[str, Any]:
+    """A moodlemlbackend 3.x classifier/ and the answers it must give."""
+    return make_legacy3(tmp_path_factory.mktemp("legacy3") / "classifier", binary_data["predict"])
+
+
+@pytest.fixture(scope="session")
+def export2(
+    tmp_path_factory: pytest.TempPathFactory, binary_data: dict[str, Any]
+) -> dict[str, Any]:
+    """A moodlemlbackend 2.x export: model.json, one tanh layer of 10."""
+    return make_export2(tmp_path_factory.mktemp("export2"), binary_data["predict"])

@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import backend_env, moodle
+from helpers.run import backend_env, moodle
 
 from mlbackend import cli
 

@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import moodle, moodle_in_process, write
+from helpers.run import moodle, moodle_in_process, write
 
 from mlbackend.contract import EVALUATION_FIGURES
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Result, moodle
+from helpers.run import Result, moodle
 
 from mlbackend import cpu
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import backend_env, moodle
+from helpers.run import backend_env, moodle
 
 from mlbackend import actions, store, synthetic
 
@@ -510,7 +510,7 @@ def test_a_lock_file_that_is_a_symbolic_link_is_not_followed(tmp_path, data, run
 def test_a_wide_model_is_refused_by_the_work_it_causes(tmp_path):
     """2 KB zipped, 16 million hidden units: ~125 MB per predicted row. The
     file is small, the network is not: refused when read."""
-    from hostile import small_model_arrays
+    from helpers.hostile import small_model_arrays
 
     arrays = small_model_arrays(nfeatures=1, hidden=1)
     width = 16_000_000
@@ -528,7 +528,7 @@ def test_a_wide_model_is_refused_by_the_work_it_causes(tmp_path):
 
 
 def test_prediction_in_row_blocks_gives_the_same_answers(monkeypatch):
-    from hostile import small_model_arrays
+    from helpers.hostile import small_model_arrays
 
     from mlbackend.model import limits
     from mlbackend.model.format import from_arrays

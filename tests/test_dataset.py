@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import write
+from helpers.run import write
 
 from mlbackend import dataset
 from mlbackend.contract import BackendError

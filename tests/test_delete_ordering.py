@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from serverutil import PASSWORD, USER, Server, dirhash, start_server, stop
+from helpers.servers import PASSWORD, USER, Server, dirhash, start_server, stop
 
 from mlbackend import store, synthetic
 

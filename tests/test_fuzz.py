@@ -18,8 +18,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import backend_env, moodle
-from hostile import (
+from helpers.hostile import (
     any_bytes,
     bundle_entry,
     check_answer,
@@ -31,6 +30,7 @@ from hostile import (
     proto_field,
     write_table,
 )
+from helpers.run import backend_env, moodle
 from hypothesis import event, example, given, settings
 from hypothesis import strategies as st
 

@@ -15,7 +15,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import ROOT
+from helpers.run import ROOT
 
 from mlbackend import dataset, store
 from mlbackend.model.format import LATEST, VERSIONS

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import ast
 
-from conftest import ROOT
+from helpers.run import ROOT
 
 PACKAGE = ROOT / "mlbackend"
 

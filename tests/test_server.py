@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import pytest
 import requests
-from conftest import backend_env
-from serverutil import (
+from helpers.run import backend_env
+from helpers.servers import (
     PASSWORD,
     USER,
     Server,

@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import backend_env
+from helpers.run import backend_env
 
 from mlbackend.server import auth
 

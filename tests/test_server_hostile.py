@@ -22,10 +22,10 @@ from typing import Any
 
 import numpy as np
 import pytest
-from hostile import any_bytes, check_predictions, datasets, deflated_npz, examples
+from helpers.hostile import any_bytes, check_predictions, datasets, deflated_npz, examples
+from helpers.servers import HOST, PASSWORD, USER, Server, files_under, make_zip, start_server, stop
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
-from serverutil import HOST, PASSWORD, USER, Server, files_under, make_zip, start_server, stop
 from werkzeug.test import Client
 
 from mlbackend.server import app as server_app

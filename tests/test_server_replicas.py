@@ -21,7 +21,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from serverutil import (
+from helpers.legacy_files import check_predictions
+from helpers.servers import (
     S3Endpoint,
     Server,
     dirhash,
@@ -32,7 +33,6 @@ from serverutil import (
     wait_for_log,
     zip_names,
 )
-from test_legacy import check_predictions, export2, legacy3  # noqa: F401 - fixtures
 
 from mlbackend import synthetic
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from serverutil import (
+from helpers.servers import (
     PASSWORD,
     USER,
     Server,

@@ -11,7 +11,7 @@ import re
 import numpy as np
 import pytest
 from helpers.models import network, scaled, scaled_network
-from oracle import keras_predict_proba
+from helpers.oracle import keras_predict_proba
 
 from mlbackend import dataset, store, synthetic, training
 from mlbackend.contract import BackendError

@@ -6,7 +6,7 @@ development environment, since the frozen program's host may have no Python:
 DIR gets Moodle-format CSVs from mlbackend.synthetic (training.csv,
 prediction.csv, and bad-training.csv with a word among the numbers), a
 moodlemlbackend 3.x model (legacy3/classifier/, written like the one in
-tests/test_legacy.py) and legacy3-prediction.txt, the answer the unfrozen
+tests/helpers/legacy_files.py) and legacy3-prediction.txt, the answer the unfrozen
 program gives for that model, which the frozen one must repeat exactly.
 """
 
@@ -22,14 +22,7 @@ from pathlib import Path
 TESTS = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(TESTS))
 
-from test_legacy import (  # noqa: E402
-    HIDDEN,
-    VARIABLE_COLUMNS,
-    legacy_pickle,
-    random_weights,
-    tf_state,
-    write_savedmodel,
-)
+from helpers.legacy_files import make_legacy3  # noqa: E402
 
 from mlbackend import synthetic  # noqa: E402
 from mlbackend.tf import quiet_tensorflow  # noqa: E402
@@ -53,12 +46,8 @@ def main() -> None:
 
     legacy = out / "legacy3" / "classifier"
     shutil.rmtree(legacy.parent, ignore_errors=True)
-    legacy.mkdir(parents=True)
-    weights = random_weights([len(VARIABLE_COLUMNS), HIDDEN, HIDDEN, 2], seed=3)
-    (legacy / "classifier.pkl").write_bytes(
-        legacy_pickle(tf_state(len(VARIABLE_COLUMNS), VARIABLE_COLUMNS))
-    )
-    write_savedmodel(legacy / "model.ckpt", weights, ["relu", "relu", "softmax"])
+    legacy.parent.mkdir(parents=True)
+    make_legacy3(legacy, str(out / "prediction.csv"))
 
     # The unfrozen program's answer, on a copy (prediction converts the model).
     with tempfile.TemporaryDirectory() as tmp:

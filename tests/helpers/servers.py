@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import requests
-from conftest import backend_env
+
+from helpers.run import backend_env
 
 HOST = "127.0.0.1"
 #: Seconds a server may take to start listening (TensorFlow is not imported at start).

@@ -380,7 +380,6 @@ def write_table(path: Path, entries: dict[str, bytes]) -> None:
 def small_model_arrays(nfeatures: int = 3, hidden: int = 4, seed: int = 0) -> dict[str, np.ndarray]:
     """The arrays of a valid model.npz, made without training."""
     from helpers.models import model
-
     from mlbackend.model.format import to_arrays
 
     return to_arrays(

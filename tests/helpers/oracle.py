@@ -11,8 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from helpers.models import weights
 
+from helpers.models import weights
 from mlbackend.model import Model
 from mlbackend.tf import quiet_tensorflow
 
