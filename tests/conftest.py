@@ -4,6 +4,9 @@ in process. What the tests share besides fixtures is in `tests/helpers/`
 
 from __future__ import annotations
 
+import functools
+import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +14,7 @@ import pytest
 from helpers.hostile import FUZZ
 from helpers.legacy_files import make_export2, make_legacy3
 from helpers.run import Result
+from helpers.servers import S3Endpoint, aws_env, start_s3, stop
 from hypothesis import HealthCheck, settings
 
 from mlbackend import synthetic
@@ -91,3 +95,35 @@ def export2(
 ) -> dict[str, Any]:
     """A moodlemlbackend 2.x export: model.json, one tanh layer of 10."""
     return make_export2(tmp_path_factory.mktemp("export2"), binary_data["predict"])
+
+
+@pytest.fixture(scope="session")
+def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Endpoint]:
+    """moto's S3 server, one process for the session: a real S3 endpoint on
+    loopback. Its fake credentials are set in this process too, for the
+    storages the tests build in process (`S3Endpoint.new_bucket` for each)."""
+    tmp = tmp_path_factory.mktemp("moto")
+    endpoint = start_s3(tmp, "mlbackend-tests")
+    saved = {k: os.environ.get(k) for k in aws_env(tmp)}
+    os.environ.update(aws_env(tmp))
+    yield endpoint
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    stop(endpoint.proc)
+
+
+@pytest.fixture(scope="module")
+def small_training() -> Iterator[None]:
+    """Trainings in this process run a few epochs: for the modules that test
+    what happens around a training (storage, routes, answers), not the
+    training (`pytestmark = pytest.mark.usefixtures("small_training")`).
+    What they train is still a real model, saved, read and predicted with."""
+    from mlbackend import training
+
+    quick = functools.partial(training.TrainingOptions, max_epochs=4, patience=1)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(training, "TrainingOptions", quick)
+        yield

@@ -216,6 +216,7 @@ class S3Endpoint:
     env: dict[str, str]
     bucket: str
     log: Path
+    buckets: int = 0
 
     def keys(self, prefix: str = "") -> list[str]:
         answer = self.client.list_objects_v2(Bucket=self.bucket, Prefix=prefix)
@@ -224,14 +225,22 @@ class S3Endpoint:
     def get(self, key: str) -> bytes:
         return bytes(self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read())
 
-    def requests_for(self, key: str) -> list[tuple[str, int]]:
-        """(method, HTTP status) of every request moto served for `key`, from its log."""
+    def requests_for(self, key: str, bucket: str | None = None) -> list[tuple[str, int]]:
+        """(method, HTTP status) of every request moto served for `key` (of
+        `bucket`, by default the endpoint's first), from its log."""
         pattern = re.compile(
-            rf'"([A-Z]+) /{re.escape(self.bucket)}/{re.escape(key)}'
+            rf'"([A-Z]+) /{re.escape(bucket or self.bucket)}/{re.escape(key)}'
             r'(?:\?[^ ]*)? HTTP/1\.1" (\d{3})'
         )
         text = re.sub(r"\x1b\[[0-9;]*m", "", self.log.read_text())  # werkzeug's colours
         return [(m[1], int(m[2])) for m in pattern.finditer(text)]
+
+    def new_bucket(self) -> str:
+        """A new empty bucket (tests sharing one endpoint each get their own)."""
+        self.buckets += 1
+        name = f"{self.bucket}-{self.buckets}"
+        self.client.create_bucket(Bucket=name)
+        return name
 
     def server_env(self, **extra: str) -> dict[str, str]:
         """The environment of `mlbackend serve` replicas sharing this bucket."""
