@@ -39,6 +39,7 @@ def test_training_writes_nothing_in_home(tmp_path, binary_data):
     r = moodle("training", "x", tmp_path / "model", binary_data["train"], env={"HOME": str(home)})
     assert r.rc == 0, r.stderr
     assert list(home.iterdir()) == []
+    assert r.stderr == ""  # quiet by default: no progress, no log, off a terminal
 
 
 def test_prediction_does_not_import_tensorflow(tmp_path, binary_data, run_main):
@@ -57,19 +58,13 @@ def test_prediction_does_not_import_tensorflow(tmp_path, binary_data, run_main):
     assert p.stdout.strip().splitlines()[-1] == "no TF 0", p.stderr
 
 
-def test_human_form_defaults_to_the_user_data_directory(tmp_path, binary_data):
+def test_human_form_defaults_to_the_user_data_directory(
+    tmp_path, binary_data, run_main, monkeypatch
+):
     env = {"HOME": str(tmp_path), "XDG_DATA_HOME": str(tmp_path / "data")}
-    cmd = [
-        sys.executable,
-        "-m",
-        "mlbackend",
-        "training",
-        binary_data["train"],
-        "--model-id",
-        "dropout risk!",
-    ]
-    p = subprocess.run(cmd, capture_output=True, text=True, env=backend_env(env))
-    assert p.returncode == 0, p.stderr
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert run_main("training", binary_data["train"], "--model-id", "dropout risk!").rc == 0
     stored = tmp_path / "data" / "mlbackend" / "models" / "dropoutrisk" / "classifier"
     assert (stored / "model.npz").is_file()
     cmd = [
@@ -206,8 +201,8 @@ def test_server_options_default_to_the_server_configuration():
 
 
 def test_progress_on_a_terminal_only(tmp_path, binary_data):
-    quiet = moodle("training", "q", tmp_path / "q", binary_data["train"])
-    assert quiet.rc == 0 and quiet.stderr == ""
+    """Progress on stderr at a terminal (off one, stderr stays empty:
+    test_training_writes_nothing_in_home)."""
     cmd = ["-m", "moodlemlbackend.training", "t", str(tmp_path / "t"), binary_data["train"]]
     shown, out, rc = _run_at_terminal(cmd, terminal="stderr")
     assert rc == 0

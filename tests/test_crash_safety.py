@@ -23,13 +23,14 @@ from typing import Any
 
 import numpy as np
 import pytest
-from helpers.run import backend_env, moodle
+from helpers.run import backend_env, moodle, moodle_in_process
 
 from mlbackend import actions, store, synthetic
 
 NFEATURES = 8
-#: Kills at random moments spread over a whole training call.
-KILLS = 20
+#: Kills at random moments spread over a whole training call (one in each
+#: eighth of it).
+KILLS = 8
 #: Extra kills aimed at the save itself: as soon as the temporary file appears.
 SAVE_KILLS = 2
 #: Tries at most to land those: a kill can come a moment after the save ended.
@@ -115,7 +116,7 @@ def test_a_training_killed_at_any_moment_never_loses_the_model(tmp_path, data):
     model_file = outdir / "classifier" / "model.npz"
     scratch = tmp_path / "scratch"
     scratch.mkdir()
-    assert moodle("training", "crash", outdir, data["first"]).rc == 0
+    assert moodle_in_process("training", "crash", outdir, data["first"]).rc == 0
 
     # One uninterrupted call on new rows: how long the calls to kill take.
     batch = data["batches"][0]
@@ -126,7 +127,9 @@ def test_a_training_killed_at_any_moment_never_loses_the_model(tmp_path, data):
     current = model_file.read_bytes()
     trained = meta_of(current)["history"]
     assert trained["trainings"] == 2
-    predictions = moodle("prediction", "crash", outdir, data["predict"]).json["predictions"]
+    predictions = moodle_in_process("prediction", "crash", outdir, data["predict"]).json[
+        "predictions"
+    ]
     assert predictions == expected_predictions(current, data["predict"], scratch)
 
     seed = random.randrange(1 << 32)
@@ -176,7 +179,7 @@ def test_a_training_killed_at_any_moment_never_loses_the_model(tmp_path, data):
                 trained=history,
                 predictions=expected_predictions(now, data["predict"], scratch),
             )
-        r = moodle("prediction", "crash", outdir, data["predict"])
+        r = moodle_in_process("prediction", "crash", outdir, data["predict"])
         assert r.rc == 0, f"{where}: {r.stdout} {r.stderr}"
         assert r.json["predictions"] == state["predictions"], where
         assert strays(outdir) == [], f"{where}: the next call left {strays(outdir)}"
@@ -198,7 +201,7 @@ def test_a_training_killed_at_any_moment_never_loses_the_model(tmp_path, data):
     assert hit_save == SAVE_KILLS, f"only {hit_save} of {attempts} aimed kills hit the save"
     assert outcomes["killed, old model kept"] > 0  # the kills did interrupt trainings
     # And the model still trains on.
-    assert moodle("training", "crash", outdir, data["batches"][0]["path"]).rc == 0
+    assert moodle_in_process("training", "crash", outdir, data["batches"][0]["path"]).rc == 0
 
 
 def wait_for_temp_file(proc: subprocess.Popen[str], outdir: Path) -> bool:
@@ -364,36 +367,40 @@ def fill(directory: Path) -> Path:
 
 
 def test_a_full_disk_keeps_the_previous_model(small_disk, data):
+    """A real full filesystem (the process boundary is not the point here:
+    the calls run in process)."""
     outdir = small_disk / "model"
-    assert moodle("training", "full", outdir, data["first"]).rc == 0
+    assert moodle_in_process("training", "full", outdir, data["first"]).rc == 0
     model_file = outdir / "classifier" / "model.npz"
     before = model_file.read_bytes()
-    predictions = moodle("prediction", "full", outdir, data["predict"]).json["predictions"]
+    predictions = moodle_in_process("prediction", "full", outdir, data["predict"]).json[
+        "predictions"
+    ]
 
     filler = fill(small_disk)
-    r = moodle("training", "full", outdir, data["batches"][0]["path"])
+    r = moodle_in_process("training", "full", outdir, data["batches"][0]["path"])
     assert r.rc == 1 and r.json["status"] == 1, r.stdout
     assert "disk is full" in r.json["info"][0]
     assert "previous model is unchanged" in r.json["info"][0]
     assert "Traceback" not in r.stderr
     assert model_file.read_bytes() == before
     assert strays(outdir) == []
-    r = moodle("prediction", "full", outdir, data["predict"])
+    r = moodle_in_process("prediction", "full", outdir, data["predict"])
     assert r.rc == 0 and r.json["predictions"] == predictions
     # An evaluation cannot write its logs: it says so.
-    r = moodle("evaluation", "full", outdir, data["first"], 0.5, 0.5, 1)
+    r = moodle_in_process("evaluation", "full", outdir, data["first"], 0.5, 0.5, 1)
     assert r.rc == 1 and "could not write its logs" in r.json["info"][0], r.stdout
     assert "disk is full" in r.json["info"][0] and "Traceback" not in r.stderr
 
     # An export to the full disk says so, and leaves no temporary file behind.
     exported = small_disk / "export"
-    r = moodle("export", "full", outdir, exported)
+    r = moodle_in_process("export", "full", outdir, exported)
     assert r.rc == 1 and "could not be exported" in r.last and "disk is full" in r.last, r.stdout
     assert "Traceback" not in r.stderr
     assert not exported.exists() or os.listdir(exported) == []
 
     filler.unlink()  # room again: training goes on from the same model
-    assert moodle("training", "full", outdir, data["batches"][0]["path"]).rc == 0
+    assert moodle_in_process("training", "full", outdir, data["batches"][0]["path"]).rc == 0
     assert meta_of(model_file.read_bytes())["history"]["trainings"] == 2
 
 
@@ -449,13 +456,13 @@ def test_training_replaces_a_damaged_model_and_keeps_it_aside(tmp_path, data):
     (outdir / "classifier").mkdir(parents=True)
     damaged = b"PK\x03\x04 not a model any more"
     (outdir / "classifier" / "model.npz").write_bytes(damaged)
-    r = moodle("prediction", "damaged", outdir, data["predict"])
+    r = moodle_in_process("prediction", "damaged", outdir, data["predict"])
     assert r.rc == 1 and "training replaces a model that cannot be read" in r.json["info"][0]
-    r = moodle("training", "damaged", outdir, data["first"])
+    r = moodle_in_process("training", "damaged", outdir, data["first"])
     assert r.rc == 0, r.stdout + r.stderr[-2000:]
     kept = [p for p in (outdir / "classifier").iterdir() if ".damaged-" in p.name]
     assert len(kept) == 1 and kept[0].read_bytes() == damaged
-    assert moodle("prediction", "damaged", outdir, data["predict"]).rc == 0
+    assert moodle_in_process("prediction", "damaged", outdir, data["predict"]).rc == 0
 
 
 @pytest.mark.parametrize(

@@ -94,7 +94,7 @@ def check_dataset(ds: dataset.Dataset) -> None:
         assert len(ds.sample_ids) == ds.nrows and all(ds.sample_ids)
 
 
-@settings(max_examples=examples(300, 2500))
+@settings(max_examples=examples(150, 2500))
 @given(data=datasets())
 @example(
     data=(
