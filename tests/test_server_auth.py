@@ -70,7 +70,7 @@ def test_unicode_passwords():
         (" , ", "no users"),
         ("nopassword", "not user:password"),
         (":pw", "not user:password"),
-        ("u:sha256:salt:nothex", "sha256:SALT:HEXDIGEST"),
+        ("u:sha256:salt:nothex", "HASH:SALT:HEXDIGEST"),
         ("u:pbkdf2_sha256:100:salt:" + "ab" * 32, "iterations"),
         ("u:pbkdf2_sha256:x:salt:ab", "ITERATIONS"),
         ("u:pass:word", "not a known hash"),
@@ -216,3 +216,40 @@ def test_the_well_known_test_password_is_found_in_every_entry_format():
     )
     users = auth.Users(auth.parse_users(value))
     assert users.with_well_known_password() == ["default", "ci", "docker"]
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        "moodle:Hunter2SecretPart:rest",
+        "moodle:sha256:Hunter2SecretPart:nothex",
+        "moodle:pbkdf2_sha256:100:Hunter2SecretPart:" + "ab" * 32,
+        "moodle:pbkdf2_sha256:Hunter2SecretPart",
+    ],
+)
+def test_a_malformed_entry_is_named_never_quoted(entry):
+    with pytest.raises(auth.UsersError) as err:
+        auth.parse_users("backup:pw," + entry)
+    message = err.value.message
+    assert "'moodle'" in message and "entry 2 of" in message
+    assert "Hunter2" not in message
+    assert "rest" not in message.split() and "'rest'" not in message
+
+
+def test_the_server_never_shows_a_password_it_refuses(tmp_path):
+    p = subprocess.run(
+        [sys.executable, "-m", "mlbackend", "serve", "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+        env=backend_env(
+            {
+                "MOODLE_MLBACKEND_PYTHON_USERS": "moodle:Hunter2SecretPart:rest",
+                "MOODLE_MLBACKEND_PYTHON_DIR": str(tmp_path),
+            }
+        ),
+    )
+    assert p.returncode == 1
+    assert "'moodle' (entry 1 of MOODLE_MLBACKEND_PYTHON_USERS)" in p.stdout
+    assert "Hunter2" not in p.stdout + p.stderr
