@@ -175,6 +175,10 @@ def test_the_parser_adapter_sees_what_was_declared():
         "max_upload_mb",
         "max_unzipped_mb",
         "s3_endpoint_url",
+        "s3_connect_timeout",
+        "s3_read_timeout",
+        "s3_deadline",
+        "s3_max_waiting",
         "trusted_proxy",
     ]
     assert [a.dest for a in parser.commands["export"].options()] == [
