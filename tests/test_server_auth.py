@@ -186,20 +186,22 @@ def test_a_failed_check_costs_the_same_for_known_and_unknown_users(monkeypatch):
     assert users.check("carol", "s3cret") and rounds == []  # remembered: no hashing
 
 
-def test_the_server_refuses_to_start_with_an_empty_password(tmp_path):
-    p = subprocess.run(
+def serve_with_users(value: str, tmp_path) -> subprocess.CompletedProcess[str]:
+    """`mlbackend serve` with these users, as far as it gets."""
+    return subprocess.run(
         [sys.executable, "-m", "mlbackend", "serve", "--port", "0"],
         capture_output=True,
         text=True,
         timeout=120,
         stdin=subprocess.DEVNULL,
         env=backend_env(
-            {
-                "MOODLE_MLBACKEND_PYTHON_USERS": "moodle:pw,nopw:",
-                "MOODLE_MLBACKEND_PYTHON_DIR": str(tmp_path),
-            }
+            {"MOODLE_MLBACKEND_PYTHON_USERS": value, "MOODLE_MLBACKEND_PYTHON_DIR": str(tmp_path)}
         ),
     )
+
+
+def test_the_server_refuses_to_start_with_an_empty_password(tmp_path):
+    p = serve_with_users("moodle:pw,nopw:", tmp_path)
     assert p.returncode == 1
     assert "nopw" in p.stdout and "is empty" in p.stdout
 
@@ -237,19 +239,7 @@ def test_a_malformed_entry_is_named_never_quoted(entry):
 
 
 def test_the_server_never_shows_a_password_it_refuses(tmp_path):
-    p = subprocess.run(
-        [sys.executable, "-m", "mlbackend", "serve", "--port", "0"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        stdin=subprocess.DEVNULL,
-        env=backend_env(
-            {
-                "MOODLE_MLBACKEND_PYTHON_USERS": "moodle:Hunter2SecretPart:rest",
-                "MOODLE_MLBACKEND_PYTHON_DIR": str(tmp_path),
-            }
-        ),
-    )
+    p = serve_with_users("moodle:Hunter2SecretPart:rest", tmp_path)
     assert p.returncode == 1
     assert "'moodle' (entry 1 of MOODLE_MLBACKEND_PYTHON_USERS)" in p.stdout
     assert "Hunter2" not in p.stdout + p.stderr

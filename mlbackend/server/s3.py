@@ -75,6 +75,7 @@ from mlbackend.server import uploads
 from mlbackend.server.config import S3Limits, ServerConfig
 from mlbackend.server.gate import masked
 from mlbackend.server.s3client import (
+    Busy,
     Deadline,
     Store,
     Unavailable,
@@ -351,18 +352,16 @@ class S3Storage(Storage):
     def keep_run_logs(self, uniqueid: str, dirhash: str, model_dir: str, runid: int) -> None:
         data = uploads.zip_directory(store.run_log_dir(model_dir, runid))
         key = _logs_key(uniqueid, dirhash, str(runid))
-        try:  # the same bytes again and again: repeating it is harmless
+        with self._failing(
+            "to store the evaluation's logs",
+            "PutObject",
+            key,
+            "The evaluation ran, but its logs could not be stored: the model store (S3) "
+            "did not answer in time. Try again later.",
+        ):  # the same bytes again and again: repeating it is harmless
             self.store.call(
                 "put_object", key=key, Key=key, Body=data, ContentType="application/zip"
             )
-        except Unavailable as exc:
-            raise _reworded(
-                exc,
-                "The evaluation ran, but its logs could not be stored: the model store (S3) "
-                "did not answer in time. Try again later.",
-            ) from None
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
-            raise self._refused("to store the evaluation's logs", "PutObject", key, exc) from None
 
     def run_logs_zip(self, uniqueid: str, dirhash: str, runid: str) -> bytes:
         key = _logs_key(uniqueid, dirhash, runid)
@@ -387,37 +386,50 @@ class S3Storage(Storage):
         Deleting again is harmless, so every request is simply repeated."""
         prefix = f"{uniqueid}/"
         deadline = self.store.deadline()
-        token: dict[str, Any] = {}
         try:
-            while True:
-                page = self.store.call(
-                    "list_objects_v2", key=prefix, deadline=deadline, Prefix=prefix, **token
-                )
-                keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
-                if keys:
-                    self.store.call(
-                        "delete_objects",
-                        key=prefix,
-                        deadline=deadline,
-                        Delete={"Objects": keys, "Quiet": True},
-                    )
-                    log.info("deleted %d objects under %s", len(keys), shown_key(prefix))
-                if not page.get("IsTruncated"):
-                    break
-                token = {"ContinuationToken": page["NextContinuationToken"]}
-        except Unavailable as exc:
-            raise _reworded(
-                exc,
-                "The model store (S3) did not answer in time while the model was deleted; it "
-                "may be deleted in part. Deleting it again is safe: try again later.",
-            ) from None
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
-            raise self._refused("to delete the model", "DeleteObjects", prefix, exc) from None
+            with self._failing(
+                "to delete the model",
+                "DeleteObjects",
+                prefix,
+                "The model store (S3) did not answer in time while the model was deleted; "
+                "it may be deleted in part. Deleting it again is safe: try again later.",
+            ):
+                self._delete_pages(prefix, deadline)
         finally:
             self._cache.forget(prefix)
         with self._locks_guard:
             for key in [k for k in self._pending if k.startswith(prefix)]:
                 del self._pending[key]
+
+    def _delete_pages(self, prefix: str, deadline: Deadline) -> None:
+        token: dict[str, Any] = {}
+        while True:
+            page = self.store.call(
+                "list_objects_v2", key=prefix, deadline=deadline, Prefix=prefix, **token
+            )
+            keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+            if keys:
+                self.store.call(
+                    "delete_objects",
+                    key=prefix,
+                    deadline=deadline,
+                    Delete={"Objects": keys, "Quiet": True},
+                )
+                log.info("deleted %d objects under %s", len(keys), shown_key(prefix))
+            if not page.get("IsTruncated"):
+                return
+            token = {"ContinuationToken": page["NextContinuationToken"]}
+
+    @contextlib.contextmanager
+    def _failing(self, doing: str, operation: str, key: str, unavailable: str) -> Iterator[None]:
+        """Failures of the store in a step, said in Moodle's terms: `unavailable`
+        when it did not answer in time, a refusal of `doing` otherwise."""
+        try:
+            yield
+        except Unavailable as exc:
+            raise _reworded(exc, unavailable) from None
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+            raise self._refused(doing, operation, key, exc) from None
 
     # ------------------------------------------------------------------
 
@@ -724,7 +736,10 @@ class _Unknown(Exception):
 
 
 def _reworded(exc: Unavailable, message: str) -> Unavailable:
-    """The same failure, said for what the request was doing."""
+    """The same failure, said for what the request was doing (a request
+    that found no place to wait says so as it is)."""
+    if isinstance(exc, Busy):
+        return exc
     return type(exc)(message, detail=exc.detail, retry_after=exc.retry_after)
 
 
