@@ -163,19 +163,13 @@ class MoodleApp:
             return self._json({"status": GENERAL_ERROR, "info": [self._too_large(request)]}, 413)
         except BackendError as exc:
             code = http_status(endpoint, exc)
-            detail = getattr(exc, "detail", "")
-            if code >= 500:
-                log.error(
-                    "%s %s: %s%s",
-                    request.method,
-                    request.path,
-                    exc.message,
-                    f" ({detail})" * bool(detail),
-                )
+            stored = exc if isinstance(exc, StorageError) else None
+            if code >= 500:  # with the store's own words, which the answer leaves out
+                detail = f" ({stored.detail})" if stored is not None and stored.detail else ""
+                log.error("%s %s: %s%s", request.method, request.path, exc.message, detail)
             response = self._json(exc.answer(), code)
-            retry_after = getattr(exc, "retry_after", None)
-            if code == 503 and retry_after is not None:
-                response.headers["Retry-After"] = str(retry_after)
+            if stored is not None and stored.retry_after is not None:
+                response.headers["Retry-After"] = str(stored.retry_after)
             return response
         except HTTPException as exc:  # e.g. a malformed multipart body
             return self._json(
