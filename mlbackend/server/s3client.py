@@ -9,8 +9,9 @@ waiting, even `/version` went unanswered. So:
 - Every HTTP request to the store has a connect timeout and a read timeout
   (the longest the store may stay silent), and botocore's own retries are
   off: `Store.call` retries transient failures itself (no connection, a
-  timeout, a cut answer, 5xx, throttling), with backoff, and starts an
-  attempt only while the step's deadline leaves room for a whole one. So a
+  timeout, a cut answer, 5xx, throttling), with backoff, at most
+  `MAX_TRIES` times, and starts an attempt only while the step's deadline
+  leaves room for a whole one. So a
   step (reading a model, storing one, a delete) ends within the deadline,
   done or failed. Writes that must not be repeated blindly (a model's
   conditional PUT) use `Store.attempt` and retry themselves
@@ -46,6 +47,9 @@ from mlbackend.server.storage import StorageError
 
 #: Seconds a request waits for a place among those waiting on the store.
 PLACE_WAIT = 1.0
+#: Attempts of one request at most (botocore's old setting here): a store
+#: that refuses connections is answered in about a second, not at the deadline.
+MAX_TRIES = 5
 #: Backoff between attempts: the first pause, and the longest.
 BACKOFF_FIRST = 0.1
 BACKOFF_MOST = 2.0
@@ -299,8 +303,10 @@ class Store:
         return result
 
     def may_try_again(self, deadline: Deadline, attempt: int) -> bool:
-        """Pause before attempt `attempt + 1`; False when the deadline leaves
-        no room for a whole attempt after the pause."""
+        """Pause before attempt `attempt + 1`; False after MAX_TRIES, or when
+        the deadline leaves no room for a whole attempt after the pause."""
+        if attempt >= MAX_TRIES:
+            return False
         pause = min(BACKOFF_MOST, BACKOFF_FIRST * 2 ** (attempt - 1))
         pause = pause / 2 + random.uniform(0, pause / 2)
         if deadline.remaining() - pause < self.limits.attempt_seconds:
