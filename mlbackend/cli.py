@@ -310,6 +310,38 @@ def _serve_command(commands: _Commands) -> None:
         "AWS_ENDPOINT_URL",
     )
     p.add_argument(
+        "--s3-connect-timeout",
+        type=float,
+        default=ServerConfig.s3_connect_timeout,
+        metavar="SECONDS",
+        help="S3: longest wait for a connection to the store; default: %(default)s",
+    )
+    p.add_argument(
+        "--s3-read-timeout",
+        type=float,
+        default=ServerConfig.s3_read_timeout,
+        metavar="SECONDS",
+        help="S3: longest the store may stay silent during a request; default: %(default)s",
+    )
+    p.add_argument(
+        "--s3-deadline",
+        type=float,
+        default=ServerConfig.s3_deadline,
+        metavar="SECONDS",
+        help="S3: longest a request waits on the store for one step (reading a model, "
+        "storing one, a delete), retries included; then it is answered 503; at least "
+        "the two timeouts together; default: %(default)s",
+    )
+    p.add_argument(
+        "--s3-max-waiting",
+        type=int,
+        default=ServerConfig.s3_max_waiting,
+        metavar="N",
+        help="S3: requests waiting on the store at once (half of them at most on one "
+        "model); more are answered 503 with Retry-After, so threads stay free for the "
+        "rest; below --workers; default: --workers minus 2",
+    )
+    p.add_argument(
         "--trusted-proxy",
         metavar="ADDR",
         help="address of the reverse proxy whose X-Forwarded-For and "

@@ -170,6 +170,10 @@ def test_the_parser_adapter_sees_what_was_declared():
         "max_upload_mb",
         "max_unzipped_mb",
         "s3_endpoint_url",
+        "s3_connect_timeout",
+        "s3_read_timeout",
+        "s3_deadline",
+        "s3_max_waiting",
         "trusted_proxy",
     ]
     assert [a.dest for a in parser.commands["export"].options()] == [
@@ -198,6 +202,33 @@ def test_server_options_default_to_the_server_configuration():
     args = cli.build_parser().parse_args(["serve"])
     config = ServerConfig.from_args(args, environ={"MOODLE_MLBACKEND_PYTHON_DIR": "/x"})
     assert config == ServerConfig(storage_dir="/x")
+
+
+@pytest.mark.parametrize(
+    "options, words",
+    [
+        (["--s3-read-timeout", "0"], "--s3-read-timeout must be more than 0"),
+        (["--s3-connect-timeout", "-1"], "--s3-connect-timeout must be more than 0"),
+        (["--s3-deadline", "14"], "room for one whole attempt"),
+        (["--s3-max-waiting", "8"], "below --workers"),
+        (["--s3-max-waiting", "0"], "below --workers"),
+    ],
+)
+def test_s3_bounds_that_cannot_work_are_refused(options, words):
+    from mlbackend.server.config import ServerConfig
+
+    args = cli.build_parser().parse_args(["serve", *options])
+    with pytest.raises(cli.BackendError, match=words):
+        ServerConfig.from_args(args, environ={"MOODLE_MLBACKEND_PYTHON_DIR": "/x"})
+
+
+def test_s3_limits_default_from_the_workers():
+    from mlbackend.server.config import ServerConfig
+
+    limits = ServerConfig(workers=8).s3_limits()
+    assert (limits.connect_timeout, limits.read_timeout, limits.deadline) == (5, 10, 30)
+    assert (limits.max_waiting, limits.per_key, limits.retry_after) == (6, 3, 30)
+    assert ServerConfig(workers=2).s3_limits().max_waiting == 1
 
 
 def test_progress_on_a_terminal_only(tmp_path, binary_data):

@@ -70,7 +70,7 @@ def test_unicode_passwords():
         (" , ", "no users"),
         ("nopassword", "not user:password"),
         (":pw", "not user:password"),
-        ("u:sha256:salt:nothex", "sha256:SALT:HEXDIGEST"),
+        ("u:sha256:salt:nothex", "HASH:SALT:HEXDIGEST"),
         ("u:pbkdf2_sha256:100:salt:" + "ab" * 32, "iterations"),
         ("u:pbkdf2_sha256:x:salt:ab", "ITERATIONS"),
         ("u:pass:word", "not a known hash"),
@@ -186,20 +186,22 @@ def test_a_failed_check_costs_the_same_for_known_and_unknown_users(monkeypatch):
     assert users.check("carol", "s3cret") and rounds == []  # remembered: no hashing
 
 
-def test_the_server_refuses_to_start_with_an_empty_password(tmp_path):
-    p = subprocess.run(
+def serve_with_users(value: str, tmp_path) -> subprocess.CompletedProcess[str]:
+    """`mlbackend serve` with these users, as far as it gets."""
+    return subprocess.run(
         [sys.executable, "-m", "mlbackend", "serve", "--port", "0"],
         capture_output=True,
         text=True,
         timeout=120,
         stdin=subprocess.DEVNULL,
         env=backend_env(
-            {
-                "MOODLE_MLBACKEND_PYTHON_USERS": "moodle:pw,nopw:",
-                "MOODLE_MLBACKEND_PYTHON_DIR": str(tmp_path),
-            }
+            {"MOODLE_MLBACKEND_PYTHON_USERS": value, "MOODLE_MLBACKEND_PYTHON_DIR": str(tmp_path)}
         ),
     )
+
+
+def test_the_server_refuses_to_start_with_an_empty_password(tmp_path):
+    p = serve_with_users("moodle:pw,nopw:", tmp_path)
     assert p.returncode == 1
     assert "nopw" in p.stdout and "is empty" in p.stdout
 
@@ -216,3 +218,28 @@ def test_the_well_known_test_password_is_found_in_every_entry_format():
     )
     users = auth.Users(auth.parse_users(value))
     assert users.with_well_known_password() == ["default", "ci", "docker"]
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        "moodle:Hunter2SecretPart:rest",
+        "moodle:sha256:Hunter2SecretPart:nothex",
+        "moodle:pbkdf2_sha256:100:Hunter2SecretPart:" + "ab" * 32,
+        "moodle:pbkdf2_sha256:Hunter2SecretPart",
+    ],
+)
+def test_a_malformed_entry_is_named_never_quoted(entry):
+    with pytest.raises(auth.UsersError) as err:
+        auth.parse_users("backup:pw," + entry)
+    message = err.value.message
+    assert "'moodle'" in message and "entry 2 of" in message
+    assert "Hunter2" not in message
+    assert "rest" not in message.split() and "'rest'" not in message
+
+
+def test_the_server_never_shows_a_password_it_refuses(tmp_path):
+    p = serve_with_users("moodle:Hunter2SecretPart:rest", tmp_path)
+    assert p.returncode == 1
+    assert "'moodle' (entry 1 of MOODLE_MLBACKEND_PYTHON_USERS)" in p.stdout
+    assert "Hunter2" not in p.stdout + p.stderr

@@ -183,7 +183,7 @@ def test_a_refused_dataset_changes_nothing(servers, binary_data, tmp_path):
     assert history(a, m) == before
 
 
-def test_an_unreadable_stored_model_is_an_answer_not_a_crash(stores, servers, binary_data):
+def test_an_unreadable_stored_model_is_an_answer_not_a_crash(stores, servers, binary_data, moto):
     """A model file damaged in the store (by hand, a disk error, another
     program): prediction answers why; training replaces it."""
     kind, a_store, _ = stores
@@ -199,7 +199,7 @@ def test_an_unreadable_stored_model_is_an_answer_not_a_crash(stores, servers, bi
         from mlbackend.server.s3 import S3Storage
 
         assert isinstance(a_store, S3Storage)
-        a_store.client.put_object(
+        moto.client.put_object(
             Bucket=a_store.bucket, Key=f"{m['uniqueid']}/{m['dirhash']}", Body=b"not a zip"
         )
         expected = 500  # the store itself is broken: a server error that says S3

@@ -18,7 +18,9 @@ throws on anything but 200, and reads the JSON `status` of a 200 answer.
   an untrained model status 2), so that Moodle shows the admin the message.
 - 400 when the request itself is malformed (a field or file missing, a zip
   we refuse), 503 for an export of a model that does not exist, 500 when
-  the server failed; each with a JSON body that says why.
+  the server failed, 503 with Retry-After when the model store (S3) is slow
+  or unreachable; each with a JSON body that says why, in Moodle's terms
+  (the store's own words go to the server log).
 
 `http_status` is the one place that decides.
 """
@@ -50,6 +52,7 @@ from mlbackend.contract import (
 from mlbackend.server import uploads
 from mlbackend.server.auth import Users, basic_credentials
 from mlbackend.server.config import ServerConfig
+from mlbackend.server.gate import masked
 from mlbackend.server.storage import ModelChanged, Storage, StorageError
 
 log = logging.getLogger(__name__)
@@ -80,8 +83,8 @@ def http_status(endpoint: str, exc: BackendError) -> int:
     """
     if isinstance(exc, RequestError):
         return exc.http_status
-    if isinstance(exc, StorageError):
-        return 500
+    if isinstance(exc, StorageError):  # the store slow or unreachable: 503, else 500
+        return 503 if exc.retry_after is not None else 500
     if endpoint in JSON_ENDPOINTS:
         return 200
     if isinstance(exc, NotTrainedError):
@@ -160,15 +163,22 @@ class MoodleApp:
             return self._json({"status": GENERAL_ERROR, "info": [self._too_large(request)]}, 413)
         except BackendError as exc:
             code = http_status(endpoint, exc)
-            if code >= 500:
-                log.error("%s %s: %s", request.method, request.path, exc.message)
-            return self._json(exc.answer(), code)
+            stored = exc if isinstance(exc, StorageError) else None
+            if code >= 500:  # with the store's own words, which the answer leaves out
+                detail = f" ({stored.detail})" if stored is not None and stored.detail else ""
+                log.error("%s %s: %s%s", request.method, request.path, exc.message, detail)
+            response = self._json(exc.answer(), code)
+            if stored is not None and stored.retry_after is not None:
+                response.headers["Retry-After"] = str(stored.retry_after)
+            return response
         except HTTPException as exc:  # e.g. a malformed multipart body
             return self._json(
                 {"status": GENERAL_ERROR, "info": [exc.description or exc.name]}, exc.code or 400
             )
         except Exception as exc:  # noqa: BLE001 - every request gets an answer
-            log.error("%s %s failed:\n%s", request.method, request.path, traceback.format_exc())
+            log.error(
+                "%s %s failed:\n%s", request.method, request.path, masked(traceback.format_exc())
+            )
             return self._json(
                 {
                     "status": GENERAL_ERROR,

@@ -39,7 +39,7 @@ import secrets
 import threading
 from dataclasses import dataclass
 
-from mlbackend.contract import BackendError
+from mlbackend.contract import BackendError, shown
 from mlbackend.server.config import PBKDF2_ITERATIONS, USERS_ENV
 
 log = logging.getLogger(__name__)
@@ -99,8 +99,11 @@ class Credential:
 _HEX = re.compile(r"^[0-9a-fA-F]+$")
 
 
-def parse_credential(user: str, text: str) -> Credential:
-    """One entry's password part; raises `UsersError` naming the user."""
+def parse_credential(user: str, text: str, number: int = 1) -> Credential:
+    """One entry's password part; raises `UsersError` naming the user and the
+    entry's number, and never quoting any part of the password or hash (a
+    plain password may look like a malformed hash)."""
+    where = f"The password of user {shown(user)} (entry {number} of {USERS_ENV})"
     if ":" not in text:
         return Credential("plain", text)
     parts = text.split(":")
@@ -108,15 +111,13 @@ def parse_credential(user: str, text: str) -> Credential:
     if scheme == PBKDF2_SCHEME:
         if len(parts) != 4 or not parts[1].isdigit() or not _HEX.match(parts[3]):
             raise UsersError(
-                f"The password entry of user {user!r} in {USERS_ENV} is not "
-                f"{PBKDF2_SCHEME}:ITERATIONS:SALT:HEXDIGEST. {HOW_TO_CREATE}"
+                f"{where} is not {PBKDF2_SCHEME}:ITERATIONS:SALT:HEXDIGEST. {HOW_TO_CREATE}"
             )
         iterations = int(parts[1])
         if iterations < PBKDF2_MIN_ITERATIONS:
             raise UsersError(
-                f"The password entry of user {user!r} has {iterations} PBKDF2 "
-                f"iterations; at least {PBKDF2_MIN_ITERATIONS} are needed. "
-                f"{HOW_TO_CREATE}"
+                f"{where} has too few PBKDF2 iterations: at least {PBKDF2_MIN_ITERATIONS} "
+                f"are needed. {HOW_TO_CREATE}"
             )
         return Credential(PBKDF2_SCHEME, parts[3].lower(), salt=parts[2], iterations=iterations)
     if scheme in hashlib.algorithms_guaranteed and not scheme.startswith("shake"):
@@ -124,14 +125,13 @@ def parse_credential(user: str, text: str) -> Credential:
         size = hashlib.new(scheme).digest_size
         if not digest or not _HEX.match(digest) or len(digest) != 2 * size:
             raise UsersError(
-                f"The password entry of user {user!r} in {USERS_ENV} is not "
-                f"{scheme}:SALT:HEXDIGEST. {HOW_TO_CREATE}"
+                f"{where} starts like an old HASH:SALT:HEXDIGEST entry (what gen-passwd "
+                f"wrote) but is not one. {HOW_TO_CREATE}"
             )
         return Credential(scheme, digest.lower(), salt=salt)
     raise UsersError(
-        f"The password of user {user!r} in {USERS_ENV} contains ':' but "
-        f"{scheme!r} is not a known hash (plain-text passwords may not contain "
-        f"':' or ','). {HOW_TO_CREATE}"
+        f"{where} contains ':', but what comes before it is not a known hash name "
+        f"(plain-text passwords may not contain ':' or ','). {HOW_TO_CREATE}"
     )
 
 
@@ -146,12 +146,14 @@ def parse_users(text: str | None) -> dict[str, Credential]:
             raise UsersError(f"Entry {number} of {USERS_ENV} is not user:password. {HOW_TO_CREATE}")
         if not password:
             raise UsersError(
-                f"The password of user {user!r} in {USERS_ENV} is empty; a user "
-                f"without a password is refused. {HOW_TO_CREATE}"
+                f"The password of user {shown(user)} (entry {number} of {USERS_ENV}) is "
+                f"empty; a user without a password is refused. {HOW_TO_CREATE}"
             )
         if user in users:
-            log.warning("user %r appears twice in %s; the later entry counts", user, USERS_ENV)
-        users[user] = parse_credential(user, password)
+            log.warning(
+                "user %s appears twice in %s; the later entry counts", shown(user), USERS_ENV
+            )
+        users[user] = parse_credential(user, password, number)
     if not users:
         raise UsersError(f"The server has no users, so nobody could use it. {HOW_TO_CREATE}")
     return users

@@ -10,6 +10,7 @@ it to declare `serve`.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from dataclasses import dataclass
 
@@ -56,6 +57,33 @@ ENVIRONMENT: list[tuple[str, str]] = [
 MIB = 1 << 20
 
 
+@dataclass(frozen=True)
+class S3Limits:
+    """How long a request waits on the S3 store, and how many wait at once
+    (the --s3-* options; `mlbackend.server.s3client` applies them)."""
+
+    connect_timeout: float
+    read_timeout: float
+    deadline: float
+    max_waiting: int
+
+    @property
+    def per_key(self) -> int:
+        """Threads that may wait on one object: half the places, so that
+        one stalled object leaves the other half to the other models."""
+        return max(1, math.ceil(self.max_waiting / 2))
+
+    @property
+    def attempt_seconds(self) -> float:
+        """The longest one attempt can take when the store is silent."""
+        return self.connect_timeout + self.read_timeout
+
+    @property
+    def retry_after(self) -> int:
+        """What a 503 advises: by then, every request waiting now has ended."""
+        return max(1, math.ceil(self.deadline))
+
+
 @dataclass
 class ServerConfig:
     host: str = "127.0.0.1"
@@ -69,11 +97,25 @@ class ServerConfig:
     s3_endpoint_url: str | None = None
     temp_dir: str | None = None
     trusted_proxy: str | None = None
+    # The S3 store, waited on within bounds (see mlbackend.server.s3client):
+    # a Moodle request waits at most s3_deadline seconds per step on it.
+    s3_connect_timeout: float = 5.0
+    s3_read_timeout: float = 10.0
+    s3_deadline: float = 30.0
+    s3_max_waiting: int | None = None  # None: --workers minus 2, at least 1
 
     @property
     def storage_kind(self) -> str:
         """Where models are kept: "s3" (a bucket) or "directory"."""
         return "s3" if self.s3_bucket else "directory"
+
+    def s3_limits(self) -> S3Limits:
+        return S3Limits(
+            connect_timeout=self.s3_connect_timeout,
+            read_timeout=self.s3_read_timeout,
+            deadline=self.s3_deadline,
+            max_waiting=self.s3_max_waiting or max(1, self.workers - 2),
+        )
 
     @classmethod
     def from_args(
@@ -85,6 +127,21 @@ class ServerConfig:
                 raise BackendError(f"--{name.replace('_', '-')} must be at least 1.")
         if not 0 <= args.port <= 65535:
             raise BackendError(f"--port {args.port} is not a TCP port.")
+        for name in ("s3_connect_timeout", "s3_read_timeout"):
+            if not getattr(args, name) > 0:
+                raise BackendError(f"--{name.replace('_', '-')} must be more than 0 seconds.")
+        if not args.s3_deadline >= args.s3_connect_timeout + args.s3_read_timeout:
+            raise BackendError(
+                "--s3-deadline must be at least --s3-connect-timeout plus "
+                "--s3-read-timeout: room for one whole attempt."
+            )
+        if args.s3_max_waiting is not None and not 1 <= args.s3_max_waiting <= max(
+            1, args.workers - 1
+        ):
+            raise BackendError(
+                "--s3-max-waiting must be at least 1 and below --workers, so that "
+                "threads stay free for /version and requests that do not wait on S3."
+            )
         bucket = env.get(S3_BUCKET_ENV, "").strip() or None
         temp_dir = env.get(TEMPDIR_ENV, "").strip() or None
         if temp_dir and not os.path.isdir(temp_dir):
@@ -104,6 +161,10 @@ class ServerConfig:
             s3_endpoint_url=args.s3_endpoint_url,
             temp_dir=temp_dir,
             trusted_proxy=args.trusted_proxy,
+            s3_connect_timeout=args.s3_connect_timeout,
+            s3_read_timeout=args.s3_read_timeout,
+            s3_deadline=args.s3_deadline,
+            s3_max_waiting=args.s3_max_waiting,
         )
 
 

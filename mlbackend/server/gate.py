@@ -68,6 +68,16 @@ def log_safe(value: str | None, limit: int = 512) -> str:
     return text + ("..." if len(value) > limit else "")
 
 
+_CREDENTIALS_IN_URL = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s\"']*@")
+
+
+def masked(text: str) -> str:
+    """`text` with the user and password of every URL in it
+    (`scheme://user:password@host`) written as `***`: for log lines that may
+    show a store's endpoint (an S3 endpoint URL may carry credentials)."""
+    return _CREDENTIALS_IN_URL.sub(r"\1***@", text)
+
+
 def log_refusal(channel: GatedChannel, parser: GatedParser) -> None:
     """The access-log line of a request refused here (the application,
     which writes the others, never sees it)."""

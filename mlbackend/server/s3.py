@@ -31,10 +31,22 @@ that version, atomically, so two servers can never both replace version N:
 A first training "claims" the key before it starts, by putting an empty
 model (a zip without files, read as "not trained") with `If-None-Match: *`.
 That is what makes a delete during a first training visible to it: the
-claim is deleted with the rest and the training's `If-Match` fails. Every
+claim is deleted with the rest and the training's `If-Match` fails. A first
+training that fails (its dataset refused) removes its claim again. Every
 object carries a lineage id in its metadata, made when the model is first
 created and kept by every later change; a delete ends it. Every zip carries
 a random comment, so that no two writes have the same ETag.
+
+Each write is applied once, whatever happens to its answer. It carries a
+random write id in its metadata (and the write id of the version it
+replaces), and only this module repeats it (botocore's retries are off, see
+`mlbackend.server.s3client`), always with the same condition. So a repeat
+of a write that was applied but whose answer was lost finds the object
+changed (412); the object's write id (or its parent's) then says whether
+the change was this write, which succeeded, or another server's, a real
+conflict. When the store stops answering before that can be known, the
+answer says the outcome is unknown, and the next request of the model on
+this server finds out and logs it.
 
 Within one server, changes of one model take turns (a lock per key), so
 that conflicts are only ever between servers.
@@ -56,12 +68,23 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import boto3
-import botocore.config
 import botocore.exceptions
 
 from mlbackend import store
 from mlbackend.server import uploads
+from mlbackend.server.config import S3Limits, ServerConfig
+from mlbackend.server.gate import masked
+from mlbackend.server.s3client import (
+    Busy,
+    Deadline,
+    Store,
+    Unavailable,
+    code,
+    never_sent,
+    shown_key,
+    status,
+    transient,
+)
 from mlbackend.server.storage import ModelChanged, Storage, StorageError, T
 
 log = logging.getLogger(__name__)
@@ -74,8 +97,11 @@ MAX_ATTEMPTS = 3
 CACHE_VERSIONS = 256
 #: The object metadata naming a model's lineage (`x-amz-meta-mlbackend-lineage`).
 LINEAGE = "mlbackend-lineage"
+#: The random id of the write that made this version, and of the version it replaced.
+WRITE = "mlbackend-write"
+PARENT = "mlbackend-parent"
 _MISSING = ("NoSuchKey", "404", "NotFound")
-_CONFLICT = ("PreconditionFailed", "412", "ConditionalRequestConflict", "409")
+_CONFLICT = ("PreconditionFailed", "412")
 
 
 @dataclass
@@ -86,8 +112,24 @@ class _Version:
     etag: str
     lineage: str | None
     model_dir: str
+    #: The write id of this version, and of the version it replaced (metadata).
+    write: str | None = None
+    parent: str | None = None
     users: int = 0
     retired: bool = False
+
+    @classmethod
+    def of(cls, key: str, answer: dict[str, Any], model_dir: str = "") -> _Version:
+        """The version a GET or HEAD answer describes."""
+        meta = answer.get("Metadata") or {}
+        return cls(
+            key,
+            str(answer["ETag"]),
+            meta.get(LINEAGE),
+            model_dir,
+            meta.get(WRITE),
+            meta.get(PARENT),
+        )
 
 
 class _VersionCache:
@@ -166,55 +208,27 @@ class _VersionCache:
         return tempfile.mkdtemp(prefix="v-", dir=self.root)
 
 
-class _RequestCounter:
-    """S3 requests this server made, by operation and outcome, for the log.
-
-    GetObject is split: `GetObject` downloaded a body, `GetObject 304` was a
-    conditional GET answered "not modified" (no body).
-    """
-
-    def __init__(self) -> None:
-        self.counts: collections.Counter[str] = collections.Counter()
-        self._lock = threading.Lock()
-
-    def __call__(self, http_response: Any = None, model: Any = None, **_: Any) -> None:
-        name = getattr(model, "name", "?")
-        status = getattr(http_response, "status_code", 0)
-        if status >= 300:
-            name = f"{name} {status}"
-        with self._lock:
-            self.counts[name] += 1
-
-    def summary(self) -> str:
-        with self._lock:
-            items = sorted(self.counts.items())
-        return ", ".join(f"{name}={n}" for name, n in items) or "none"
-
-
 class S3Storage(Storage):
     keeps_model_dirs = False
 
     def __init__(
-        self, bucket: str, endpoint_url: str | None = None, client: Any | None = None
+        self,
+        bucket: str,
+        endpoint_url: str | None = None,
+        client: Any | None = None,
+        limits: S3Limits | None = None,
     ) -> None:
         self.bucket = bucket
-        self.endpoint_url = endpoint_url
-        # boto3 clients are thread-safe (sessions are not): one for all threads.
-        self.client = client or boto3.session.Session().client(
-            "s3",
-            endpoint_url=endpoint_url,
-            config=botocore.config.Config(
-                retries={"max_attempts": 5, "mode": "standard"}, max_pool_connections=32
-            ),
-        )
-        self.requests = _RequestCounter()
-        self.client.meta.events.register("after-call.s3", self.requests)
+        self.store = Store(bucket, endpoint_url, limits or ServerConfig().s3_limits(), client)
         self._locks: collections.defaultdict[str, threading.Lock] = collections.defaultdict(
             threading.Lock
         )
         self._locks_guard = threading.Lock()
         self._cache_dir: str | None = None
         self._cache_instance: _VersionCache | None = None
+        #: Key -> the write id of a change whose outcome is unknown (its
+        #: answer never came); the next request of the key finds out.
+        self._pending: dict[str, str] = {}
 
     @property
     def _cache(self) -> _VersionCache:
@@ -228,22 +242,31 @@ class S3Storage(Storage):
             return self._cache_instance
 
     def describe(self) -> str:
-        where = f" at {self.endpoint_url}" if self.endpoint_url else ""
-        return f"S3 bucket {self.bucket}{where}"
+        limits = self.store.limits
+        return (
+            f"{self.store.describe()} (connect timeout {limits.connect_timeout:g} s, read "
+            f"timeout {limits.read_timeout:g} s, deadline {limits.deadline:g} s, at most "
+            f"{limits.max_waiting} requests waiting on it)"
+        )
 
     def check(self) -> None:
+        """At start-up, for the operator: the bucket is named, the endpoint masked."""
+        where = self.store.describe()
         try:
-            self.client.head_bucket(Bucket=self.bucket)
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+            self.store.call("head_bucket")
+        except (
+            StorageError,
+            botocore.exceptions.BotoCoreError,
+            botocore.exceptions.ClientError,
+        ) as exc:
             raise StorageError(
-                f"The S3 bucket {self.bucket} cannot be used ({exc}). Check "
-                "the bucket name, the credentials (AWS_ACCESS_KEY_ID, "
-                "AWS_SECRET_ACCESS_KEY or a profile) and the endpoint "
-                "(--s3-endpoint-url or AWS_ENDPOINT_URL)."
+                f"The {where} cannot be used ({_told(exc)}). Check the bucket name, "
+                "the credentials (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY or a profile) "
+                "and the endpoint (--s3-endpoint-url or AWS_ENDPOINT_URL)."
             ) from None
-        self._check_conditional_writes()
+        self._check_conditional_writes(where)
 
-    def _check_conditional_writes(self) -> None:
+    def _check_conditional_writes(self, where: str) -> None:
         """Refuse a store that ignores `If-None-Match` on PUT (some older S3-compatible
         stores): there, servers would silently overwrite each other's trainings.
 
@@ -251,30 +274,33 @@ class S3Storage(Storage):
         """
         key = f".mlbackend/conditional-write-check-{secrets.token_hex(8)}"
         try:
-            self.client.put_object(Bucket=self.bucket, Key=key, Body=b"", IfNoneMatch="*")
+            self.store.call("put_object", Key=key, Body=b"", IfNoneMatch="*")
             try:
-                self.client.put_object(Bucket=self.bucket, Key=key, Body=b"", IfNoneMatch="*")
+                self.store.call("put_object", Key=key, Body=b"", IfNoneMatch="*")
             except botocore.exceptions.ClientError as exc:
-                if _code(exc) in _CONFLICT or _status(exc) in (409, 412):
+                if _conflict(exc):
                     return
                 raise
             finally:
-                self.client.delete_object(Bucket=self.bucket, Key=key)
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+                self.store.call("delete_object", Key=key)
+        except (
+            StorageError,
+            botocore.exceptions.BotoCoreError,
+            botocore.exceptions.ClientError,
+        ) as exc:
             raise StorageError(
-                f"The S3 bucket {self.bucket} cannot be used: writing a check "
-                f"object failed ({exc}). The server needs s3:PutObject and "
-                "s3:DeleteObject on the bucket."
+                f"The {where} cannot be used: writing a check object failed "
+                f"({_told(exc)}). The server needs s3:PutObject and s3:DeleteObject "
+                "on the bucket."
             ) from None
         raise StorageError(
-            f"The S3 store of bucket {self.bucket} ignores conditional writes "
-            "(PUT with If-None-Match), which keep servers sharing the bucket "
-            "from overwriting each other's models. Use a store that supports "
-            "them (AWS S3 and current MinIO releases do)."
+            f"The {where} ignores conditional writes (PUT with If-None-Match), which "
+            "keep servers sharing the bucket from overwriting each other's models. Use a "
+            "store that supports them (AWS S3 and current MinIO releases do)."
         )
 
     def close(self) -> None:
-        log.info("S3 requests: %s", self.requests.summary())
+        log.info("S3 requests: %s", self.store.requests.summary())
         if self._cache_dir is not None:
             store.remove_tree(self._cache_dir)
 
@@ -307,7 +333,7 @@ class S3Storage(Storage):
                     log.warning(
                         "%s changed on another server while this server changed "
                         "it (attempt %d of %d)%s",
-                        key,
+                        shown_key(key),
                         attempt,
                         MAX_ATTEMPTS,
                         "; running the change again on the new version"
@@ -325,41 +351,85 @@ class S3Storage(Storage):
 
     def keep_run_logs(self, uniqueid: str, dirhash: str, model_dir: str, runid: int) -> None:
         data = uploads.zip_directory(store.run_log_dir(model_dir, runid))
-        self._put(_logs_key(uniqueid, dirhash, str(runid)), data)
+        key = _logs_key(uniqueid, dirhash, str(runid))
+        with self._failing(
+            "to store the evaluation's logs",
+            "PutObject",
+            key,
+            "The evaluation ran, but its logs could not be stored: the model store (S3) "
+            "did not answer in time. Try again later.",
+        ):  # the same bytes again and again: repeating it is harmless
+            self.store.call(
+                "put_object", key=key, Key=key, Body=data, ContentType="application/zip"
+            )
 
     def run_logs_zip(self, uniqueid: str, dirhash: str, runid: str) -> bytes:
         key = _logs_key(uniqueid, dirhash, runid)
         try:
-            obj = self.client.get_object(Bucket=self.bucket, Key=key)
-            return _read_body(obj, key)
+            return bytes(
+                self.store.call("get_object", key=key, Key=key, max_body=MAX_MODEL_BYTES)["Data"]
+            )
         except botocore.exceptions.ClientError as exc:
-            if _code(exc) in _MISSING:
+            if code(exc) in _MISSING:
                 return uploads.zip_directory("")
-            raise StorageError(f"The S3 object {key} could not be read ({exc}).") from None
+            raise self._refused(
+                "to hand out the evaluation's logs", "GetObject", key, exc
+            ) from None
         except botocore.exceptions.BotoCoreError as exc:
-            raise StorageError(f"The S3 object {key} could not be read ({exc}).") from None
+            raise self._refused(
+                "to hand out the evaluation's logs", "GetObject", key, exc
+            ) from None
 
     def delete(self, uniqueid: str) -> None:
         """Every object under `UNIQUEID/`. A change of the model running
-        elsewhere fails its conditional PUT afterwards: its version is gone."""
+        elsewhere fails its conditional PUT afterwards: its version is gone.
+        Deleting again is harmless, so every request is simply repeated."""
         prefix = f"{uniqueid}/"
+        deadline = self.store.deadline()
         try:
-            pages = self.client.get_paginator("list_objects_v2").paginate(
-                Bucket=self.bucket, Prefix=prefix
-            )
-            for page in pages:
-                keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
-                if keys:
-                    self.client.delete_objects(
-                        Bucket=self.bucket, Delete={"Objects": keys, "Quiet": True}
-                    )
-                    log.info("deleted %d objects under %s", len(keys), prefix)
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
-            raise StorageError(
-                f"The model {uniqueid} could not be deleted from S3 ({exc})."
-            ) from None
+            with self._failing(
+                "to delete the model",
+                "DeleteObjects",
+                prefix,
+                "The model store (S3) did not answer in time while the model was deleted; "
+                "it may be deleted in part. Deleting it again is safe: try again later.",
+            ):
+                self._delete_pages(prefix, deadline)
         finally:
             self._cache.forget(prefix)
+        with self._locks_guard:
+            for key in [k for k in self._pending if k.startswith(prefix)]:
+                del self._pending[key]
+
+    def _delete_pages(self, prefix: str, deadline: Deadline) -> None:
+        token: dict[str, Any] = {}
+        while True:
+            page = self.store.call(
+                "list_objects_v2", key=prefix, deadline=deadline, Prefix=prefix, **token
+            )
+            keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+            if keys:
+                self.store.call(
+                    "delete_objects",
+                    key=prefix,
+                    deadline=deadline,
+                    Delete={"Objects": keys, "Quiet": True},
+                )
+                log.info("deleted %d objects under %s", len(keys), shown_key(prefix))
+            if not page.get("IsTruncated"):
+                return
+            token = {"ContinuationToken": page["NextContinuationToken"]}
+
+    @contextlib.contextmanager
+    def _failing(self, doing: str, operation: str, key: str, unavailable: str) -> Iterator[None]:
+        """Failures of the store in a step, said in Moodle's terms: `unavailable`
+        when it did not answer in time, a refusal of `doing` otherwise."""
+        try:
+            yield
+        except Unavailable as exc:
+            raise _reworded(exc, unavailable) from None
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+            raise self._refused(doing, operation, key, exc) from None
 
     # ------------------------------------------------------------------
 
@@ -374,45 +444,55 @@ class S3Storage(Storage):
         new one, 404 means there is no model (any more).
         """
         cached = self._cache.checkout(key)
-        condition = {"IfNoneMatch": cached.etag} if cached is not None else {}
+        condition: dict[str, Any] = {"IfNoneMatch": cached.etag} if cached is not None else {}
         try:
-            obj = self.client.get_object(Bucket=self.bucket, Key=key, **condition)
+            obj = self.store.call(
+                "get_object", key=key, Key=key, max_body=MAX_MODEL_BYTES, **condition
+            )
         except botocore.exceptions.ClientError as exc:
-            if cached is not None and _status(exc) == 304:
+            if cached is not None and status(exc) == 304:
+                self._settle_pending(key, cached)
                 return cached
             if cached is not None:
                 self._cache.release(cached)
-            if _code(exc) in _MISSING:
+            if code(exc) in _MISSING:
                 self._cache.forget(key=key)
+                self._settle_pending(key, None)
                 return None
-            raise StorageError(f"The S3 object {key} could not be read ({exc}).") from None
-        except botocore.exceptions.BotoCoreError as exc:
+            raise self._refused("to hand out the model", "GetObject", key, exc) from None
+        except BaseException as exc:
             if cached is not None:
                 self._cache.release(cached)
-            raise StorageError(f"The S3 object {key} could not be read ({exc}).") from None
+            if isinstance(exc, botocore.exceptions.BotoCoreError):
+                raise self._refused("to hand out the model", "GetObject", key, exc) from None
+            raise
         if cached is not None:
             self._cache.release(cached)
-        data = _read_body(obj, key)
         model_dir = self._cache.new_dir()
         try:
-            _unpack(data, key, model_dir)
+            _unpack(obj["Data"], key, model_dir)
         except BaseException:
             store.remove_tree(model_dir)
             raise
-        lineage = (obj.get("Metadata") or {}).get(LINEAGE)
-        return self._cache.install(_Version(key, obj["ETag"], lineage, model_dir))
+        version = _Version.of(key, obj, model_dir)
+        self._settle_pending(key, version)
+        return self._cache.install(version)
 
-    def _head(self, key: str) -> _Version | None:
+    def _head(self, key: str, deadline: Deadline | None = None) -> _Version | None:
         """The stored version of `key` without its content (not in the cache)."""
         try:
-            head = self.client.head_object(Bucket=self.bucket, Key=key)
+            version = _Version.of(
+                key, self.store.call("head_object", key=key, deadline=deadline, Key=key)
+            )
         except botocore.exceptions.ClientError as exc:
-            if _code(exc) in _MISSING:
+            if code(exc) in _MISSING:
+                self._settle_pending(key, None)
                 return None
-            raise StorageError(f"The S3 object {key} could not be read ({exc}).") from None
+            raise self._refused("to describe the model", "HeadObject", key, exc) from None
         except botocore.exceptions.BotoCoreError as exc:
-            raise StorageError(f"The S3 object {key} could not be read ({exc}).") from None
-        return _Version(key, str(head["ETag"]), (head.get("Metadata") or {}).get(LINEAGE), "")
+            raise self._refused("to describe the model", "HeadObject", key, exc) from None
+        self._settle_pending(key, version)
+        return version
 
     def _change(
         self, key: str, base: _Version | None, change: Callable[[str], T], replace: bool
@@ -421,102 +501,267 @@ class S3Storage(Storage):
         claim = None
         if base is None and not replace:
             base = claim = self._claim(key)
-        log.info("changing %s from version %s", key, base.etag if base is not None else "none")
-        lineage = base.lineage if base is not None else None
+        log.info(
+            "changing %s from version %s",
+            shown_key(key),
+            base.etag if base is not None else "none",
+        )
+        lineage = (base.lineage if base is not None else None) or secrets.token_hex(16)
         work_dir = self._cache.new_dir()
         try:
-            if base is not None and not replace:
-                # Under the copy's writer lock: a prediction may be converting a
-                # moodlemlbackend model in it (store.save_converted) at this moment.
-                with store.writer_lock(base.model_dir):
-                    shutil.copytree(
-                        store.classifier_dir(base.model_dir),
-                        store.classifier_dir(work_dir),
-                        ignore=shutil.ignore_patterns(store.LOCK_FILE, store.TEMP_PREFIX + "*"),
-                    )
-            result = change(work_dir)
+            try:
+                if base is not None and not replace:
+                    # Under the copy's writer lock: a prediction may be converting a
+                    # moodlemlbackend model in it (store.save_converted) at this moment.
+                    with store.writer_lock(base.model_dir):
+                        shutil.copytree(
+                            store.classifier_dir(base.model_dir),
+                            store.classifier_dir(work_dir),
+                            ignore=shutil.ignore_patterns(store.LOCK_FILE, store.TEMP_PREFIX + "*"),
+                        )
+                result = change(work_dir)
+            except BaseException:
+                if claim is not None:  # a first training that failed leaves nothing behind
+                    self._remove_claim(claim)
+                raise
             data = _model_zip(work_dir)
-            etag = self._put_model(key, data, base, lineage or secrets.token_hex(16))
+            written, current = self._commit(
+                key, data, base, lineage, "the trained or imported model"
+            )
         except BaseException:
             store.remove_tree(work_dir)
             raise
         finally:
             if claim is not None:
                 self._cache.release(claim)
-        log.info("stored %s (%d bytes)", key, len(data))
+        log.info("stored %s (%d bytes)", shown_key(key), len(data))
+        if not current:  # stored, and already changed again by another server
+            store.remove_tree(work_dir)
+            return result
         # What this server just wrote is the current version: no download for it.
-        self._cache.release(self._cache.install(_Version(key, etag, lineage, work_dir)))
+        written.model_dir = work_dir
+        self._cache.release(self._cache.install(written))
         return result
 
     def _claim(self, key: str) -> _Version:
         """Create `key` as an empty model of a new lineage, so that a delete
         while the first training runs removes something the training checks."""
-        lineage = secrets.token_hex(16)
         try:
-            answer = self.client.put_object(
-                Bucket=self.bucket,
-                Key=key,
-                Body=_model_zip(None),
-                ContentType="application/zip",
-                IfNoneMatch="*",
-                Metadata={LINEAGE: lineage},
+            claim, current = self._commit(
+                key, _model_zip(None), None, secrets.token_hex(16), "the new, empty model"
             )
-        except botocore.exceptions.ClientError as exc:
-            if _code(exc) in _CONFLICT or _status(exc) in (409, 412):
-                raise _Conflict() from None  # another server created it first
-            raise StorageError(f"The S3 object {key} could not be written ({exc}).") from None
-        except botocore.exceptions.BotoCoreError as exc:
-            raise StorageError(f"The S3 object {key} could not be written ({exc}).") from None
-        model_dir = self._cache.new_dir()
-        return self._cache.install(_Version(key, answer["ETag"], lineage, model_dir))
+        except Unavailable as exc:
+            raise _reworded(
+                exc,
+                "The model store (S3) did not answer in time, so the training did not start; "
+                "nothing was trained or stored. Try again later.",
+            ) from None
+        if not current:  # another server trained on the claim already
+            raise _Conflict()
+        claim.model_dir = self._cache.new_dir()
+        return self._cache.install(claim)
 
-    def _put_model(self, key: str, data: bytes, base: _Version | None, lineage: str) -> str:
+    def _remove_claim(self, claim: _Version) -> None:
+        """Remove this server's claim, if it is still the stored version: a
+        first training whose dataset was refused leaves no empty model."""
+        key = claim.key
+        try:
+            stored = self._head(key)
+            if stored is not None and stored.write == claim.write:
+                self.store.call("delete_object", key=key, Key=key, IfMatch=claim.etag)
+        except (
+            StorageError,
+            botocore.exceptions.BotoCoreError,
+            botocore.exceptions.ClientError,
+        ) as exc:
+            if not (
+                isinstance(exc, botocore.exceptions.ClientError)
+                and (_conflict(exc) or code(exc) in _MISSING)
+            ):
+                log.warning(
+                    "the empty model %s of a first training that failed could not be "
+                    "removed; it reads as not trained (%s)",
+                    shown_key(key),
+                    _reason(exc),
+                )
+            return
+        self._cache.forget(key=key)
+
+    def _commit(
+        self, key: str, data: bytes, base: _Version | None, lineage: str, what: str
+    ) -> tuple[_Version, bool]:
+        """Store `data` as the version after `base` (None: there is none) with one
+        conditional PUT, applied once however often it is sent. Returns the new
+        version, and whether it is still the stored one.
+
+        The PUT is repeated (after a timeout, a lost connection, a 5xx) only
+        with its condition, so it cannot apply twice. When a repeat finds the
+        object changed (412), the stored write id says whose change it is:
+        this write's (applied, its answer lost: success), or another
+        server's (`_Conflict`; `ModelChanged` when the model was deleted, or
+        deleted and made anew, meanwhile). Raises `Unavailable` when the
+        store did not take it, `OutcomeUnknown` when that cannot be known.
+        """
+        write = secrets.token_hex(16)
+        metadata = {LINEAGE: lineage, WRITE: write}
+        if base is not None and base.write:
+            metadata[PARENT] = base.write
         condition = {"IfMatch": base.etag} if base is not None else {"IfNoneMatch": "*"}
-        try:
-            answer = self.client.put_object(
-                Bucket=self.bucket,
-                Key=key,
-                Body=data,
-                ContentType="application/zip",
-                Metadata={LINEAGE: lineage},
-                **condition,
+        deadline = self.store.deadline()
+        maybe_applied = False
+        last: BaseException | None = None
+        with self.store.waiting(key, deadline):
+            tries = 0
+            while True:
+                tries += 1
+                try:
+                    answer = self.store.attempt(
+                        "put_object",
+                        Key=key,
+                        Body=data,
+                        ContentType="application/zip",
+                        Metadata=metadata,
+                        **condition,
+                    )
+                    parent = metadata.get(PARENT)
+                    return _Version(key, str(answer["ETag"]), lineage, "", write, parent), True
+                except botocore.exceptions.ClientError as exc:
+                    if code(exc) in _MISSING:
+                        raise ModelChanged(_deleted_message()) from None
+                    if _conflict(exc):
+                        found = self._whose(key, write, base)
+                        return found, found.write == write
+                    elif not transient(exc):
+                        raise self._refused(f"to store {what}", "PutObject", key, exc) from None
+                    else:
+                        # A 503 (throttled, no store behind a balancer), a 429 or
+                        # a 409 (another write under way) turn the write away;
+                        # another 5xx may come after it was applied.
+                        maybe_applied = maybe_applied or status(exc) not in (409, 429, 503)
+                    last = exc
+                except botocore.exceptions.BotoCoreError as exc:
+                    if not transient(exc):
+                        raise self._refused(f"to store {what}", "PutObject", key, exc) from None
+                    maybe_applied = maybe_applied or not never_sent(exc)
+                    last = exc
+                except _Unknown as exc:  # the check of a 412 went unanswered
+                    last = exc.cause
+                if not self.store.may_try_again(deadline, tries):
+                    break
+        detail = self.store.detail("PutObject", key, last or Exception("no attempt"), tries)
+        if not maybe_applied:
+            raise self.store.unavailable(
+                "PutObject",
+                key,
+                last or Exception("no attempt"),
+                tries,
+                f"The model store (S3) did not answer in time, so {what} was not stored. "
+                "Try again later.",
             )
-        except botocore.exceptions.ClientError as exc:
-            if _code(exc) in _MISSING:
-                raise ModelChanged(_deleted_message()) from None
-            if _code(exc) in _CONFLICT or _status(exc) in (409, 412):
-                if base is not None and base.lineage is not None:
-                    self._check_lineage(key, base.lineage)
-                raise _Conflict() from None
-            raise StorageError(f"The S3 object {key} could not be written ({exc}).") from None
-        except botocore.exceptions.BotoCoreError as exc:
-            raise StorageError(f"The S3 object {key} could not be written ({exc}).") from None
-        return str(answer["ETag"])
+        with self._locks_guard:
+            self._pending[key] = write
+        log.warning(
+            "%s: write %s may or may not have been applied; %s", shown_key(key), write, detail
+        )
+        raise OutcomeUnknown(
+            f"The model store (S3) stopped answering after {what} was sent, so whether it "
+            "was stored is unknown. This server checks at the next request of this "
+            "model and logs the outcome; a training sent again continues from "
+            "whichever version is stored.",
+            detail=detail,
+            retry_after=self.store.limits.retry_after,
+        )
 
-    def _check_lineage(self, key: str, lineage: str) -> None:
-        """After a conflict: was the model deleted and made anew meanwhile?"""
+    def _whose(self, key: str, write: str, base: _Version | None) -> _Version:
+        """After a 412: the stored version, if it is this write's (or was made
+        from it); raises `_Conflict` or `ModelChanged` when it is another
+        server's, `_Unknown` when the store does not say."""
         try:
-            head = self.client.head_object(Bucket=self.bucket, Key=key)
+            found = _Version.of(key, self.store.attempt("head_object", Key=key))
         except botocore.exceptions.ClientError as exc:
-            if _code(exc) in _MISSING:
+            if code(exc) in _MISSING:
                 raise ModelChanged(_deleted_message()) from None
-            raise StorageError(f"The S3 object {key} could not be read ({exc}).") from None
+            raise _Unknown(exc) from None
         except botocore.exceptions.BotoCoreError as exc:
-            raise StorageError(f"The S3 object {key} could not be read ({exc}).") from None
-        if (head.get("Metadata") or {}).get(LINEAGE) != lineage:
-            raise ModelChanged(_deleted_message())
+            raise _Unknown(exc) from None
+        if write in (found.write, found.parent):
+            log.info("%s: write %s was applied, its answer lost", shown_key(key), write)
+            return found
+        if base is not None and base.lineage is not None and found.lineage != base.lineage:
+            raise ModelChanged(_deleted_message())  # deleted, and made anew
+        raise _Conflict()
 
-    def _put(self, key: str, data: bytes) -> None:
-        try:
-            self.client.put_object(
-                Bucket=self.bucket, Key=key, Body=data, ContentType="application/zip"
+    def _settle_pending(self, key: str, version: _Version | None) -> None:
+        """The next request of a key whose last change had an unknown outcome: log it."""
+        with self._locks_guard:
+            write = self._pending.pop(key, None)
+        if write is None:
+            return
+        if version is not None and write in (version.write, version.parent):
+            log.warning(
+                "%s: the change whose outcome was unknown (write %s) was stored after all",
+                shown_key(key),
+                write,
             )
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
-            raise StorageError(f"The S3 object {key} could not be written ({exc}).") from None
+        else:
+            log.warning(
+                "%s: the change whose outcome was unknown (write %s) was not stored",
+                shown_key(key),
+                write,
+            )
+
+    def _refused(self, doing: str, operation: str, key: str, exc: BaseException) -> StorageError:
+        """A failure that trying again would not mend, in Moodle's terms; the
+        store's own words go to the log."""
+        return StorageError(
+            f"The model store (S3) refused {doing} ({_reason(exc)}). The server log has "
+            "the details.",
+            detail=self.store.detail(operation, key, exc),
+        )
+
+
+class OutcomeUnknown(Unavailable):
+    """A write was sent and its answer never came, nor could the store say
+    whether it was applied."""
 
 
 class _Conflict(Exception):
     """Another server wrote the model since this change read it."""
+
+
+class _Unknown(Exception):
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(cause)
+        self.cause = cause
+
+
+def _reworded(exc: Unavailable, message: str) -> Unavailable:
+    """The same failure, said for what the request was doing (a request
+    that found no place to wait says so as it is)."""
+    if isinstance(exc, Busy):
+        return exc
+    return type(exc)(message, detail=exc.detail, retry_after=exc.retry_after)
+
+
+def _conflict(exc: botocore.exceptions.ClientError) -> bool:
+    return code(exc) in _CONFLICT or status(exc) == 412
+
+
+def _reason(exc: BaseException) -> str:
+    """What went wrong, without the store's URL, bucket or key: an error code."""
+    if isinstance(exc, StorageError):
+        return exc.message.rstrip(".")
+    if isinstance(exc, botocore.exceptions.ClientError):
+        return f"{code(exc) or 'error'}, HTTP {status(exc)}"
+    return type(exc).__name__
+
+
+def _told(exc: BaseException) -> str:
+    """What the store said, for the operator starting a server (never for
+    Moodle): its own words, the endpoint's credentials masked."""
+    if isinstance(exc, StorageError):
+        return exc.detail or exc.message
+    return masked(str(exc))
 
 
 def _deleted_message() -> str:
@@ -545,28 +790,9 @@ def _unpack(data: bytes, key: str, model_dir: str) -> None:
             uploads.safe_extract(f.name, store.classifier_dir(model_dir), MAX_MODEL_BYTES)
         except uploads.UnsafeZip as exc:
             raise StorageError(
-                f"The stored model {key} in S3 is not usable: {exc.message}"
+                f"The model stored in S3 is not usable: {exc.message}",
+                detail=f"the S3 object {shown_key(key)} is not a usable model zip",
             ) from None
-
-
-def _read_body(obj: dict[str, Any], key: str) -> bytes:
-    size = int(obj.get("ContentLength") or 0)
-    if size > MAX_MODEL_BYTES:
-        raise StorageError(
-            f"The S3 object {key} has {size} bytes; a model has at most {MAX_MODEL_BYTES}."
-        )
-    try:
-        return bytes(obj["Body"].read())
-    except botocore.exceptions.BotoCoreError as exc:
-        raise StorageError(f"The S3 object {key} could not be read ({exc}).") from None
-
-
-def _code(exc: botocore.exceptions.ClientError) -> str:
-    return str(exc.response.get("Error", {}).get("Code", ""))
-
-
-def _status(exc: botocore.exceptions.ClientError) -> int:
-    return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
 
 
 def _logs_key(uniqueid: str, dirhash: str, runid: str) -> str:

@@ -34,7 +34,18 @@ T = TypeVar("T")
 
 
 class StorageError(BackendError):
-    """The storage failed (S3 unreachable, a disk error); not the client's fault."""
+    """The storage failed (S3 unreachable, a disk error); not the client's fault.
+
+    `message` says what failed in Moodle's terms; `detail` (the store's own
+    words: endpoint, bucket, key) goes to the server log only. With
+    `retry_after` (seconds), the failure is passing (the store slow or
+    unreachable): answered 503 with that Retry-After, else 500.
+    """
+
+    def __init__(self, message: str, detail: str = "", retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.detail = detail
+        self.retry_after = retry_after
 
 
 class ModelChanged(BackendError):

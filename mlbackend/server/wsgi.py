@@ -203,6 +203,8 @@ def open_storage(config: ServerConfig) -> Storage:
         from mlbackend.server.s3 import S3Storage  # boto3: only with a bucket
 
         assert config.s3_bucket is not None
-        return S3Storage(config.s3_bucket, endpoint_url=config.s3_endpoint_url)
+        return S3Storage(
+            config.s3_bucket, endpoint_url=config.s3_endpoint_url, limits=config.s3_limits()
+        )
     assert config.storage_dir is not None
     return LocalStorage(config.storage_dir)
