@@ -76,12 +76,15 @@ class NotRegularFile(OSError):
     read from it. Its `strerror` says what it is, for a message."""
 
 
+LINK = "a symbolic link"
+
+
 def kind(mode: int) -> str:
     """What a file of this `st_mode` is, in words."""
     for test, words in (
         (stat.S_ISREG, "a regular file"),
         (stat.S_ISDIR, "a directory"),
-        (stat.S_ISLNK, "a symbolic link"),
+        (stat.S_ISLNK, LINK),
         (stat.S_ISFIFO, "a named pipe (FIFO)"),
         (stat.S_ISCHR, "a device"),
         (stat.S_ISBLK, "a device"),
@@ -142,17 +145,25 @@ def own_directory(path: str) -> None:
     anything but a directory. For the directories the program makes inside
     the ones Moodle names (`classifier/`, `logs/`)."""
     try:
-        mode = os.lstat(path).st_mode
+        found = not_a_directory(path)
     except FileNotFoundError:
         makedirs(path)
-        mode = os.lstat(path).st_mode
-    if stat.S_ISLNK(mode):
+        found = not_a_directory(path)
+    if found == LINK:
         raise BackendError(
             f"{path} is a symbolic link; the program does not write through links. "
             "Remove it: the program makes a plain directory there."
         )
-    if not stat.S_ISDIR(mode):
-        raise BackendError(f"{path} is {kind(mode)}, not a directory.")
+    if found:
+        raise BackendError(f"{path} is {found}, not a directory.")
+
+
+def not_a_directory(path: str) -> str | None:
+    """What `path` is instead of a directory of its own (`LINK` for a
+    symbolic link, even to a directory), or None when it is one. OSError
+    (FileNotFoundError included) passes through."""
+    mode = os.lstat(path).st_mode
+    return None if stat.S_ISDIR(mode) else kind(mode)
 
 
 def new_file(directory: str, suffix: str) -> tuple[int, str]:

@@ -41,7 +41,6 @@ import math
 import os
 import pickle
 import re
-import stat
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -595,16 +594,16 @@ def read_3x(directory: str) -> LegacyNetwork:
 
 def _check_directory(path: str) -> None:
     """A directory of an old model must be one, not a link to one elsewhere."""
-    mode = os.lstat(path).st_mode
-    if stat.S_ISLNK(mode):
+    found = files.not_a_directory(path)
+    if found == files.LINK:
         raise BackendError(
             f"The old model's {os.path.basename(path)}/ in {os.path.dirname(path)} is a "
             "symbolic link, which is not followed: a model's files are in its own directory."
         )
-    if not stat.S_ISDIR(mode):
+    if found:
         raise BackendError(
             f"The old model's {os.path.basename(path)} in {os.path.dirname(path)} is "
-            f"{files.kind(mode)}, not a directory."
+            f"{found}, not a directory."
         )
 
 

@@ -18,11 +18,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 from conftest import moodle_in_process, write
-from hostile import bundle_entry, proto_field, write_table
-from test_legacy import legacy_pickle, tf_state
+from hostile import bundle_entry, write_legacy3, write_table
 
 from mlbackend import dataset, legacy, store
 from mlbackend.contract import BackendError
@@ -37,32 +35,6 @@ TRAIN = (
 )
 #: Windows line ends in the header, then rows separated by CR alone.
 CRLF_HEADER_CR_ROWS = "\r\n".join(TRAIN.split("\n")[:3]) + "\r\n" + "\r".join(TRAIN.split("\n")[3:])
-#: The old model's columns (of 4) and layer sizes.
-COLUMNS = [0, 1, 3]
-SIZES = [3, 4, 2]
-
-
-def write_legacy3(directory: Path, seed: int = 0) -> None:
-    """A moodlemlbackend 3.x `classifier/` without TensorFlow: the joblib
-    pickle, and a checkpoint (index and data file) as TensorFlow lays it out."""
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "classifier.pkl").write_bytes(
-        legacy_pickle(tf_state(len(COLUMNS), COLUMNS, n_hidden_layers=1))
-    )
-    variables = directory / "model.ckpt" / "variables"
-    variables.mkdir(parents=True)
-    rng = np.random.default_rng(seed)
-    entries = {"": proto_field(1, 1)}  # the header: one data file
-    data = b""
-    for i, (a, b) in enumerate(zip(SIZES, SIZES[1:])):
-        for part, shape in (("kernel", [a, b]), ("bias", [b])):
-            values = rng.normal(size=shape).astype("<f4").tobytes()
-            key = f"layer_with_weights-{i}/{part}/.ATTRIBUTES/VARIABLE_VALUE"
-            entries[key] = bundle_entry(1, shape, len(data), len(values))
-            data += values
-    write_table(variables / "variables.index", entries)
-    (variables / "variables.data-00000-of-00001").write_bytes(data)
-    (directory / "model.ckpt" / "saved_model.pb").write_bytes(b"\x08\x01graph")
 
 
 def files_in(path: Path) -> list[str]:
