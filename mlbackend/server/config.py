@@ -69,6 +69,8 @@ class ServerConfig:
     s3_endpoint_url: str | None = None
     temp_dir: str | None = None
     trusted_proxy: str | None = None
+    #: Connections open at once; None: sized from the descriptor limit.
+    max_connections: int | None = None
 
     @property
     def storage_kind(self) -> str:
@@ -83,6 +85,8 @@ class ServerConfig:
         for name in ("workers", "max_trainings", "max_upload_mb", "max_unzipped_mb"):
             if getattr(args, name) < 1:
                 raise BackendError(f"--{name.replace('_', '-')} must be at least 1.")
+        if args.max_connections is not None and args.max_connections < 1:
+            raise BackendError("--max-connections must be at least 1.")
         if not 0 <= args.port <= 65535:
             raise BackendError(f"--port {args.port} is not a TCP port.")
         bucket = env.get(S3_BUCKET_ENV, "").strip() or None
@@ -104,6 +108,7 @@ class ServerConfig:
             s3_endpoint_url=args.s3_endpoint_url,
             temp_dir=temp_dir,
             trusted_proxy=args.trusted_proxy,
+            max_connections=args.max_connections,
         )
 
 
