@@ -95,7 +95,7 @@ image-test: $(STAMP) image
 # examples (make test runs a few, the same every time). Failing examples are
 # kept in .hypothesis/ and replayed first by the next run.
 fuzz: $(STAMP)
-	MLBACKEND_FUZZ=1 $(BIN)/pytest tests/test_fuzz.py tests/test_server_hostile.py \
+	MLBACKEND_FUZZ=1 $(BIN)/pytest tests/test_fuzz.py tests/test_fuzz_zip.py tests/test_server_hostile.py \
 		--hypothesis-show-statistics
 
 clean:

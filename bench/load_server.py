@@ -298,7 +298,10 @@ def start_server(
     name: str = "server",
     env: dict[str, str] | None = None,
     args: list[str] | None = None,
+    launcher: list[str] | None = None,
 ) -> tuple[str, subprocess.Popen[bytes], str]:
+    """`mlbackend serve` with a PBKDF2 user; `launcher`: the Python arguments
+    before `serve` (default `-m mlbackend`)."""
     full_env = dict(os.environ)
     full_env["PYTHONPATH"] = ROOT + os.pathsep + full_env.get("PYTHONPATH", "")
     entry = subprocess.run(
@@ -318,8 +321,7 @@ def start_server(
         name,
         [
             sys.executable,
-            "-m",
-            "mlbackend",
+            *(launcher or ["-m", "mlbackend"]),
             "serve",
             "--port",
             "{port}",

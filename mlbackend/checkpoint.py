@@ -32,6 +32,7 @@ import struct
 
 import numpy as np
 
+from mlbackend import files
 from mlbackend.contract import BackendError, shown
 
 #: The table's magic number, at the end of its footer.
@@ -161,21 +162,12 @@ def _entries(block: bytes) -> list[tuple[bytes, bytes]]:
     return out
 
 
-def read_at_most(path: str, limit: int) -> bytes | None:
-    """The file's bytes, or None when it holds more than `limit`: never more
-    than limit + 1 bytes are read, so a huge file costs nothing. OSError
-    passes through (callers word it for their kind of file)."""
-    with open(path, "rb") as f:
-        data = f.read(limit + 1)
-    return data if len(data) <= limit else None
-
-
 def read_index(path: str) -> dict[str, bytes]:
     """Tensor name -> serialized BundleEntryProto ("" is the header)."""
     try:
-        data = read_at_most(path, MAX_INDEX_BYTES)
+        data = files.read_at_most(path, MAX_INDEX_BYTES)
     except OSError as exc:
-        raise _bad(f"{path} cannot be read ({exc.strerror})") from None
+        raise _bad(f"{path} cannot be read ({files.why(exc)})") from None
     if data is None:
         raise _bad(
             f"{path} is larger than a model's checkpoint index ({MAX_INDEX_BYTES} bytes at most)"
@@ -217,6 +209,29 @@ class Checkpoint:
 
     def names(self) -> set[str]:
         return {k for k in self.entries if k}
+
+    def data_path(self, shard: int) -> str:
+        return f"{self.prefix}.data-{shard:05d}-of-{self.num_shards:05d}"
+
+    def shard_ends(self) -> dict[int, int]:
+        """Bytes of each data file that the index's tensors use, all of them
+        (optimizer state and the object graph too, whatever their type):
+        TensorFlow writes a data file as its tensors one after the other,
+        so a file holds no more than this."""
+        ends: dict[int, int] = {}
+        for name, entry in self.entries.items():
+            if not name:
+                continue
+            fields = _fields(entry)
+            shard, offset, size = (
+                _int_field(fields, 3),
+                _int_field(fields, 4),
+                _int_field(fields, 5),
+            )
+            if not 0 <= shard < self.num_shards or offset < 0 or size < 0:
+                raise _bad(f"the tensor {shown(name)} points outside the data files")
+            ends[shard] = max(ends.get(shard, 0), offset + size)
+        return ends
 
     def shape(self, name: str) -> tuple[int, ...]:
         return self._entry(name)[1]
@@ -262,9 +277,9 @@ class Checkpoint:
 
     def tensor(self, name: str) -> np.ndarray:
         dtype, shape, shard, offset, size = self._entry(name)
-        path = f"{self.prefix}.data-{shard:05d}-of-{self.num_shards:05d}"
+        path = self.data_path(shard)
         try:
-            with open(path, "rb") as f:
+            with files.open_regular(path) as f:
                 if offset + size > os.fstat(f.fileno()).st_size:
                     raise _bad(
                         f"the tensor {shown(name)} lies past the end of "
@@ -273,7 +288,7 @@ class Checkpoint:
                 f.seek(offset)
                 data = f.read(size)
         except OSError as exc:
-            raise _bad(f"{os.path.basename(path)} cannot be read ({exc.strerror})") from None
+            raise _bad(f"{os.path.basename(path)} cannot be read ({files.why(exc)})") from None
         if len(data) != size:
             raise _bad(f"{os.path.basename(path)} is truncated")
         return np.frombuffer(data, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="))

@@ -303,6 +303,15 @@ def _serve_command(commands: _Commands) -> None:
         help="largest total size an imported zip may expand to, in MiB; default: %(default)s",
     )
     p.add_argument(
+        "--max-connections",
+        type=int,
+        default=ServerConfig.max_connections,
+        metavar="N",
+        help="connections open at once; when all are taken, the oldest without a "
+        "request in progress are closed to let new clients in; default: sized from "
+        "the limit of open files (raised to its hard limit at start), at most 1000",
+    )
+    p.add_argument(
         "--s3-endpoint-url",
         metavar="URL",
         help="endpoint of an S3-compatible store (MinIO, Ceph...) when "

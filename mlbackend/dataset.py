@@ -23,6 +23,7 @@ from typing import BinaryIO
 
 import numpy as np
 
+from mlbackend import files
 from mlbackend.contract import BackendError
 
 #: Bytes of text parsed at once; bounds the memory the text takes.
@@ -102,14 +103,57 @@ def _show(value: object, limit: int = 40) -> str:
 
 
 def _open(path: str) -> BinaryIO:
+    """The dataset, if it is a regular file: a named pipe or a device (whose
+    reading would block or never end) is refused before a byte is read. A
+    link to a file is followed: Moodle names the dataset."""
     try:
-        if os.path.isdir(path):
-            raise _fail(f"The dataset {path} is a directory, not a CSV file.")
-        return open(path, "rb")
+        return files.open_regular(path, follow_links=True)
     except FileNotFoundError:
         raise _fail(f"The dataset file {path} does not exist.") from None
     except PermissionError:
         raise _fail(f"The dataset file {path} cannot be read (permission denied).") from None
+    except files.NotRegularFile as exc:
+        if os.path.isdir(path):
+            raise _fail(f"The dataset {path} is a directory, not a CSV file.") from None
+        raise _fail(
+            f"The dataset {path} is not a file that can be read ({files.why(exc)}); "
+            "Moodle writes its datasets as files."
+        ) from None
+    except OSError as exc:
+        raise _fail(f"The dataset file {path} cannot be read ({files.why(exc)}).") from None
+
+
+#: Line ends other than LF and CRLF, which Moodle's files do not have, by
+#: what a person would call them.
+_ODD_LINE_ENDS = (
+    ("\r", "a carriage return alone (\\r, as classic Mac OS wrote)"),
+    ("\u2028", "the Unicode line separator U+2028"),
+    ("\u2029", "the Unicode paragraph separator U+2029"),
+    ("\x85", "the next-line character U+0085"),
+    ("\x0b", "a vertical tab"),
+    ("\x0c", "a form feed"),
+)
+
+
+def _odd_line_ends(text: str) -> str | None:
+    """What separates the lines of `text` (the first ones of a file) when it
+    is not LF or CRLF, in words; None when nothing odd is there."""
+    for char, words in _ODD_LINE_ENDS:
+        if char in text:
+            return words
+    return None
+
+
+def _line_ends_error(text: str, line: int) -> BackendError | None:
+    odd = _odd_line_ends(text)
+    if odd is None:
+        return None
+    return _fail(
+        f"the lines seem to end with {odd}; a Moodle dataset's lines end with a "
+        "line feed (\\n, or \\r\\n as Windows writes them). Save the file with those line "
+        "ends.",
+        line,
+    )
 
 
 def _lines(f: BinaryIO) -> Iterator[tuple[int, list[str]]]:
@@ -132,6 +176,9 @@ def _lines(f: BinaryIO) -> Iterator[tuple[int, list[str]]]:
         if not end:
             pending += chunk
             if len(pending) > MAX_LINE_BYTES:
+                odd = _line_ends_error(pending[:BLOCK_BYTES].decode("utf-8", "replace"), lineno)
+                if odd is not None:
+                    raise odd
                 raise _fail(
                     f"the line is longer than {MAX_LINE_BYTES >> 20} MiB; a Moodle "
                     "dataset's lines are far shorter. Is this a Moodle analytics "
@@ -172,7 +219,9 @@ def _csv_row(text: str, line: int) -> list[str]:
     try:
         rows = list(csv.reader([text]))
     except csv.Error as exc:
-        raise _fail(f"the CSV is malformed ({exc}).", line) from None
+        raise _line_ends_error(text, line) or _fail(
+            f"the CSV is malformed ({exc}).", line
+        ) from None
     return rows[0] if rows else []
 
 
@@ -281,17 +330,20 @@ def _split_block(
     kept = [line for line in lines if line.strip()]
     if any('"' in line for line in kept):
         rows = [_csv_row(line, n) for line, n in zip(kept, numbers)]
-        for row, n in zip(rows, numbers):
+        for row, text, n in zip(rows, kept, numbers):
             if len(row) != ncols:
-                raise _ragged(len(row), ncols, n)
+                raise _ragged(len(row), ncols, n, text)
         return numbers, rows
     for line, n in zip(kept, numbers):
         if line.count(",") != ncols - 1:
-            raise _ragged(line.count(",") + 1, ncols, n)
+            raise _ragged(line.count(",") + 1, ncols, n, line)
     return numbers, kept
 
 
-def _ragged(found: int, ncols: int, line: int) -> BackendError:
+def _ragged(found: int, ncols: int, line: int, text: str) -> BackendError:
+    odd = _line_ends_error(text, line)  # two rows run together: odd line ends
+    if odd is not None:
+        return odd
     return _fail(
         f"the row has {found} cells but every data row must have {ncols} (nfeatures + 1).", line
     )
@@ -350,9 +402,16 @@ def _locate_bad_cell(
                     n,
                 )
             if not abs(v) <= _F32_MAX:
+                text = cell.strip().lstrip("+-").lower()
+                if text.startswith(("inf", "nan")):
+                    why = "values must be finite numbers, not infinity or NaN"
+                else:  # finite, or a decimal too long for a 64-bit float
+                    why = (
+                        "it is too large: values must be between -3.4e38 and 3.4e38 "
+                        "(32-bit floating-point numbers)"
+                    )
                 return _fail(
-                    f"column {j + 1 + col_offset} ({_name(names, j)}) holds "
-                    f"{_show(cell)}; values must be finite numbers.",
+                    f"column {j + 1 + col_offset} ({_name(names, j)}) holds {_show(cell)}; {why}.",
                     n,
                 )
     return _fail("a cell is not a number.", numbers[0] if numbers else None)
@@ -459,6 +518,10 @@ def _read(path: str, training: bool, numbers: Numbers) -> Dataset:
                 break
         if not header or (len(header) == 1 and not header[0].strip()):
             raise _fail(f"The dataset file {path} is empty.")
+        for i, line in enumerate(header):  # a CR inside a line: not LF line ends
+            odd = _line_ends_error(line, i + 1)
+            if odd is not None:
+                raise odd
         if len(header) < 3:
             raise _fail(
                 "the file ends before the data: a Moodle dataset has metadata names, "

@@ -19,7 +19,6 @@ and TensorBoard event files under `tensor/`.
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
@@ -30,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from mlbackend import importance, metrics, store
+from mlbackend import files, importance, metrics, store
 from mlbackend.contract import LOW_SCORE, NOT_ENOUGH_DATA, OK, BackendError, answer
 from mlbackend.dataset import Dataset
 from mlbackend.model import Model
@@ -69,8 +68,9 @@ class Iteration:
 
 
 def new_run_dir(output_dir: str) -> tuple[int, str]:
-    """A fresh `logs/RUNID` directory; two runs started together get distinct ids."""
-    os.makedirs(os.path.join(output_dir, store.LOGS_DIR), exist_ok=True)
+    """A fresh `logs/RUNID` directory; two runs started together get distinct
+    ids. `logs/` must be a directory of its own, not a link elsewhere."""
+    files.own_directory(os.path.join(output_dir, store.LOGS_DIR))
     runid = int(time.time() * 1000)
     while True:
         path = store.run_log_dir(output_dir, runid)
@@ -145,10 +145,9 @@ def evaluate(
             ds, output_dir, min_score, accepted_deviation, iterations, trained, progress
         )
     except OSError as exc:
-        why = "the disk is full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else exc.strerror
         raise BackendError(
             f"The evaluation could not write its logs in "
-            f"{os.path.join(output_dir, store.LOGS_DIR)} ({why})."
+            f"{os.path.join(output_dir, store.LOGS_DIR)} ({files.why(exc)})."
         ) from None
 
 

@@ -24,6 +24,12 @@ arrays, which `mlbackend.model.convert` makes a `Model`.
 
 The old backend named its predictions by class *index* (0, 1, ...), so a
 converted model's classes are `0..n_classes-1`: it answers what it answered.
+
+Only the files a model is made of are read or copied (`MODEL_PATHS`), each
+a regular file of a bounded size, never through a symbolic link (a link
+there could point at /dev/zero or at another directory) and never a named
+pipe or a device (reading one would block or never end). Anything else
+beside them is left alone.
 """
 
 from __future__ import annotations
@@ -35,7 +41,6 @@ import math
 import os
 import pickle
 import re
-import shutil
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -43,7 +48,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from mlbackend.checkpoint import read_at_most
+from mlbackend import files
 from mlbackend.contract import BackendError, shown
 from mlbackend.model.limits import MAX_CLASSES, MAX_FEATURES, MAX_HIDDEN_LAYERS
 from mlbackend.model.network import Dense
@@ -52,8 +57,11 @@ log = logging.getLogger(__name__)
 
 PICKLE_FILE = "classifier.pkl"
 SAVEDMODEL_DIR = "model.ckpt"
-CHECKPOINT_PREFIX = os.path.join("variables", "variables")
+VARIABLES_DIR = "variables"
+CHECKPOINT_PREFIX = os.path.join(VARIABLES_DIR, "variables")
 KERAS_METADATA = "keras_metadata.pb"
+SAVED_MODEL = "saved_model.pb"
+FINGERPRINT = "fingerprint.pb"
 EXPORT_JSON = "model.json"
 #: Where a converted model's old files are kept, inside `classifier/`.
 ASIDE_DIR = "legacy-moodlemlbackend"
@@ -65,6 +73,38 @@ FORMAT_2X_EXPORT = "moodlemlbackend 2.x export"
 #: the limits keep a hostile file from making us read gigabytes.
 MAX_PICKLE_BYTES = 4 << 20
 MAX_JSON_BYTES = 256 << 20
+#: The SavedModel's graph (copied for a rollback to moodlemlbackend, never
+#: read here): a few hundred KB for the old backend's small networks.
+MAX_SAVED_MODEL_BYTES = 32 << 20
+MAX_FINGERPRINT_BYTES = 1 << 20
+#: A checkpoint's data files hold the weights and the optimizer's state
+#: (RMSprop keeps one number per weight), a few scalars and the object
+#: graph: at most this many times the weights' bytes, plus DATA_SLACK.
+DATA_FACTOR = 8
+DATA_SLACK = 1 << 20
+
+#: Every file a moodlemlbackend model is made of, relative to its directory
+#: (its `classifier/`): all that is read, copied or kept of it. The data
+#: files are `variables.data-NNNNN-of-NNNNN`.
+MODEL_PATHS = (
+    PICKLE_FILE,
+    EXPORT_JSON,
+    f"{SAVEDMODEL_DIR}/{SAVED_MODEL}",
+    f"{SAVEDMODEL_DIR}/{KERAS_METADATA}",
+    f"{SAVEDMODEL_DIR}/{FINGERPRINT}",
+    f"{SAVEDMODEL_DIR}/{VARIABLES_DIR}/variables.index",
+)
+_DATA_PATH = re.compile(
+    rf"{re.escape(SAVEDMODEL_DIR)}/{VARIABLES_DIR}/variables\.data-[0-9]{{5}}-of-[0-9]{{5}}"
+)
+
+
+def is_model_path(relpath: str) -> bool:
+    """Whether `relpath` (with '/') names one of the files a moodlemlbackend
+    model is made of."""
+    return relpath in MODEL_PATHS or _DATA_PATH.fullmatch(relpath) is not None
+
+
 #: Largest weight matrix accepted, in numbers (about 450 features squared is
 #: the most a real Moodle model needs).
 MAX_WEIGHTS = 50_000_000
@@ -89,12 +129,14 @@ def detect(directory: str) -> str | None:
 
     A 3.x model is recognised by either of its two parts, so that one whose
     other part is missing is reported as damaged rather than as untrained.
+    Whatever is there counts, links and pipes too: reading it then says
+    what it is (links are not followed, pipes not opened).
     """
-    if os.path.isfile(os.path.join(directory, PICKLE_FILE)) or os.path.isdir(
+    if os.path.lexists(os.path.join(directory, PICKLE_FILE)) or os.path.lexists(
         os.path.join(directory, SAVEDMODEL_DIR)
     ):
         return FORMAT_3X
-    if os.path.isfile(os.path.join(directory, EXPORT_JSON)):
+    if os.path.lexists(os.path.join(directory, EXPORT_JSON)):
         return FORMAT_2X_EXPORT
     return None
 
@@ -127,6 +169,10 @@ class LegacyNetwork:
     activation: str
     nfeatures: int | None
     settings: dict[str, Any] = field(default_factory=dict)
+    #: The directory it was read from, and the files it is made of there
+    #: (path relative to it, size when checked): what `copy_files` copies.
+    directory: str = ""
+    files: list[tuple[str, int]] = field(default_factory=list)
 
     @property
     def width(self) -> int:
@@ -478,16 +524,17 @@ def read_3x(directory: str) -> LegacyNetwork:
     """A 3.x `classifier/` (or a copy of one): the pickle and the SavedModel."""
     pkl = os.path.join(directory, PICKLE_FILE)
     saved = os.path.join(directory, SAVEDMODEL_DIR)
-    if not os.path.isfile(pkl):
+    if not os.path.lexists(pkl):
         raise BackendError(
             f"The old model in {directory} is incomplete: {PICKLE_FILE} is "
             f"missing beside {SAVEDMODEL_DIR}/."
         )
-    if not os.path.isdir(saved):
+    if not os.path.lexists(saved):
         raise BackendError(
             f"The old model in {directory} is incomplete: {SAVEDMODEL_DIR}/ "
             f"is missing beside {PICKLE_FILE}."
         )
+    _check_directory(saved)
     state = read_pickle(pkl)
     n_classes = _int_setting(state, "n_classes", pkl, 2, maximum=MAX_CLASSES)
     n_layers = (
@@ -514,9 +561,23 @@ def read_3x(directory: str) -> LegacyNetwork:
                 "(not increasing column numbers)."
             )
     _check_activations(saved)
-    layers = read_checkpoint(os.path.join(saved, CHECKPOINT_PREFIX), n_layers)
+    variables = os.path.join(saved, VARIABLES_DIR)
+    if os.path.lexists(variables):
+        _check_directory(variables)
+    layers, data_files = read_checkpoint(os.path.join(saved, CHECKPOINT_PREFIX), n_layers)
     _check_chain(layers, n_inputs, n_classes, saved)
     settings = _plain_settings(state)
+    model_files = [(PICKLE_FILE, _file_size(pkl, MAX_PICKLE_BYTES))]
+    for name, limit in (
+        (SAVED_MODEL, MAX_SAVED_MODEL_BYTES),
+        (KERAS_METADATA, MAX_PICKLE_BYTES),
+        (FINGERPRINT, MAX_FINGERPRINT_BYTES),
+    ):
+        if os.path.lexists(os.path.join(saved, name)):
+            model_files.append(
+                (f"{SAVEDMODEL_DIR}/{name}", _file_size(os.path.join(saved, name), limit))
+            )
+    model_files += [(f"{SAVEDMODEL_DIR}/{VARIABLES_DIR}/{n}", size) for n, size in data_files]
     return LegacyNetwork(
         source=directory,
         fmt=FORMAT_3X,
@@ -526,7 +587,42 @@ def read_3x(directory: str) -> LegacyNetwork:
         activation="relu",
         nfeatures=None if columns is not None else n_inputs,
         settings=settings,
+        directory=directory,
+        files=model_files,
     )
+
+
+def _check_directory(path: str) -> None:
+    """A directory of an old model must be one, not a link to one elsewhere."""
+    found = files.not_a_directory(path)
+    if found == files.LINK:
+        raise BackendError(
+            f"The old model's {os.path.basename(path)}/ in {os.path.dirname(path)} is a "
+            "symbolic link, which is not followed: a model's files are in its own directory."
+        )
+    if found:
+        raise BackendError(
+            f"The old model's {os.path.basename(path)} in {os.path.dirname(path)} is "
+            f"{found}, not a directory."
+        )
+
+
+def _file_size(path: str, limit: int) -> int:
+    """The size of a model's regular file (links not followed, pipes not
+    opened), refused over `limit`."""
+    try:
+        with files.open_regular(path) as f:
+            size = os.fstat(f.fileno()).st_size
+    except OSError as exc:
+        raise BackendError(
+            f"The old model file {path} cannot be read ({files.why(exc)})."
+        ) from None
+    if size > limit:
+        raise BackendError(
+            f"The old model file {path} has {size} bytes, more than any model "
+            f"moodlemlbackend writes ({limit} bytes at most); it is refused."
+        )
+    return size
 
 
 def _check_activations(saved: str) -> None:
@@ -534,13 +630,9 @@ def _check_activations(saved: str) -> None:
     metadata beside the variables says so in JSON text. Read as bytes (it is
     data), and refuse a network that says otherwise."""
     path = os.path.join(saved, KERAS_METADATA)
-    try:
-        with open(path, "rb") as f:
-            text = f.read(MAX_PICKLE_BYTES)
-    except FileNotFoundError:
+    if not os.path.lexists(path):
         return  # older Keras wrote none; the 3.x code always used ReLU + softmax
-    except OSError as exc:
-        raise BackendError(f"The old model file {path} cannot be read ({exc.strerror}).") from None
+    text = _read_bytes(path, MAX_PICKLE_BYTES)
     found = set(re.findall(rb'"activation": "([A-Za-z_]+)"', text))
     unknown = found - {b"relu", b"softmax"}
     if unknown:
@@ -551,14 +643,17 @@ def _check_activations(saved: str) -> None:
         )
 
 
-def read_checkpoint(prefix: str, n_layers: int) -> list[Dense]:
+def read_checkpoint(prefix: str, n_layers: int) -> tuple[list[Dense], list[tuple[str, int]]]:
     """Kernels and biases of `n_layers` Dense layers from a TensorFlow
-    checkpoint: tensors only, the SavedModel's graph is never loaded, and
-    the checkpoint is parsed and checked by `mlbackend.checkpoint`, never by
-    TensorFlow (which aborts the process on a crafted index)."""
+    checkpoint, and the checkpoint's files (name, size): tensors only, the
+    SavedModel's graph is never loaded, and the checkpoint is parsed and
+    checked by `mlbackend.checkpoint`, never by TensorFlow (which aborts
+    the process on a crafted index). Its data files must hold what its
+    index lists and no more, and that must be what a model of these
+    weights needs (`DATA_FACTOR`)."""
     from mlbackend.checkpoint import Checkpoint, CheckpointError
 
-    if not os.path.isfile(prefix + ".index"):
+    if not os.path.lexists(prefix + ".index"):
         raise BackendError(f"The old model's weights are missing: no {prefix}.index.")
     try:
         reader = Checkpoint(prefix)
@@ -584,13 +679,35 @@ def read_checkpoint(prefix: str, n_layers: int) -> list[Dense]:
                 raise BackendError(
                     f"The old model's weights in {prefix} are too large ({key}: {shown(shape)})."
                 )
-        return [
+        layers = [
             Dense(
                 reader.tensor(_CKPT_KEY.format(i=i, part="kernel")),
                 reader.tensor(_CKPT_KEY.format(i=i, part="bias")),
             )
             for i in range(n_layers)
         ]
+        weights = sum(layer.kernel.nbytes + layer.bias.nbytes for layer in layers)
+        ends = reader.shard_ends()
+        if sum(ends.values()) > DATA_FACTOR * weights + DATA_SLACK:
+            raise BackendError(
+                f"The old model's checkpoint {prefix} lists {sum(ends.values())} bytes of "
+                f"tensors for {weights} bytes of weights, more than a model's checkpoint "
+                "holds; it is refused."
+            )
+        found = [(os.path.basename(prefix) + ".index", _file_size(prefix + ".index", 1 << 62))]
+        for shard in range(reader.num_shards):
+            path = reader.data_path(shard)
+            if not os.path.lexists(path) and shard not in ends:
+                continue
+            size = _file_size(path, 1 << 62)
+            if size > ends.get(shard, 0):
+                raise BackendError(
+                    f"The old model's data file {path} has {size} bytes, but its index "
+                    f"lists {ends.get(shard, 0)}: a checkpoint's data file holds its "
+                    "tensors and nothing else. It is refused."
+                )
+            found.append((os.path.basename(path), size))
+        return layers, found
     except CheckpointError as exc:
         raise BackendError(
             f"The old model's weights in {prefix} cannot be read: they are "
@@ -689,6 +806,8 @@ def read_2x_export(path: str) -> LegacyNetwork:
         activation="tanh",
         nfeatures=n_features,
         settings={"n_hidden": hidden},
+        directory=os.path.dirname(path),
+        files=[(os.path.basename(path), len(raw))],
     )
 
 
@@ -698,9 +817,11 @@ def read_2x_export(path: str) -> LegacyNetwork:
 
 def _read_bytes(path: str, limit: int) -> bytes:
     try:
-        data = read_at_most(path, limit)
+        data = files.read_at_most(path, limit)
     except OSError as exc:
-        raise BackendError(f"The old model file {path} cannot be read ({exc.strerror}).") from None
+        raise BackendError(
+            f"The old model file {path} cannot be read ({files.why(exc)})."
+        ) from None
     if data is None:
         raise BackendError(
             f"The old model file {path} is larger than any model "
@@ -726,11 +847,21 @@ def move_aside(directory: str) -> str | None:
     return aside
 
 
-def copy_files(source: str, target: str) -> None:
-    """Copy the old backend's files from `source` into `target` (a new directory)."""
-    for name in legacy_files(source):
-        src = os.path.join(source, name)
-        if os.path.isdir(src):
-            shutil.copytree(src, os.path.join(target, name), symlinks=False)
-        else:
-            shutil.copyfile(src, os.path.join(target, name))
+def copy_files(model: LegacyNetwork, target: str) -> None:
+    """Copy the files `model` was read from (`LegacyNetwork.files`) into
+    `target`, a new directory: those and nothing else, each a regular file
+    opened without following links, at most the size it had when it was
+    checked. OSError passes through."""
+    for rel, size in model.files:
+        src = os.path.join(model.directory, rel)
+        dst = os.path.join(target, rel)
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        with files.open_regular(src) as f, open(dst, "xb") as out:
+            left = size
+            while chunk := f.read(min(1 << 20, left + 1)):
+                left -= len(chunk)
+                if left < 0:
+                    raise BackendError(
+                        f"The old model file {src} grew while it was copied; nothing was stored."
+                    )
+                out.write(chunk)

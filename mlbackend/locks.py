@@ -3,7 +3,10 @@ lock file in it), for the writers of a model.
 
 Two pitfalls are handled here once: a directory deleted (lock file and all)
 while someone waited for its lock, and a thread taking a lock it already
-holds (flock would deadlock on a second open of the lock file).
+holds (flock would deadlock on a second open of the lock file). And the
+lock is never taken through a symbolic link, the directory's or the lock
+file's: whoever can write the directory must not make us create or lock a
+file elsewhere.
 """
 
 from __future__ import annotations
@@ -12,12 +15,13 @@ import contextlib
 import errno
 import fcntl
 import os
+import stat
 import threading
 from collections.abc import Iterator
 from typing import BinaryIO
 
 from mlbackend.contract import BackendError
-from mlbackend.files import makedirs
+from mlbackend.files import kind, own_directory
 
 LOCK_FILE = ".lock"
 
@@ -28,8 +32,9 @@ _held = threading.local()
 def exclusive(directory: str) -> Iterator[bool]:
     """Hold the exclusive lock of `directory` (created if missing), waiting
     for it. Re-entrant within a thread; yields True when this call took the
-    lock, False when the thread held it already."""
-    makedirs(directory)
+    lock, False when the thread held it already. A directory that is a
+    symbolic link is refused (`files.own_directory`)."""
+    own_directory(directory)
     key = os.path.realpath(directory)
     held: set[str] = _held.__dict__.setdefault("dirs", set())
     if key in held:
@@ -81,7 +86,7 @@ def _locked_file(directory: str) -> Iterator[BinaryIO]:
     """
     path = os.path.join(directory, LOCK_FILE)
     while True:
-        makedirs(directory)
+        own_directory(directory)
         try:
             lock = _open_lock(directory)
         except FileNotFoundError:  # the directory was removed in between
@@ -106,11 +111,18 @@ def _is_current(lock: BinaryIO, path: str) -> bool:
 
 
 def _open_lock(directory: str) -> BinaryIO:
-    """The lock file, never through a symbolic link: whoever can write the
-    directory must not make us create or lock a file elsewhere."""
+    """The lock file, never through a symbolic link (the directory's or its
+    own) and never anything but a regular file (opened without blocking)."""
+    if os.path.islink(directory):
+        raise BackendError(
+            f"{directory} is a symbolic link; the program does not write through links. "
+            "Remove it: the program makes a plain directory there."
+        )
     path = os.path.join(directory, LOCK_FILE)
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+        fd = os.open(
+            path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o666
+        )
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise BackendError(
@@ -118,4 +130,12 @@ def _open_lock(directory: str) -> BinaryIO:
                 "Remove it (the program makes a plain file)."
             ) from None
         raise
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise BackendError(
+            f"The lock file {path} is {kind(mode)}, not a regular file. "
+            "Remove it (the program makes a plain file)."
+        )
+    os.set_blocking(fd, True)
     return os.fdopen(fd, "a+b")

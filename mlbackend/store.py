@@ -20,6 +20,10 @@ Its promises:
   inode, modification time and size), so a server answering prediction
   after prediction reads and checks the file once. Models are never
   modified in place, so sharing one between threads is safe.
+- Nothing is read or written through a symbolic link in a model directory
+  (`classifier/` must be a directory of its own, `model.npz` a regular
+  file), and nothing but a regular file is opened, so a link there cannot
+  send a write to /etc nor a named pipe block a call.
 """
 
 from __future__ import annotations
@@ -109,11 +113,18 @@ def safe_name(value: str) -> str:
 
 
 def has_model(model_dir: str) -> bool:
-    """Whether this directory holds a trained model, ours or the old backend's."""
-    return (
-        os.path.isfile(model_path(model_dir))
-        or legacy.detect(classifier_dir(model_dir)) is not None
-    )
+    """Whether this directory holds a trained model, ours or the old backend's.
+
+    Whatever is at `model.npz` counts (reading it then says what is wrong
+    with a link or a pipe there); a `classifier/` that is a symbolic link
+    is refused."""
+    directory = classifier_dir(model_dir)
+    if os.path.islink(directory):
+        raise BackendError(
+            f"{directory} is a symbolic link; the program does not read or write through "
+            "links. Remove it: the program makes a plain directory there."
+        )
+    return os.path.lexists(model_path(model_dir)) or legacy.detect(directory) is not None
 
 
 # --------------------------------------------------------------------------
@@ -128,6 +139,8 @@ def read(model_dir: str, nfeatures: int | None = None) -> Stored | None:
     is about to use: moodlemlbackend 3.x did not record it). A model file
     that cannot be read raises `DamagedModel`.
     """
+    if not has_model(model_dir):
+        return None
     model = _read_cached(model_path(model_dir))
     if model is not None:
         return Stored(model)
@@ -137,28 +150,38 @@ def read(model_dir: str, nfeatures: int | None = None) -> Stored | None:
     return Stored(from_legacy(legacy.read(directory), nfeatures), converted=True)
 
 
-def read_file(path: str, missing_ok: bool = False) -> Model | None:
-    """The model in the file at `path` (not cached)."""
-    try:
-        f = open(path, "rb")
-    except FileNotFoundError:
+def read_file(path: str, missing_ok: bool = False, stored: bool = True) -> Model | None:
+    """The model in the file at `path` (not cached); `stored`: a model
+    directory's own file (not one being imported)."""
+    f = _open_model(path, stored)
+    if f is None:
         if missing_ok:
             return None
-        raise BackendError(f"There is no model file at {path}.") from None
-    except OSError as exc:
-        raise BackendError(f"The stored model {path} cannot be read ({exc.strerror}).") from None
+        raise BackendError(f"There is no model file at {path}.")
     with f:
         return _read(f, path)
 
 
-def _read_cached(path: str) -> Model | None:
-    """Our model file at `path` (None if absent), from memory while unchanged."""
+def _open_model(path: str, stored: bool = True) -> BinaryIO | None:
+    """The model file at `path` opened (None if absent): a regular file, not
+    a link (not followed) nor a pipe (whose open would block)."""
+    what = "The stored model" if stored else "The model file"
     try:
-        f = open(path, "rb")
+        return files.open_regular(path)
     except FileNotFoundError:
         return None
+    except files.NotRegularFile as exc:
+        advice = " Remove it: the program writes a plain file there." if stored else ""
+        raise BackendError(f"{what} {path} cannot be read ({files.why(exc)}).{advice}") from None
     except OSError as exc:
-        raise BackendError(f"The stored model {path} cannot be read ({exc.strerror}).") from None
+        raise BackendError(f"{what} {path} cannot be read ({files.why(exc)}).") from None
+
+
+def _read_cached(path: str) -> Model | None:
+    """Our model file at `path` (None if absent), from memory while unchanged."""
+    f = _open_model(path)
+    if f is None:
+        return None
     with f:
         st = os.fstat(f.fileno())  # of the file we read, even if replaced meanwhile
         stamp = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
@@ -272,7 +295,7 @@ def set_aside_damaged(model_dir: str) -> str:
     except OSError as exc:
         raise BackendError(
             f"The stored model {path} cannot be read, and it could not be "
-            f"moved aside to train a new one ({exc.strerror})."
+            f"moved aside to train a new one ({files.why(exc)})."
         ) from None
     return aside
 
@@ -293,7 +316,7 @@ def save_converted(model_dir: str, nfeatures: int | None) -> None:
         )
         return
     with writer_lock(model_dir):
-        if os.path.isfile(model_path(model_dir)) or legacy.detect(target_dir) is None:
+        if os.path.lexists(model_path(model_dir)) or legacy.detect(target_dir) is None:
             return
         old = legacy.read(target_dir)
         save(model_dir, from_legacy(old, nfeatures))
@@ -304,7 +327,7 @@ def save_converted(model_dir: str, nfeatures: int | None) -> None:
             log.warning(
                 "converted %s, but its old files could not be moved aside (%s)",
                 target_dir,
-                exc.strerror,
+                files.why(exc),
             )
         else:
             log.warning(

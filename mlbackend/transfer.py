@@ -4,6 +4,10 @@ An export is our `model.npz` (or, for a moodlemlbackend model never used
 since the switch, its old files); an import accepts our exports and the old
 backend's models and exports, checks them before a byte is copied, and
 stores them through the store's writer lock like any other change.
+
+Of an import directory only the files a model is made of are read or
+copied (`is_model_file`), never through a symbolic link and never from a
+named pipe or a device: whatever else is there stays where it is.
 """
 
 from __future__ import annotations
@@ -14,6 +18,16 @@ import tempfile
 from mlbackend import files, legacy, store
 from mlbackend.contract import GENERAL_ERROR, BackendError, NotTrainedError
 from mlbackend.model.convert import from_legacy
+
+
+def is_model_file(relpath: str) -> bool:
+    """Whether `relpath` (with '/', relative to an import directory) names a
+    file an import reads: our `model.npz` or one of moodlemlbackend's
+    files, at the top or in `classifier/`. The server extracts nothing else
+    of an uploaded zip."""
+    prefix = store.CLASSIFIER_DIR + "/"
+    rel = relpath[len(prefix) :] if relpath.startswith(prefix) else relpath
+    return rel == store.MODEL_FILE or legacy.is_model_path(rel)
 
 
 def export_model(model_dir: str, export_dir: str) -> str:
@@ -36,14 +50,14 @@ def export_model(model_dir: str, export_dir: str) -> str:
 
 def _export_legacy(model_dir: str, export_dir: str) -> str:
     source = store.classifier_dir(model_dir)
-    legacy.read(source)  # export only what import will take back
+    old = legacy.read(source)  # export only what import will take back
     try:
         os.makedirs(export_dir, exist_ok=True)
         staging = tempfile.mkdtemp(prefix=files.TEMP_PREFIX, dir=export_dir)
     except OSError as exc:
         raise files.write_error(exc, "The model could not be exported", export_dir, "") from None
     try:
-        legacy.copy_files(source, staging)
+        legacy.copy_files(old, staging)
         for name in os.listdir(staging):
             target = os.path.join(export_dir, name)
             if os.path.isdir(target) and not os.path.islink(target):
@@ -67,10 +81,16 @@ def import_model(model_dir: str, import_dir: str) -> None:
     """
     if not os.path.isdir(import_dir):
         raise BackendError(f"The import directory {import_dir} does not exist.")
+    inner = store.classifier_dir(import_dir)
+    if os.path.islink(inner):
+        raise BackendError(
+            f"{inner} is a symbolic link, which is not followed: an exported model's "
+            "files are in the import directory itself."
+        )
     candidates = [os.path.join(import_dir, store.MODEL_FILE), store.model_path(import_dir)]
-    found = next((p for p in candidates if os.path.isfile(p)), None)
+    found = next((p for p in candidates if os.path.lexists(p)), None)
     if found is not None:
-        model = store.read_file(found)
+        model = store.read_file(found, stored=False)
         assert model is not None
         with store.writer_lock(model_dir):
             store.save(model_dir, model)
@@ -94,10 +114,10 @@ def import_model(model_dir: str, import_dir: str) -> None:
             store.move_legacy_aside(model_dir)
         return
     with store.writer_lock(model_dir):
-        _store_legacy(model_dir, source)
+        _store_legacy(model_dir, old)
 
 
-def _store_legacy(model_dir: str, source: str) -> None:
+def _store_legacy(model_dir: str, old: legacy.LegacyNetwork) -> None:
     """Put a checked 3.x model's files in place of this model. Caller holds the lock.
 
     The files are copied into a temporary directory first and renamed into
@@ -106,7 +126,7 @@ def _store_legacy(model_dir: str, source: str) -> None:
     target_dir = store.classifier_dir(model_dir)
     staging = tempfile.mkdtemp(prefix=files.TEMP_PREFIX, dir=target_dir)
     try:
-        legacy.copy_files(source, staging)
+        legacy.copy_files(old, staging)
         store.move_legacy_aside(model_dir)
         for name in os.listdir(staging):
             os.replace(os.path.join(staging, name), os.path.join(target_dir, name))
@@ -114,7 +134,7 @@ def _store_legacy(model_dir: str, source: str) -> None:
         files.fsync_dir(target_dir)
     except OSError as exc:
         raise BackendError(
-            f"The model could not be stored in {target_dir} ({exc.strerror})."
+            f"The model could not be stored in {target_dir} ({files.why(exc)})."
         ) from None
     finally:
         files.remove_tree(staging)

@@ -102,7 +102,7 @@ def test_large_file_spans_many_blocks_and_both_decoders_agree(tmp_path, monkeypa
         ("label outside", HEAD + "f1,f2,f3,t\n1,0,1,7\n", 4, "label 7"),
         ("fractional label", HEAD + "f1,f2,f3,t\n1,0,1,0.5\n", 4, "label 0.5"),
         ("nan cell", HEAD + "f1,f2,f3,t\n1,nan,1,0\n", 4, "finite"),
-        ("huge cell", HEAD + "f1,f2,f3,t\n1,1e308,1,0\n", 4, "finite"),
+        ("huge cell", HEAD + "f1,f2,f3,t\n1,1e308,1,0\n", 4, "too large"),
         (
             "regression",
             'nfeatures,targetclasses,targettype\n3,"[0,1]",linear\nf1,f2,f3,t\n',

@@ -386,7 +386,7 @@ PICKLE_VALUES = st.sampled_from(
 )
 @example(changes={}, damage=[], cut=40)  # cut inside a 4-byte integer: struct.error
 def test_every_legacy_pickle_is_read_or_refused(tmp_path_factory, changes, damage, cut):
-    from test_legacy import legacy_pickle, tf_state
+    from helpers.legacy_files import legacy_pickle, tf_state
 
     from mlbackend import legacy
 

@@ -415,7 +415,6 @@ def test_a_huge_uniqueid_gets_a_short_answer_and_short_log_lines(server, binary_
     assert all(len(line) < 2000 for line in server.log_text()[before:].splitlines())
 
 
-@pytest.mark.xfail(strict=True, reason="needs issue 21's identifier bound")
 def test_a_huge_uniqueid_is_refused_in_s3_mode(server, binary_data):
     r = predict(server, "x" * 1_000_000, "h", binary_data["predict"])
     assert r.status_code == 400 and len(r.content) < 2000

@@ -23,7 +23,18 @@ from typing import Any
 import numpy as np
 import pytest
 from helpers.hostile import any_bytes, check_predictions, datasets, deflated_npz, examples
-from helpers.servers import HOST, PASSWORD, USER, Server, files_under, make_zip, start_server, stop
+from helpers.servers import (
+    HOST,
+    PASSWORD,
+    USER,
+    Server,
+    eventually,
+    files_under,
+    local_env,
+    make_zip,
+    start_server,
+    stop,
+)
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 from werkzeug.test import Client
@@ -42,10 +53,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     tmp = tmp_path_factory.mktemp("hostile-server")
     srv = start_server(
         tmp,
-        {
-            "MOODLE_MLBACKEND_PYTHON_USERS": f"{USER}:{PASSWORD}",
-            "MOODLE_MLBACKEND_PYTHON_DIR": str(tmp / "models"),
-        },
+        local_env(tmp),
         "--max-upload-mb",
         "8",
         "--max-unzipped-mb",
@@ -243,15 +251,6 @@ def open_files(server: Server) -> int:
     """File descriptors the server holds: sockets, and temporary files (waitress
     and Werkzeug spool large bodies into unnamed ones, invisible on disk)."""
     return len(list(Path(f"/proc/{server.proc.pid}/fd").iterdir()))
-
-
-def eventually(condition: Any, what: str) -> None:
-    """Poll until true: the server finishes with a hung-up client on its own time."""
-    for _ in range(1200):
-        if condition():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"never happened: {what}")
 
 
 def test_clients_that_hang_up_mid_upload(server, trained):

@@ -16,17 +16,19 @@ throws on anything but 200, and reads the JSON `status` of a 200 answer.
 - Training, prediction, evaluation: 200 with the contract's JSON whenever
   the backend has an answer, errors included (a bad dataset is status 1,
   an untrained model status 2), so that Moodle shows the admin the message.
-- 400 when the request itself is malformed (a field or file missing, a zip
-  we refuse), 503 for an export of a model that does not exist, 500 when
-  the server failed, 503 with Retry-After when the model store (S3) is slow
-  or unreachable; each with a JSON body that says why, in Moodle's terms
-  (the store's own words go to the server log).
+- 400 when the request itself is malformed (a field or file missing, an
+  identifier too long, a zip we refuse), 503 for an export of a model that
+  does not exist, 500 when the server failed, 503 with Retry-After when the
+  model store (S3) is slow or unreachable; each with a JSON body that says
+  why, in Moodle's terms, quoting at most a short prefix of what the client
+  sent (the store's own words go to the server log).
 
 `http_status` is the one place that decides.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import os
@@ -41,18 +43,19 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, Reque
 from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Request, Response
 
-from mlbackend import actions, reported_version, store
+from mlbackend import actions, reported_version, store, transfer
 from mlbackend.contract import (
     GENERAL_ERROR,
     BackendError,
     NotTrainedError,
     WriteError,
+    shown,
     to_json_line,
 )
 from mlbackend.server import uploads
 from mlbackend.server.auth import Users, basic_credentials
 from mlbackend.server.config import ServerConfig
-from mlbackend.server.gate import masked
+from mlbackend.server.gate import log_safe, masked
 from mlbackend.server.storage import ModelChanged, Storage, StorageError
 
 log = logging.getLogger(__name__)
@@ -61,6 +64,19 @@ log = logging.getLogger(__name__)
 USER_KEY = "mlbackend.user"
 #: Endpoints whose answer is the contract's JSON, errors included.
 JSON_ENDPOINTS = frozenset({"training", "prediction", "evaluation"})
+#: Longest identifier accepted (`uniqueid`, `dirhash`, `trainedmodeldirhash`),
+#: checked on the value as sent, before anything else uses it: a file
+#: name's limit. Moodle's are 32 to 40 characters.
+MAX_ID_CHARS = 255
+#: Longest `runid` accepted: digits, Moodle's are milliseconds since 1970 (13).
+MAX_RUNID_CHARS = 20
+#: Characters of a refused value quoted in the answer.
+QUOTED_CHARS = 20
+#: Largest urlencoded body (Moodle sends `/deletemodel` one short field that
+#: way): werkzeug reads such a body whole into memory, and its text-field
+#: limit covers multipart bodies only.
+MAX_URLENCODED_BYTES = 64 << 10
+URLENCODED = "application/x-www-form-urlencoded"
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
@@ -131,6 +147,8 @@ class MoodleApp:
         self, environ: dict[str, Any], start_response: Callable[..., Any]
     ) -> Iterable[bytes]:
         request = self.request_class(environ)
+        if request.mimetype == URLENCODED:
+            request.max_content_length = MAX_URLENCODED_BYTES  # read whole: keep it small
         response = self.dispatch(request)
         return response(environ, start_response)
 
@@ -166,7 +184,9 @@ class MoodleApp:
             stored = exc if isinstance(exc, StorageError) else None
             if code >= 500:  # with the store's own words, which the answer leaves out
                 detail = f" ({stored.detail})" if stored is not None and stored.detail else ""
-                log.error("%s %s: %s%s", request.method, request.path, exc.message, detail)
+                log.error(
+                    "%s %s: %s%s", request.method, log_safe(request.path), exc.message, detail
+                )
             response = self._json(exc.answer(), code)
             if stored is not None and stored.retry_after is not None:
                 response.headers["Retry-After"] = str(stored.retry_after)
@@ -175,19 +195,36 @@ class MoodleApp:
             return self._json(
                 {"status": GENERAL_ERROR, "info": [exc.description or exc.name]}, exc.code or 400
             )
-        except Exception as exc:  # noqa: BLE001 - every request gets an answer
-            log.error(
-                "%s %s failed:\n%s", request.method, request.path, masked(traceback.format_exc())
-            )
+        except OSError as exc:
+            if exc.errno not in (errno.EMFILE, errno.ENFILE):
+                return self._unexpected(request, exc)
+            # At the process's descriptor limit: not this request's fault,
+            # and no traceback per request while it lasts.
+            log.warning("%s %s: out of file descriptors", request.method, log_safe(request.path))
             return self._json(
                 {
                     "status": GENERAL_ERROR,
-                    "info": [
-                        f"Unexpected server error ({type(exc).__name__}). See the server log."
-                    ],
+                    "info": ["The server is out of file descriptors at the moment; try again."],
                 },
-                500,
+                503,
             )
+        except Exception as exc:  # noqa: BLE001 - every request gets an answer
+            return self._unexpected(request, exc)
+
+    def _unexpected(self, request: Request, exc: Exception) -> Response:
+        log.error(
+            "%s %s failed:\n%s",
+            request.method,
+            log_safe(request.path),
+            masked(traceback.format_exc()),
+        )
+        return self._json(
+            {
+                "status": GENERAL_ERROR,
+                "info": [f"Unexpected server error ({type(exc).__name__}). See the server log."],
+            },
+            500,
+        )
 
     # ------------------------------------------------------------------
     # The endpoints
@@ -218,7 +255,7 @@ class MoodleApp:
         min_score = _number(request, "minscore", float)
         max_deviation = _number(request, "maxdeviation", float)
         iterations = _number(request, "niterations", int)
-        trained_hash = store.safe_name(request.values.get("trainedmodeldirhash", ""))
+        trained_hash = _id(request, "trainedmodeldirhash", required=False)
         with _request_dir() as tmp:
             dataset = _upload(request, "dataset", tmp)
             with self.storage.model(uniqueid, dirhash, fetch=False) as model_dir:
@@ -247,7 +284,9 @@ class MoodleApp:
 
     def on_evaluationlog(self, request: Request) -> Response:
         uniqueid, dirhash = _ids(request)
-        runid = "".join(c for c in request.values.get("runid", "") if c.isascii() and c.isdigit())
+        raw = request.values.get("runid", "")
+        _check_length("runid", raw, MAX_RUNID_CHARS)
+        runid = "".join(c for c in raw if c.isascii() and c.isdigit())
         if not runid:
             raise RequestError("The field runid is missing or has no digits.")
         return _zip(self.storage.run_logs_zip(uniqueid, dirhash, runid), f"{runid}.zip")
@@ -263,7 +302,10 @@ class MoodleApp:
         with _request_dir() as tmp:
             archive = _upload(request, "importzip", tmp)
             unpacked = os.path.join(tmp, "import")
-            uploads.safe_extract(archive, unpacked, self.config.max_unzipped_bytes)
+            # What a model is made of, and nothing else of the zip, reaches the store.
+            uploads.safe_extract(
+                archive, unpacked, self.config.max_unzipped_bytes, keep=transfer.is_model_file
+            )
             self.storage.update(
                 uniqueid,
                 dirhash,
@@ -281,6 +323,11 @@ class MoodleApp:
 
     def _too_large(self, request: Request) -> str:
         """Which limit the request broke: werkzeug says only "too large"."""
+        if request.mimetype == URLENCODED:
+            return (
+                f"The form is larger than the server accepts in a urlencoded body "
+                f"({MAX_URLENCODED_BYTES >> 10} KiB); Moodle sends a few short fields."
+            )
         if (request.content_length or 0) > self.config.max_upload_bytes:
             return (
                 f"The upload is larger than the server accepts "
@@ -367,16 +414,31 @@ def _running(pid: int) -> bool:
     return True
 
 
-def _id(request: Request, field: str) -> str:
+def _id(request: Request, field: str, required: bool = True) -> str:
+    """An identifier that names a directory (or an S3 key): at most
+    `MAX_ID_CHARS` characters as sent, checked before anything else uses
+    it, then reduced to Moodle's `[A-Za-z0-9_-]`. Optional ones are "" when
+    absent."""
     raw = request.values.get(field)
     if raw is None:
+        if not required:
+            return ""
         raise RequestError(f"The field {field} is missing.")
+    _check_length(field, raw, MAX_ID_CHARS)
     value = store.safe_name(raw)
-    if not value:
+    if not value and required:
         raise RequestError(
             f"The field {field} has no usable characters (letters, digits, '_' and '-')."
         )
     return value
+
+
+def _check_length(field: str, raw: str, limit: int) -> None:
+    if len(raw) > limit:
+        raise RequestError(
+            f"The field {field} has {len(raw)} characters; at most {limit} are accepted "
+            f"(it starts {shown(raw[:QUOTED_CHARS])})."
+        )
 
 
 def _ids(request: Request) -> tuple[str, str]:

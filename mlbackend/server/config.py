@@ -103,6 +103,8 @@ class ServerConfig:
     s3_read_timeout: float = 10.0
     s3_deadline: float = 30.0
     s3_max_waiting: int | None = None  # None: --workers minus 2, at least 1
+    #: Connections open at once; None: sized from the descriptor limit.
+    max_connections: int | None = None
 
     @property
     def storage_kind(self) -> str:
@@ -125,6 +127,8 @@ class ServerConfig:
         for name in ("workers", "max_trainings", "max_upload_mb", "max_unzipped_mb"):
             if getattr(args, name) < 1:
                 raise BackendError(f"--{name.replace('_', '-')} must be at least 1.")
+        if args.max_connections is not None and args.max_connections < 1:
+            raise BackendError("--max-connections must be at least 1.")
         if not 0 <= args.port <= 65535:
             raise BackendError(f"--port {args.port} is not a TCP port.")
         for name in ("s3_connect_timeout", "s3_read_timeout"):
@@ -165,6 +169,7 @@ class ServerConfig:
             s3_read_timeout=args.s3_read_timeout,
             s3_deadline=args.s3_deadline,
             s3_max_waiting=args.s3_max_waiting,
+            max_connections=args.max_connections,
         )
 
 

@@ -11,6 +11,7 @@ and limits what an unauthenticated client can hold.
 from __future__ import annotations
 
 import logging
+import resource
 import signal
 import sys
 import tempfile
@@ -34,8 +35,44 @@ log = logging.getLogger("mlbackend.server")
 BODY_SLACK = 1 << 20
 #: Seconds an idle connection stays open (waitress' default is 120).
 CHANNEL_TIMEOUT = 30
-#: Connections open at once (waitress' default is 100; each costs a socket).
+#: Most connections open at once by default (waitress' default is 100; each
+#: costs a socket, and the main loop's poll() goes over every one of them).
 CONNECTION_LIMIT = 1000
+#: What the connection limit is sized from: the process's descriptor limit,
+#: less what the server keeps for itself (its listening socket, logs, S3
+#: connections, TensorFlow) and for each worker thread (a request's upload,
+#: its spooled copy, the model, the answer), then two per connection (its
+#: socket, and its request body when spooled to a temporary file).
+RESERVED_DESCRIPTORS = 64
+DESCRIPTORS_PER_CONNECTION = 2
+#: Slack of waitress' own connection limit over ours (`gate.Door` keeps
+#: ours; waitress' only backs it up).
+WAITRESS_LIMIT_SLACK = 64
+
+
+def raise_descriptor_limit() -> int:
+    """Raise the soft limit of open files (RLIMIT_NOFILE) to the hard one
+    (systemd's default soft limit is 1,024, its hard one 524,288); returns
+    the soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = 1 << 20  # Linux's fs.nr_open default; infinity is not accepted
+    if soft != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError) as exc:
+            log.warning(
+                "could not raise the limit of open files from %d to %d (%s)", soft, hard, exc
+            )
+    return int(soft)
+
+
+def connection_limit(descriptors: int, workers: int) -> int:
+    """The connections a process allowed `descriptors` open files can hold,
+    at most `CONNECTION_LIMIT`, at least `gate.MIN_CONNECTIONS`."""
+    budget = descriptors - RESERVED_DESCRIPTORS - gate.DESCRIPTORS_PER_WORKER * workers
+    return max(gate.MIN_CONNECTIONS, min(CONNECTION_LIMIT, budget // DESCRIPTORS_PER_CONNECTION))
 
 
 class AccessLog:
@@ -126,18 +163,39 @@ def serve(config: ServerConfig) -> None:
             removed,
             tempfile.gettempdir(),
         )
+    descriptors = raise_descriptor_limit()
+    limit = config.max_connections or connection_limit(descriptors, config.workers)
+    needed = (
+        RESERVED_DESCRIPTORS
+        + gate.DESCRIPTORS_PER_WORKER * config.workers
+        + DESCRIPTORS_PER_CONNECTION * limit
+    )
+    if needed > descriptors:
+        log.warning(
+            "%d connections may need %d file descriptors, more than this process may open "
+            "(%d, RLIMIT_NOFILE); when they run out, the server closes waiting connections "
+            "and lowers its limit",
+            limit,
+            needed,
+            descriptors,
+        )
     options: dict[str, Any] = dict(
         host=config.host,
         port=config.port,
         threads=config.workers,
         ident="mlbackend",
         max_request_body_size=config.max_upload_bytes + BODY_SLACK,
+        max_request_header_size=gate.MAX_HEADER_BYTES,
         # Idle connections go after CHANNEL_TIMEOUT s, checked every few
         # seconds (also for headers overdue, see gate); room for many
-        # clients, each limited to gate.MAX_CONNECTIONS_PER_CLIENT.
+        # clients, each limited to gate.MAX_CONNECTIONS_PER_CLIENT; the
+        # limit itself is the gate's (it makes room for new clients).
         channel_timeout=CHANNEL_TIMEOUT,
         cleanup_interval=5,
-        connection_limit=CONNECTION_LIMIT,
+        connection_limit=limit + WAITRESS_LIMIT_SLACK,
+        # poll(), not select(): select() fails on a descriptor above 1,023,
+        # which a raised descriptor limit allows.
+        asyncore_use_poll=True,
     )
     if config.trusted_proxy:
         options.update(
@@ -151,14 +209,17 @@ def serve(config: ServerConfig) -> None:
         raise BackendError(
             f"Cannot listen on {config.host}:{config.port} ({exc.strerror or exc})."
         ) from None
-    gate.install(server, gate.Gate(users, config.trusted_proxy))
+    door = gate.install(server, gate.Gate(users, config.trusted_proxy), limit)
     signal.signal(signal.SIGTERM, _stop)
     log.info(
-        "mlbackend %s serving Moodle on http://%s:%s/ (%d threads)",
+        "mlbackend %s serving Moodle on http://%s:%s/ (%d threads, at most %d connections, "
+        "%d file descriptors)",
         reported_version(),
         config.host,
         server.effective_port,
         config.workers,
+        door.limit,
+        descriptors,
     )
     try:
         server.run()
@@ -193,6 +254,7 @@ def _configure_logging() -> None:
     waitress_log = logging.getLogger("waitress")
     waitress_log.addHandler(logging.StreamHandler(sys.stderr))
     waitress_log.handlers[-1].setFormatter(formatter)
+    waitress_log.handlers[-1].addFilter(gate.QuietFilter())  # a line per queued request
     waitress_log.setLevel(logging.WARNING)
     waitress_log.propagate = False
 

@@ -349,6 +349,38 @@ def bundle_entry(dtype: int, dims: list[int], offset: int, size: int, shard: int
     )
 
 
+#: The columns (of 4) and layer sizes of `write_legacy3`'s model.
+LEGACY_COLUMNS = [0, 1, 3]
+LEGACY_SIZES = [3, 4, 2]
+
+
+def write_legacy3(directory: Path, seed: int = 0) -> None:
+    """A moodlemlbackend 3.x `classifier/` without TensorFlow, for datasets
+    of 4 features (it uses columns `LEGACY_COLUMNS`): the joblib pickle
+    (tests/helpers/legacy_files.py), and a checkpoint (index and data file)
+    as TensorFlow lays it out."""
+    from helpers.legacy_files import legacy_pickle, tf_state
+
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "classifier.pkl").write_bytes(
+        legacy_pickle(tf_state(len(LEGACY_COLUMNS), LEGACY_COLUMNS, n_hidden_layers=1))
+    )
+    variables = directory / "model.ckpt" / "variables"
+    variables.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    entries = {"": proto_field(1, 1)}  # the header: one data file
+    data = b""
+    for i, (a, b) in enumerate(zip(LEGACY_SIZES, LEGACY_SIZES[1:])):
+        for part, shape in (("kernel", [a, b]), ("bias", [b])):
+            values = rng.normal(size=shape).astype("<f4").tobytes()
+            key = f"layer_with_weights-{i}/{part}/.ATTRIBUTES/VARIABLE_VALUE"
+            entries[key] = bundle_entry(1, shape, len(data), len(values))
+            data += values
+    write_table(variables / "variables.index", entries)
+    (variables / "variables.data-00000-of-00001").write_bytes(data)
+    (directory / "model.ckpt" / "saved_model.pb").write_bytes(b"\x08\x01graph")
+
+
 def write_table(path: Path, entries: dict[str, bytes]) -> None:
     """A LevelDB-style table (a checkpoint's .index) holding `entries`,
     keys sorted, one data block, as TensorFlow lays it out."""

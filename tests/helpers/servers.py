@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -120,8 +121,35 @@ class Server:
         return self.stderr.read_text()
 
 
-def start_server(tmp: Path, env: dict[str, str], *args: str, name: str = "server") -> Server:
-    """Start `mlbackend serve` on a free port with `env` added to the backend's."""
+#: Runs the server with Python's garbage collector off: what a server
+#: releases, it must release without it (cycles would keep it).
+WITHOUT_GC = [
+    "-c",
+    "import gc, sys; gc.disable(); from mlbackend.cli import main_exit; main_exit(sys.argv[1:])",
+]
+
+
+def local_env(tmp: Path) -> dict[str, str]:
+    """A server's environment: the tests' user, models in `tmp/models`."""
+    return {
+        "MOODLE_MLBACKEND_PYTHON_USERS": f"{USER}:{PASSWORD}",
+        "MOODLE_MLBACKEND_PYTHON_DIR": str(tmp / "models"),
+    }
+
+
+def start_server(
+    tmp: Path,
+    env: dict[str, str],
+    *args: str,
+    name: str = "server",
+    launcher: list[str] | None = None,
+    preexec_fn: Callable[[], None] | None = None,
+) -> Server:
+    """Start `mlbackend serve` on a free port with `env` added to the backend's.
+
+    `launcher`: the Python arguments before `serve` (default `-m mlbackend`,
+    see `WITHOUT_GC`); `preexec_fn`: run in the child before it starts (to
+    set resource limits)."""
     tempdir = tmp / f"{name}-tmp"
     tempdir.mkdir(parents=True)
     stdout, stderr = tmp / f"{name}.out", tmp / f"{name}.err"
@@ -131,8 +159,7 @@ def start_server(tmp: Path, env: dict[str, str], *args: str, name: str = "server
         proc = subprocess.Popen(
             [
                 sys.executable,
-                "-m",
-                "mlbackend",
+                *(launcher or ["-m", "mlbackend"]),
                 "serve",
                 "--host",
                 HOST,
@@ -144,6 +171,7 @@ def start_server(tmp: Path, env: dict[str, str], *args: str, name: str = "server
             stderr=err,
             stdin=subprocess.DEVNULL,
             env=full_env,
+            preexec_fn=preexec_fn,
         )
     wait_for_port(port, proc, stdout, stderr)
     storage = env.get("MOODLE_MLBACKEND_PYTHON_DIR")
@@ -268,6 +296,16 @@ def start_s3(tmp: Path, bucket: str) -> S3Endpoint:
     return S3Endpoint(
         url=url, proc=proc, client=client, env=env, bucket=bucket, log=tmp / "moto.log"
     )
+
+
+def eventually(condition: Any, what: str) -> None:
+    """Poll until `condition()` (a server finishes with a hung-up client on its
+    own time); a safety net against a hang, not a measure of time."""
+    for _ in range(1200):
+        if condition():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"never happened: {what}")
 
 
 def wait_for_log(server: Server, text: str, count: int = 1, timeout: float = 600) -> None:
