@@ -200,7 +200,7 @@ def test_the_server_refuses_to_start_with_an_empty_password(tmp_path):
             }
         ),
     )
-    assert p.returncode == 1
+    assert p.returncode == 78  # EX_CONFIG
     assert "nopw" in p.stdout and "is empty" in p.stdout
 
 

@@ -39,7 +39,7 @@ import secrets
 import threading
 from dataclasses import dataclass
 
-from mlbackend.contract import BackendError
+from mlbackend.contract import BackendError, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ HOW_TO_CREATE = (
 )
 
 
-class UsersError(BackendError):
+class UsersError(ConfigError):
     """`MOODLE_MLBACKEND_PYTHON_USERS` is missing or malformed."""
 
 

@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 
 from mlbackend import VERSION_OVERRIDE_ENV
-from mlbackend.contract import BackendError
+from mlbackend.contract import ConfigError
 from mlbackend.server.auth import USERS_ENV
 
 DIR_ENV = "MOODLE_MLBACKEND_PYTHON_DIR"
@@ -72,13 +72,13 @@ class ServerConfig:
         env = os.environ if environ is None else environ
         for name in ("workers", "max_trainings", "max_upload_mb", "max_unzipped_mb"):
             if getattr(args, name) < 1:
-                raise BackendError(f"--{name.replace('_', '-')} must be at least 1.")
+                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1.")
         if not 0 <= args.port <= 65535:
-            raise BackendError(f"--port {args.port} is not a TCP port.")
+            raise ConfigError(f"--port {args.port} is not a TCP port.")
         bucket = env.get(S3_BUCKET_ENV, "").strip() or None
         temp_dir = env.get(TEMPDIR_ENV, "").strip() or None
         if temp_dir and not os.path.isdir(temp_dir):
-            raise BackendError(f"{TEMPDIR_ENV} names {temp_dir}, which is not a directory.")
+            raise ConfigError(f"{TEMPDIR_ENV} names {temp_dir}, which is not a directory.")
         storage_dir = None
         if bucket is None:
             storage_dir = env.get(DIR_ENV, "").strip() or default_storage_dir()
