@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 PIP    := $(BIN)/pip --disable-pip-version-check -q
 
 .PHONY: venv run test lint docs fuzz bench clean dist dist-test dist-chroot-test cpu-test image \
-	image-test
+	image-test packages packages-check service-test
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -90,6 +90,47 @@ image: $(ARCHIVE)
 
 image-test: $(STAMP) image
 	PYTHON=$(BIN)/python bash tests/frozen/image-test.sh localhost/mlbackend:$(VERSION)-$(ARCH)
+
+# The .deb and the .rpm of the archive (packaging/build-packages.sh; needs
+# dpkg-deb and rpmbuild, which it installs from Debian's rpm package), with
+# their .sha256; packages-check checks their metadata, file lists and
+# scripts without installing them (the only check of the aarch64 ones).
+DEB_ARCH := $(if $(filter aarch64,$(ARCH)),arm64,amd64)
+DEB      := dist/mlbackend_$(VERSION)_$(DEB_ARCH).deb
+RPM      := dist/mlbackend-$(VERSION)-1.$(ARCH).rpm
+PACKAGE_INPUTS := packaging/build-packages.sh $(wildcard packaging/deb/* packaging/rpm/*)
+
+$(DEB) $(RPM) &: $(ARCHIVE) $(PACKAGE_INPUTS)
+	bash packaging/build-packages.sh $(ARCHIVE)
+
+packages: $(DEB) $(RPM)
+
+packages-check: $(DEB) $(RPM)
+	bash tests/service/package-check.sh $(ARCHIVE)
+
+# The server mode installed as a sysadmin does, under systemd as PID 1 in
+# podman containers of Debian SERVICE_SUITES, from SERVICE_FORMS: the
+# archive (install.sh --systemd) and the .deb (apt install). An older build
+# (3.0.99, made from the archive by tests/service/old-build.py) is upgraded
+# under the running server and rolled back to. x86_64 only.
+SERVICE_SUITES ?= bullseye bookworm
+SERVICE_FORMS  ?= archive deb
+OLD_VERSION    := 3.0.99
+OLD_ARCHIVE    := build/service/mlbackend-$(OLD_VERSION)-linux-$(ARCH).tar.gz
+OLD_DEB        := build/service/mlbackend_$(OLD_VERSION)_$(DEB_ARCH).deb
+
+$(OLD_ARCHIVE): $(STAMP) $(ARCHIVE) tests/service/old-build.py
+	command -v objcopy >/dev/null || { apt-get update -q && apt-get install -y -q binutils; }
+	$(BIN)/python tests/service/old-build.py --version $(OLD_VERSION) $(ARCHIVE) build/service >/dev/null
+
+$(OLD_DEB): $(OLD_ARCHIVE) $(PACKAGE_INPUTS)
+	PACKAGES=deb bash packaging/build-packages.sh $(OLD_ARCHIVE) >/dev/null
+
+service-test: $(STAMP) $(DEB) $(OLD_DEB)
+	for suite in $(SERVICE_SUITES); do for form in $(SERVICE_FORMS); do \
+		if [ $$form = deb ]; then new=$(DEB) old=$(OLD_DEB); else new=$(ARCHIVE) old=$(OLD_ARCHIVE); fi; \
+		PYTHON=$(BIN)/python bash tests/service/service-test.sh $$suite $$form $$new $$old || exit 1; \
+	done; done
 
 # Hostile input at length: the property-based tests with thousands of fresh
 # examples (make test runs a few, the same every time). Failing examples are

@@ -49,14 +49,19 @@ stage() {
     sed -e "s|/opt/mlbackend/current/mlbackend|/usr/bin/mlbackend|" "$rel/packaging/mlbackend.service" \
         >"$root$unitdir/mlbackend.service"
     gzip -9n <"$rel/mlbackend.1" >"$root/usr/share/man/man1/mlbackend.1.gz"
-    cp "$rel/README" "$root/usr/share/doc/mlbackend/README.md"
+    cp "$rel/README.md" "$root/usr/share/doc/mlbackend/README.md"
     cp -r "$rel/docs" "$root/usr/share/doc/mlbackend/docs"
     install -m 0600 "$rel/packaging/server.env" "$root/etc/mlbackend/server.env"
     chmod 0644 "$root$unitdir/mlbackend.service" "$root/usr/share/man/man1/mlbackend.1.gz"
     find "$root" -exec touch -h -d "@$mtime" {} +
 }
 
+# PACKAGES: which to make (default: both).
+packages=${PACKAGES:-deb rpm}
+made=()
+
 # --- the .deb
+if [[ " $packages " == *" deb "* ]]; then
 deb=$work/deb
 stage "$deb" /lib/systemd/system
 cat >"$deb/usr/share/doc/mlbackend/copyright" <<EOF
@@ -96,8 +101,11 @@ deb_file=$out/mlbackend_${version}_$debarch.deb
 rm -f "$deb_file" "$deb_file.sha256"
 dpkg-deb --root-owner-group -Zgzip -z6 --build "$deb" "$deb_file.tmp" >/dev/null
 mv "$deb_file.tmp" "$deb_file"
+made+=("$deb_file")
+fi
 
 # --- the .rpm
+if [[ " $packages " == *" rpm "* ]]; then
 rpm=$work/rpm
 stage "$rpm/root" /usr/lib/systemd/system
 mkdir -p "$rpm/rpms" "$rpm/tmp"
@@ -154,6 +162,10 @@ rpmbuild --quiet -bb --target "$arch-linux" --define "_topdir $rpm" --define "_r
 rpm_file=$out/mlbackend-$version-1.$arch.rpm
 rm -f "$rpm_file" "$rpm_file.sha256"
 mv "$rpm/rpms/mlbackend-$version-1.$arch.rpm" "$rpm_file"
+made+=("$rpm_file")
+fi
 
-(cd "$out" && for f in "$(basename "$deb_file")" "$(basename "$rpm_file")"; do sha256sum "$f" >"$f.sha256"; done)
-for f in "$deb_file" "$rpm_file"; do echo "$f: $(du -m "$f" | cut -f1) MB"; done
+for f in "${made[@]}"; do
+    (cd "$out" && sha256sum "$(basename "$f")" >"$(basename "$f").sha256")
+    echo "$f: $(du -m "$f" | cut -f1) MB"
+done

@@ -79,8 +79,8 @@ fi
 
 # --- the archive
 : >"$WORK/err"
-check "the archive holds the program, BUILD-INFO, README, LICENSE, the man page, packaging/" \
-    '[ -x "$B" ] && [ -s "$R/README" ] && grep -q "GNU GENERAL PUBLIC LICENSE" "$R/LICENSE" && grep -q "^\.TH MLBACKEND" "$R/mlbackend.1" && [ -x "$R/packaging/install.sh" ] && [ -x "$R/packaging/uninstall.sh" ] && grep -q "^ExecStart=/opt/mlbackend/current/mlbackend serve" "$R/packaging/mlbackend.service" && grep -q "^MOODLE_MLBACKEND_PYTHON_USERS=" "$R/packaging/server.env"'
+check "the archive holds the program, BUILD-INFO, README.md, LICENSE, the man page, packaging/" \
+    '[ -x "$B" ] && [ -s "$R/README.md" ] && [ -s "$R/packaging/BUILD-ROOT.md" ] && grep -q "GNU GENERAL PUBLIC LICENSE" "$R/LICENSE" && grep -q "^\.TH MLBACKEND" "$R/mlbackend.1" && [ -x "$R/packaging/install.sh" ] && [ -x "$R/packaging/uninstall.sh" ] && grep -q "^ExecStart=/opt/mlbackend/current/mlbackend serve" "$R/packaging/mlbackend.service" && grep -q "^MOODLE_MLBACKEND_PYTHON_USERS=" "$R/packaging/server.env"'
 last=$(grep "^glibc: " "$R/BUILD-INFO")
 check "BUILD-INFO names the glibc floor" '[[ $last =~ ^glibc:\ 2\.[0-9]+\ \(needed\ by ]]'
 last=$(cd "$R/_internal" && ls -d keras tensorboard h5py grpc cryptography yaml pytest moto setuptools tensorflow/include 2>/dev/null | tr '\n' ' ')

@@ -159,6 +159,19 @@ in sed -i "s|^MOODLE_MLBACKEND_PYTHON_USERS=.*|MOODLE_MLBACKEND_PYTHON_USERS=$en
 in systemctl restart mlbackend
 waitfor 60 '[ "$(version_answer)" = "$old_version" ]' || true
 check "with a user it starts and answers $old_version" '[ "$(version_answer)" = "$old_version" ] && [ "$(unit ActiveState)" = active ]'
+# systemd may skip its mount protections in a container: say whether they hold.
+pid=$(main_pid)
+if in nsenter -t "$pid" -m touch /usr/.mlbackend-check 2>/dev/null; then
+    in nsenter -t "$pid" -m rm -f /usr/.mlbackend-check
+    note "ProtectSystem=strict is not in force in this container (/usr is writable in the service's namespace)"
+else
+    note "ProtectSystem=strict is in force (/usr is read-only in the service's namespace)"
+fi
+if [ "$(in nsenter -t "$pid" -m stat -c %d:%i /tmp)" = "$(in stat -c %d:%i /tmp)" ]; then
+    note "PrivateTmp= is not in force in this container"
+else
+    note "PrivateTmp= is in force"
+fi
 in python3 /srv/in/rest.py flow http://127.0.0.1:5000 moodle s3cret /srv/in/data/training.csv \
     /srv/in/data/prediction.csv >"$tmp/flow.json" 2>&1 || true
 flow=$("$PYTHON" -c 'import json, sys; r = json.loads(open(sys.argv[1]).read().splitlines()[-1]); print(r["passed"], r["total"])' "$tmp/flow.json" 2>/dev/null) || flow="0 0"
