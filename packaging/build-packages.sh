@@ -49,7 +49,7 @@ stage() {
     sed -e "s|/opt/mlbackend/current/mlbackend|/usr/bin/mlbackend|" "$rel/packaging/mlbackend.service" \
         >"$root$unitdir/mlbackend.service"
     gzip -9n <"$rel/mlbackend.1" >"$root/usr/share/man/man1/mlbackend.1.gz"
-    cp "$rel/README.md" "$root/usr/share/doc/mlbackend/README.md"
+    cp "$rel/README.md" "$rel/LICENSE" "$root/usr/share/doc/mlbackend/"
     cp -r "$rel/docs" "$root/usr/share/doc/mlbackend/docs"
     install -m 0600 "$rel/packaging/server.env" "$root/etc/mlbackend/server.env"
     chmod 0644 "$root$unitdir/mlbackend.service" "$root/usr/share/man/man1/mlbackend.1.gz"

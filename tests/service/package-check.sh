@@ -42,14 +42,16 @@ machine() { od -An -tx1 -j18 -N1 "$1" | tr -d ' '; }
 
 check "checksums of the archive and both packages" \
     '(cd "$out" && sha256sum --check --quiet "$name.tar.gz.sha256" "$(basename "$deb").sha256" "$(basename "$rpm").sha256")'
-tar -tzf "$archive" | sed -n "s|^$name/_internal/|/usr/lib/mlbackend/$version/_internal/|p" | sed 's|/$||' | sort >"$tmp/bundle"
+# bundle: the paths below the bundle's _internal/, where the packages put them.
+bundle() { sed 's|/$||' | grep "^/usr/lib/mlbackend/$version/_internal/" | sort; }
+tar -tzf "$archive" | sed "s|^$name/|/usr/lib/mlbackend/$version/|" | bundle >"$tmp/bundle"
 
 # --- .deb
 dpkg-deb -I "$deb" >"$tmp/deb-info"
 check ".deb: mlbackend $version for $debarch, needing glibc of the floor and nothing else unusual" \
     '[ "$(dpkg-deb -f "$deb" Package Version Architecture | tr "\n" " ")" = "Package: mlbackend Version: $version Architecture: $debarch " ] && [[ $(dpkg-deb -f "$deb" Depends) == "libc6 (>= 2.28), libstdc++6 (>= 7), passwd" ]]'
 dpkg-deb -c "$deb" | awk '{ sub(/^\./, "", $6); print $1, $2, $6, $7, $8 }' >"$tmp/deb-files"
-awk '{ print $3 }' "$tmp/deb-files" | sed 's|/$||' | grep "^/usr/lib/mlbackend/$version/_internal/" | sort >"$tmp/deb-bundle"
+awk '{ print $3 }' "$tmp/deb-files" | bundle >"$tmp/deb-bundle"
 check ".deb: the archive's whole bundle ($(wc -l <"$tmp/bundle") entries) in /usr/lib/mlbackend/$version" \
     'cmp -s "$tmp/bundle" "$tmp/deb-bundle" && grep -q "^-rwxr-xr-x root/root /usr/lib/mlbackend/$version/mlbackend " "$tmp/deb-files"'
 check ".deb: /usr/bin/mlbackend links to it; the unit in /lib/systemd/system; nothing in /etc/systemd" \
@@ -71,9 +73,9 @@ check ".rpm: mlbackend $version-1 for $arch" \
     '[ "$(rpm -qp --qf "%{NAME} %{VERSION} %{RELEASE} %{ARCH}" "$rpm" 2>/dev/null)" = "mlbackend $version 1 $arch" ]'
 check ".rpm: digests (rpm -K)" 'rpm -K --nosignature "$rpm" >/dev/null 2>&1'
 check ".rpm: requires glibc of the floor, libstdc++, shadow-utils, systemd; no automatic requirement on bundled libraries" \
-    '[ "$(rpm -qp --requires "$rpm" 2>/dev/null | grep -v "^rpmlib(" | tr "\n" " ")" = "glibc >= 2.28 libstdc++ >= 7 shadow-utils shadow-utils systemd " ]'
+    '[ "$(rpm -qp --requires "$rpm" 2>/dev/null | grep -v -e "^rpmlib(" -e "^/bin/sh$" | sort -u | tr "\n" " ")" = "glibc >= 2.28 libstdc++ >= 7 shadow-utils systemd " ]'
 rpm -qp --qf '[%{FILEMODES:perms} %{FILEUSERNAME}/%{FILEGROUPNAME} %{FILENAMES}\n]' "$rpm" 2>/dev/null >"$tmp/rpm-files"
-grep -o " /usr/lib/mlbackend/$version/_internal/.*" "$tmp/rpm-files" | sed 's/^ //' | sort >"$tmp/rpm-bundle"
+awk '{ print $3 }' "$tmp/rpm-files" | bundle >"$tmp/rpm-bundle"
 check ".rpm: the archive's whole bundle in /usr/lib/mlbackend/$version (rpm -qlp)" \
     'cmp -s "$tmp/bundle" "$tmp/rpm-bundle" && grep -q "^-rwxr-xr-x root/root /usr/lib/mlbackend/$version/mlbackend$" "$tmp/rpm-files"'
 check ".rpm: the unit in /usr/lib/systemd/system, /usr/bin/mlbackend, server.env 0600 and %config(noreplace)" \
