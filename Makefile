@@ -110,7 +110,8 @@ packages-check: $(DEB) $(RPM)
 
 # The server mode installed as a sysadmin does, under systemd as PID 1 in
 # podman containers of Debian SERVICE_SUITES, from SERVICE_FORMS: the
-# archive (install.sh --systemd) and the .deb (apt install). An older build
+# archive (install.sh --systemd), the .deb (apt install) and the .rpm (its
+# scriptlets, run by Debian's rpm: SERVICE_FORMS=rpm). An older build
 # (3.0.99, made from the archive by tests/service/old-build.py) is upgraded
 # under the running server and rolled back to. x86_64 only.
 SERVICE_SUITES ?= bullseye bookworm
@@ -118,17 +119,19 @@ SERVICE_FORMS  ?= archive deb
 OLD_VERSION    := 3.0.99
 OLD_ARCHIVE    := build/service/mlbackend-$(OLD_VERSION)-linux-$(ARCH).tar.gz
 OLD_DEB        := build/service/mlbackend_$(OLD_VERSION)_$(DEB_ARCH).deb
+OLD_RPM        := build/service/mlbackend-$(OLD_VERSION)-1.$(ARCH).rpm
 
 $(OLD_ARCHIVE): $(STAMP) $(ARCHIVE) tests/service/old-build.py
 	command -v objcopy >/dev/null || { apt-get update -q && apt-get install -y -q binutils; }
 	$(BIN)/python tests/service/old-build.py --version $(OLD_VERSION) $(ARCHIVE) build/service >/dev/null
 
-$(OLD_DEB): $(OLD_ARCHIVE) $(PACKAGE_INPUTS)
-	PACKAGES=deb bash packaging/build-packages.sh $(OLD_ARCHIVE) >/dev/null
+$(OLD_DEB) $(OLD_RPM) &: $(OLD_ARCHIVE) $(PACKAGE_INPUTS)
+	bash packaging/build-packages.sh $(OLD_ARCHIVE) >/dev/null
 
-service-test: $(STAMP) $(DEB) $(OLD_DEB)
+service-test: $(STAMP) $(DEB) $(RPM) $(OLD_DEB) $(OLD_RPM)
 	for suite in $(SERVICE_SUITES); do for form in $(SERVICE_FORMS); do \
-		if [ $$form = deb ]; then new=$(DEB) old=$(OLD_DEB); else new=$(ARCHIVE) old=$(OLD_ARCHIVE); fi; \
+		case $$form in deb) new=$(DEB) old=$(OLD_DEB) ;; rpm) new=$(RPM) old=$(OLD_RPM) ;; \
+			*) new=$(ARCHIVE) old=$(OLD_ARCHIVE) ;; esac; \
 		PYTHON=$(BIN)/python bash tests/service/service-test.sh $$suite $$form $$new $$old || exit 1; \
 	done; done
 

@@ -6,7 +6,11 @@
 #
 #   tests/service/service-test.sh SUITE archive NEW.tar.gz OLD.tar.gz
 #   tests/service/service-test.sh SUITE deb NEW.deb OLD.deb
+#   tests/service/service-test.sh SUITE rpm NEW.rpm OLD.rpm
 #
+# The rpm form runs the .rpm's scriptlets with Debian's rpm (rpm -i
+# --nodeps: no RHEL here), and only what differs from the others: install,
+# upgrade (its %postun restarts the server), rollback, erase.
 # OLD is an older build (tests/service/old-build.py: the same program made
 # to be 3.0.99). The checks, in order: install OLD; a configuration error
 # (no user) leaves the unit failed with status 78 and the sentence in the
@@ -57,8 +61,8 @@ mkdir -p "$tmp/in"
 cp "$new" "$old" "$REST" "$tmp/in/"
 case $form in
     archive) for f in "$new" "$old"; do cp "$f.sha256" "$tmp/in/"; done ;;
-    deb) ;;
-    *) echo "service-test.sh: FORM is archive or deb" >&2; exit 1 ;;
+    deb|rpm) ;;
+    *) echo "service-test.sh: FORM is archive, deb or rpm" >&2; exit 1 ;;
 esac
 new_file=/srv/in/$(basename "$new") old_file=/srv/in/$(basename "$old")
 "$PYTHON" tests/frozen/make_data.py "$tmp/in/data" >/dev/null
@@ -83,6 +87,8 @@ case $form in
     archive) new_version=$(cut -d- -f2 <<<"$(basename "$new")") old_version=$(cut -d- -f2 <<<"$(basename "$old")")
              versions=/opt/mlbackend ;;
     deb) new_version=$(dpkg-deb -f "$new" Version) old_version=$(dpkg-deb -f "$old" Version)
+         versions=/usr/lib/mlbackend ;;
+    rpm) new_version=$(rpm -qp --qf '%{VERSION}' "$new" 2>/dev/null) old_version=$(rpm -qp --qf '%{VERSION}' "$old" 2>/dev/null)
          versions=/usr/lib/mlbackend ;;
 esac
 
@@ -139,6 +145,15 @@ case $form in
             'in id mlbackend >/dev/null && [ "$(in stat -c "%U %a" /var/lib/mlbackend)" = "mlbackend 750" ] && [ "$(in stat -c %a /etc/mlbackend/server.env)" = 600 ] && in grep -qx /etc/mlbackend/server.env /var/lib/dpkg/info/mlbackend.conffiles'
         check "man mlbackend is indexed (apropos finds it)" 'in apropos mlbackend 2>/dev/null | grep -q "^mlbackend"'
         run_out in systemctl start mlbackend
+        ;;
+    rpm)
+        rc=0
+        run_out in rpm -i --nodeps "$old_file" || rc=$?
+        check "rpm -i $(basename "$old"): the scriptlets ran" '[ $rc = 0 ] && [ "$(in mlbackend version)" = "$old_version" ] && grep -q "needs a user" "$tmp/out"'
+        check "%pre made the system user, %post /var/lib/mlbackend (0750); server.env 0600" \
+            'in id mlbackend >/dev/null && [ "$(in stat -c "%U %a" /var/lib/mlbackend)" = "mlbackend 750" ] && [ "$(in stat -c %a /etc/mlbackend/server.env)" = 600 ]'
+        note "after %post's preset the unit is $(in systemctl is-enabled mlbackend) (Debian's preset; RHEL's disables)"
+        run_out in systemctl enable --now mlbackend
         ;;
 esac
 
@@ -211,14 +226,22 @@ case $form in
         check "apt install ./$(basename "$new") (restart deferred by policy-rc.d): $new_version installed, $old_version's directory gone" \
             '[ $rc = 0 ] && [ "$(in mlbackend version)" = "$new_version" ] && [ "$(main_pid)" = "$pid" ] && ! in test -e $versions/$old_version/mlbackend'
         ;;
+    rpm)
+        run_out in rpm -U --nodeps "$new_file" || rc=$?
+        waitfor 60 '[ "$(version_answer)" = "$new_version" ]' || true
+        check "rpm -U $(basename "$new"): %postun restarted the running server into $new_version" \
+            '[ $rc = 0 ] && [ "$(main_pid)" != "$pid" ] && [ "$(version_answer)" = "$new_version" ] && ! in test -e $versions/$old_version'
+        ;;
 esac
-check "the running server still answers $old_version" '[ "$(version_answer)" = "$old_version" ]'
+[ "$form" = rpm ] || check "the running server still answers $old_version" '[ "$(version_answer)" = "$old_version" ]'
 if [ "$form" = archive ]; then
     # It trains now: TensorFlow's libraries load, from its own version's directory.
     check "the running server ($old_version) trains after the upgrade" '[ "$(moodle training m2 /srv/in/data/training.csv)" = 0 ]'
 fi
-note "the running $old_version server maps $(maps "$pid" | wc -l) files of $versions"
-check "the running server maps only files of $versions/$old_version" 'only_own_version "$pid" "$old_version"'
+if [ "$form" != rpm ]; then
+    note "the running $old_version server maps $(maps "$pid" | wc -l) files of $versions"
+    check "the running server maps only files of $versions/$old_version" 'only_own_version "$pid" "$old_version"'
+fi
 in systemctl restart mlbackend
 waitfor 60 '[ "$(version_answer)" = "$new_version" ]' || true
 check "after systemctl restart: $new_version answers" '[ "$(version_answer)" = "$new_version" ]'
@@ -226,6 +249,9 @@ check "the model trained by $old_version predicts with $new_version (models kept
 check "a training with $new_version" '[ "$(moodle training m3 /srv/in/data/training.csv)" = 0 ]'
 check "the new server maps only files of $versions/$new_version" 'only_own_version "$(main_pid)" "$new_version"'
 
+# The unit's behaviour, the same from the archive, the .deb and the .rpm:
+# checked with the first two.
+if [ "$form" != rpm ]; then
 # --- a drop-in, then NEW installed again during a training: nothing restarts
 in mkdir -p /etc/systemd/system/mlbackend.service.d
 in bash -c 'printf "[Service]\nEnvironment=MLBACKEND_CHECK_DROPIN=kept\n" >/etc/systemd/system/mlbackend.service.d/check.conf'
@@ -264,12 +290,14 @@ check "the interrupted training left no model behind" '[ -z "$(in find /var/lib/
 podman restart --time 30 "$container" >/dev/null
 waitfor 90 '[ "$(version_answer)" = "$new_version" ]' || true
 check "after a reboot of the container the service runs (enabled)" '[ "$(version_answer)" = "$new_version" ] && [ "$(unit ActiveState)" = active ]'
+fi
 
 # --- rollback
 rc=0
 case $form in
     archive) run_out in /opt/mlbackend/current/packaging/install.sh --rollback --restart || rc=$? ;;
     deb) run_out in env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --allow-downgrades "$old_file" || rc=$? ;;
+    rpm) run_out in rpm -U --oldpackage --nodeps "$old_file" || rc=$? ;;
 esac
 waitfor 60 '[ "$(version_answer)" = "$old_version" ]' || true
 check "rollback to $old_version: it runs after the restart" '[ $rc = 0 ] && [ "$(version_answer)" = "$old_version" ] && [ "$(in mlbackend version)" = "$old_version" ]'
@@ -281,9 +309,19 @@ rc=0
 case $form in
     archive) run_out in /opt/mlbackend/current/packaging/uninstall.sh || rc=$? ;;
     deb) run_out in env DEBIAN_FRONTEND=noninteractive apt-get remove -y -q mlbackend || rc=$? ;;
+    rpm) run_out in rpm -e mlbackend || rc=$? ;;
 esac
+settings=/etc/mlbackend/server.env
+[ "$form" != rpm ] || settings=$settings.rpmsave   # a changed %config(noreplace) file
 check "removing it stops the service and keeps the settings and the models" \
-    '[ $rc = 0 ] && [ "$(unit ActiveState)" = inactive ] && ! in test -e /usr/bin/mlbackend && ! in test -e /usr/local/bin/mlbackend && in test -f /etc/mlbackend/server.env && [ -n "$(in find /var/lib/mlbackend/models -name model.npz)" ]'
+    '[ $rc = 0 ] && [ "$(unit ActiveState)" = inactive ] && ! in test -e /usr/bin/mlbackend && ! in test -e /usr/local/bin/mlbackend && in test -f $settings && [ -n "$(in find /var/lib/mlbackend/models -name model.npz)" ]'
+if [ "$form" = rpm ]; then
+    check "rpm -e: the service disabled, the changed server.env kept as server.env.rpmsave" \
+        '! in systemctl -q is-enabled mlbackend 2>/dev/null && in test -f /etc/mlbackend/server.env.rpmsave && ! in test -e $versions'
+    echo "service ($suite, $form): $passed passed, $failed failed in $(($(date +%s) - started)) s"
+    [ "$failed" = 0 ]
+    exit
+fi
 check "the sysadmin's drop-in is left" 'in test -f /etc/systemd/system/mlbackend.service.d/check.conf'
 rc=0
 case $form in

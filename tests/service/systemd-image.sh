@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The container image the service checks boot (tests/service/service-test.sh):
 # Debian SUITE with systemd as PID 1, made from the minimal root of the
-# frozen checks (tests/frozen/test-root.sh) plus systemd, dbus, man-db, and
+# frozen checks (tests/frozen/test-root.sh) plus systemd, dbus, man-db,
 # python3 with requests for Moodle's client simulator (rest.py is Moodle's
-# client, not our program, which never sees that Python). Prints its tag.
+# client, not our program, which never sees that Python), and rpm, to run
+# the .rpm's scriptlets. Prints its tag.
 #
 #   tests/service/systemd-image.sh SUITE
 #
@@ -35,7 +36,7 @@ if [ ! -s "$tar" ]; then
     if ! chroot "$root" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin DEBIAN_FRONTEND=noninteractive sh -euc '
             apt-get update -q
             apt-get install -y -q --no-install-recommends systemd systemd-sysv dbus man-db \
-                python3 python3-requests procps
+                python3 python3-requests procps rpm
             # The web server'"'"'s user exists (www-data, base-passwd); nothing to log in to.
             systemctl mask getty@tty1.service console-getty.service systemd-logind.service \
                 systemd-timesyncd.service apt-daily.timer apt-daily-upgrade.timer
