@@ -28,15 +28,8 @@ deb=$out/mlbackend_${version}_$debarch.deb
 rpm=$out/mlbackend-$version-1.$arch.rpm
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-passed=0
-failed=0
-check() {
-    if eval "$2"; then
-        passed=$((passed + 1)); echo "ok - $1"
-    else
-        failed=$((failed + 1)); echo "FAILED - $1"; echo "    condition: $2"
-    fi
-}
+# shellcheck source=tests/frozen/check-lib.sh
+source tests/frozen/check-lib.sh
 # machine FILE: the e_machine byte of an ELF file, in hex.
 machine() { od -An -tx1 -j18 -N1 "$1" | tr -d ' '; }
 

@@ -43,16 +43,9 @@ cleanup() {
     rm -rf "$tmp"
 }
 trap cleanup EXIT
-passed=0
-failed=0
-check() {
-    if eval "$2"; then
-        passed=$((passed + 1)); echo "ok - $1"
-    else
-        failed=$((failed + 1)); echo "FAILED - $1"; echo "    condition: $2"
-        [ ! -s "$tmp/out" ] || sed 's/^/    output: /' "$tmp/out" | tail -n 15
-    fi
-}
+# shellcheck source=tests/frozen/check-lib.sh
+source tests/frozen/check-lib.sh
+check_detail() { [ ! -s "$tmp/out" ] || sed 's/^/    output: /' "$tmp/out" | tail -n 15; }
 note() { echo "# $*"; }
 
 # What goes into the container (read-only, /srv/in): the two versions,
