@@ -112,7 +112,7 @@ def main() -> None:
         exe = os.path.join(rel, "mlbackend")
         section = os.path.join(tmp, "pydata")
         objcopy = shutil.which("objcopy") or sys.exit("old-build.py: needs objcopy (binutils)")
-        subprocess.run([objcopy, "-O", "binary", "--only-section=pydata", exe, section], check=True)
+        subprocess.run([objcopy, "--dump-section", f"pydata={section}", exe], check=True)
         with open(section, "rb") as f:
             pkg = f.read()
         with open(section, "wb") as f:

@@ -167,6 +167,7 @@ in sed -i "s|^MOODLE_MLBACKEND_PYTHON_USERS=.*|MOODLE_MLBACKEND_PYTHON_USERS=$en
 in systemctl restart mlbackend
 waitfor 60 '[ "$(version_answer)" = "$old_version" ]' || true
 check "with a user it starts and answers $old_version" '[ "$(version_answer)" = "$old_version" ] && [ "$(unit ActiveState)" = active ]'
+note "systemd-analyze security: $(in systemd-analyze security mlbackend.service 2>/dev/null | tail -n 1 | sed 's/^→ //')"
 # systemd may skip its mount protections in a container: say whether they hold.
 pid=$(main_pid)
 if in nsenter -t "$pid" -m touch /usr/.mlbackend-check 2>/dev/null; then
