@@ -283,6 +283,9 @@ script install.sh "${install_options[@]}"
 check "install.sh refuses to replace another version" '[ $rc != 0 ] && [[ $last == *"--force"* ]] && [ "$(installed_version)" = 0.0.1 ]'
 script install.sh "${install_options[@]}" --force
 check "install.sh --force replaces it" '[ $rc = 0 ] && [ "$(installed_version)" = "$VERSION" ]'
+script install.sh --rollback --prefix "$prefix"
+check "install.sh --rollback refuses when there is no previous version" \
+    '[ $rc != 0 ] && [[ $last == *"no previous version"* ]] && [ "$(installed_version)" = "$VERSION" ]'
 script uninstall.sh "${uninstall_options[@]}"
 check "uninstall.sh removes the program, the link and the man page" \
     '[ $rc = 0 ] && [ ! -e "$prefix" ] && [ ! -L "$bindir/mlbackend" ] && [ ! -e "$mandir/man1/mlbackend.1" ]'
