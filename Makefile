@@ -49,7 +49,8 @@ VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' mlbackend/__init__.py
 ARCH    ?= $(shell uname -m)
 ARCHIVE := dist/mlbackend-$(VERSION)-linux-$(ARCH).tar.gz
 DIST_INPUTS := mlbackend.spec README.md $(wildcard docs/*.md) LICENSE requirements.txt requirements-dev.txt \
-	$(shell find mlbackend packaging -type f ! -name '*.pyc')
+	$(shell find mlbackend packaging -type f ! -name '*.pyc' ! -path 'packaging/deb/*' \
+		! -path 'packaging/rpm/*' ! -name build-packages.sh)   # the packages' own files: not in it
 
 $(ARCHIVE): $(STAMP) $(DIST_INPUTS)
 	ARCH=$(ARCH) HOST_PIP=$(BIN)/pip bash packaging/build-dist.sh
