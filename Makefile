@@ -126,10 +126,14 @@ $(OLD_ARCHIVE): $(STAMP) $(ARCHIVE) tests/service/old-build.py
 	command -v objcopy >/dev/null || { apt-get update -q && apt-get install -y -q binutils; }
 	$(BIN)/python tests/service/old-build.py --version $(OLD_VERSION) $(ARCHIVE) build/service >/dev/null
 
-$(OLD_DEB) $(OLD_RPM) &: $(OLD_ARCHIVE) $(PACKAGE_INPUTS)
-	bash packaging/build-packages.sh $(OLD_ARCHIVE) >/dev/null
+$(OLD_DEB): $(OLD_ARCHIVE) $(PACKAGE_INPUTS)
+	PACKAGES=deb GZIP_LEVEL=1 bash packaging/build-packages.sh $(OLD_ARCHIVE) >/dev/null
 
-service-test: $(STAMP) $(DEB) $(RPM) $(OLD_DEB) $(OLD_RPM)
+$(OLD_RPM): $(OLD_ARCHIVE) $(PACKAGE_INPUTS)
+	PACKAGES=rpm GZIP_LEVEL=1 bash packaging/build-packages.sh $(OLD_ARCHIVE) >/dev/null
+
+service-test: $(STAMP) $(OLD_ARCHIVE) $(if $(filter deb,$(SERVICE_FORMS)),$(DEB) $(OLD_DEB)) \
+		$(if $(filter rpm,$(SERVICE_FORMS)),$(RPM) $(OLD_RPM))
 	for suite in $(SERVICE_SUITES); do for form in $(SERVICE_FORMS); do \
 		case $$form in deb) new=$(DEB) old=$(OLD_DEB) ;; rpm) new=$(RPM) old=$(OLD_RPM) ;; \
 			*) new=$(ARCHIVE) old=$(OLD_ARCHIVE) ;; esac; \

@@ -56,8 +56,10 @@ stage() {
     find "$root" -exec touch -h -d "@$mtime" {} +
 }
 
-# PACKAGES: which to make (default: both).
+# PACKAGES: which to make (default: both); GZIP_LEVEL: their compression
+# (default 6; the service checks' older build takes 1, for time).
 packages=${PACKAGES:-deb rpm}
+level=${GZIP_LEVEL:-6}
 made=()
 
 # --- the .deb
@@ -99,7 +101,7 @@ Description: machine-learning backend of Moodle Learning Analytics
 EOF
 deb_file=$out/mlbackend_${version}_$debarch.deb
 rm -f "$deb_file" "$deb_file.sha256"
-dpkg-deb --root-owner-group -Zgzip -z6 --build "$deb" "$deb_file.tmp" >/dev/null
+dpkg-deb --root-owner-group -Zgzip "-z$level" --build "$deb" "$deb_file.tmp" >/dev/null
 mv "$deb_file.tmp" "$deb_file"
 made+=("$deb_file")
 fi
@@ -126,7 +128,7 @@ Requires(pre): shadow-utils
 %global debug_package %{nil}
 %global __os_install_post %{nil}
 %global _build_id_links none
-%global _binary_payload w6.gzdio
+%global _binary_payload w$level.gzdio
 
 %description
 Moodle's Learning Analytics sends CSV datasets to this backend, which

@@ -84,6 +84,7 @@ service_version() {
     pid=$(systemctl show --property MainPID --value mlbackend.service 2>/dev/null) || pid=0
     [ "${pid:-0}" != 0 ] || return 0
     exe=$(readlink "/proc/$pid/exe" 2>/dev/null) || return 0
+    case $exe in *" (deleted)") return 0 ;; esac
     info version "$(dirname "$exe")/BUILD-INFO"
 }
 # After the switch: restart a running service (--restart), or say what it runs.
@@ -169,29 +170,38 @@ if [ $flat = yes ]; then
     ln -s "$installed/_internal" "$prefix/_internal"
 fi
 
+# The same build again: nothing to copy (a running server reads its files
+# by name, also while one copy replaces another). --force copies it anyway.
+same=no
+if [ "$installed" = "$version" ] && [ $force = no ] && cmp -s "$here/BUILD-INFO" "$prefix/$version/BUILD-INFO"; then
+    same=yes
+fi
+
 # Copy next to the target, check that the copy runs here, then rename it into
 # place: a Moodle call never sees a half-copied program.
 mkdir -p "$prefix"
-new="$prefix/.new-$version.$$"
-trap 'rm -rf "$new"' EXIT
-cp -R "$here" "$new"
-chmod -R u+rwX,go+rX,go-w "$new"   # Moodle runs it as the web server's user
-built_for=$(info platform "$here/BUILD-INFO" | sed 's/^linux-//')
-machine=$(uname -m)
-answer=$(MLBACKEND_REPORTED_VERSION='' "$new/mlbackend" version 2>&1) || {
-    [ -z "$built_for" ] || [ "$built_for" = "$machine" ] ||
-        die "this archive is for $built_for machines, and this one is $machine: take mlbackend-$version-linux-$machine.tar.gz"
-    die "the program does not run on this system: $answer"
-}
-[ "$answer" = "$version" ] || die "the program answers '$answer' instead of $version"
-if [ -e "$prefix/$version" ]; then
-    # The same version again (a repair): a process running the old copy keeps
-    # the files it has open; whatever it loads later is the same version.
-    mv "$prefix/$version" "$prefix/.old-$version.$$"
-    mv "$new" "$prefix/$version"
-    rm -rf "$prefix/.old-$version.$$"
-else
-    mv "$new" "$prefix/$version"
+if [ $same = no ]; then
+    new="$prefix/.new-$version.$$"
+    trap 'rm -rf "$new"' EXIT
+    cp -R "$here" "$new"
+    chmod -R u+rwX,go+rX,go-w "$new"   # Moodle runs it as the web server's user
+    built_for=$(info platform "$here/BUILD-INFO" | sed 's/^linux-//')
+    machine=$(uname -m)
+    answer=$(MLBACKEND_REPORTED_VERSION='' "$new/mlbackend" version 2>&1) || {
+        [ -z "$built_for" ] || [ "$built_for" = "$machine" ] ||
+            die "this archive is for $built_for machines, and this one is $machine: take mlbackend-$version-linux-$machine.tar.gz"
+        die "the program does not run on this system: $answer"
+    }
+    [ "$answer" = "$version" ] || die "the program answers '$answer' instead of $version"
+    if [ -e "$prefix/$version" ]; then
+        # The same version again, with --force or another build: a repair. A
+        # server running the old copy may miss a file for a moment; restart it.
+        mv "$prefix/$version" "$prefix/.old-$version.$$"
+        mv "$new" "$prefix/$version"
+        rm -rf "$prefix/.old-$version.$$"
+    else
+        mv "$new" "$prefix/$version"
+    fi
 fi
 trap - EXIT
 was=$(readlink "$prefix/current" 2>/dev/null) || was=
@@ -230,7 +240,9 @@ if [ "$mandir" = /usr/local/share/man ] && command -v mandb >/dev/null 2>&1; the
     mandb -q >/dev/null 2>&1 || true
 fi
 
-if [ "$installed" = "$version" ]; then
+if [ $same = yes ]; then
+    echo "mlbackend $version is installed in $prefix/$version already (the same build): nothing copied."
+elif [ "$installed" = "$version" ]; then
     echo "mlbackend $version was already installed in $prefix/$version; copied again."
 else
     echo "mlbackend $version is installed in $prefix/$version ($prefix/current); $link runs it; see man mlbackend."
