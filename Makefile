@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 PIP    := $(BIN)/pip --disable-pip-version-check -q
 
 .PHONY: venv run test lint docs fuzz bench clean dist dist-test dist-chroot-test cpu-test image \
-	image-test
+	image-test packages packages-check service-test
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -49,7 +49,8 @@ VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' mlbackend/__init__.py
 ARCH    ?= $(shell uname -m)
 ARCHIVE := dist/mlbackend-$(VERSION)-linux-$(ARCH).tar.gz
 DIST_INPUTS := mlbackend.spec README.md $(wildcard docs/*.md) LICENSE requirements.txt requirements-dev.txt \
-	$(shell find mlbackend packaging -type f ! -name '*.pyc')
+	$(shell find mlbackend packaging -type f ! -name '*.pyc' ! -path 'packaging/deb/*' \
+		! -path 'packaging/rpm/*' ! -name build-packages.sh)   # the packages' own files: not in it
 
 $(ARCHIVE): $(STAMP) $(DIST_INPUTS)
 	ARCH=$(ARCH) HOST_PIP=$(BIN)/pip bash packaging/build-dist.sh
@@ -90,6 +91,54 @@ image: $(ARCHIVE)
 
 image-test: $(STAMP) image
 	PYTHON=$(BIN)/python bash tests/frozen/image-test.sh localhost/mlbackend:$(VERSION)-$(ARCH)
+
+# The .deb and the .rpm of the archive (packaging/build-packages.sh; needs
+# dpkg-deb and rpmbuild, which it installs from Debian's rpm package), with
+# their .sha256; packages-check checks their metadata, file lists and
+# scripts without installing them (the only check of the aarch64 ones).
+DEB_ARCH := $(if $(filter aarch64,$(ARCH)),arm64,amd64)
+DEB      := dist/mlbackend_$(VERSION)_$(DEB_ARCH).deb
+RPM      := dist/mlbackend-$(VERSION)-1.$(ARCH).rpm
+PACKAGE_INPUTS := packaging/build-packages.sh $(wildcard packaging/deb/* packaging/rpm/*)
+
+$(DEB) $(RPM) &: $(ARCHIVE) $(PACKAGE_INPUTS)
+	bash packaging/build-packages.sh $(ARCHIVE)
+
+packages: $(DEB) $(RPM)
+
+packages-check: $(DEB) $(RPM)
+	bash tests/service/package-check.sh $(ARCHIVE)
+
+# The server mode installed as a sysadmin does, under systemd as PID 1 in
+# podman containers of Debian SERVICE_SUITES, from SERVICE_FORMS: the
+# archive (install.sh --systemd), the .deb (apt install) and the .rpm (its
+# scriptlets, run by Debian's rpm: SERVICE_FORMS=rpm). An older build
+# (3.0.99, made from the archive by tests/service/old-build.py) is upgraded
+# under the running server and rolled back to. x86_64 only.
+SERVICE_SUITES ?= bullseye bookworm
+SERVICE_FORMS  ?= archive deb
+OLD_VERSION    := 3.0.99
+OLD_ARCHIVE    := build/service/mlbackend-$(OLD_VERSION)-linux-$(ARCH).tar.gz
+OLD_DEB        := build/service/mlbackend_$(OLD_VERSION)_$(DEB_ARCH).deb
+OLD_RPM        := build/service/mlbackend-$(OLD_VERSION)-1.$(ARCH).rpm
+
+$(OLD_ARCHIVE): $(STAMP) $(ARCHIVE) tests/service/old-build.py
+	command -v objcopy >/dev/null || { apt-get update -q && apt-get install -y -q binutils; }
+	$(BIN)/python tests/service/old-build.py --version $(OLD_VERSION) $(ARCHIVE) build/service >/dev/null
+
+$(OLD_DEB): $(OLD_ARCHIVE) $(PACKAGE_INPUTS)
+	PACKAGES=deb GZIP_LEVEL=1 bash packaging/build-packages.sh $(OLD_ARCHIVE) >/dev/null
+
+$(OLD_RPM): $(OLD_ARCHIVE) $(PACKAGE_INPUTS)
+	PACKAGES=rpm GZIP_LEVEL=1 bash packaging/build-packages.sh $(OLD_ARCHIVE) >/dev/null
+
+service-test: $(STAMP) $(OLD_ARCHIVE) $(if $(filter deb,$(SERVICE_FORMS)),$(DEB) $(OLD_DEB)) \
+		$(if $(filter rpm,$(SERVICE_FORMS)),$(RPM) $(OLD_RPM))
+	for suite in $(SERVICE_SUITES); do for form in $(SERVICE_FORMS); do \
+		case $$form in deb) new=$(DEB) old=$(OLD_DEB) ;; rpm) new=$(RPM) old=$(OLD_RPM) ;; \
+			*) new=$(ARCHIVE) old=$(OLD_ARCHIVE) ;; esac; \
+		PYTHON=$(BIN)/python bash tests/service/service-test.sh $$suite $$form $$new $$old || exit 1; \
+	done; done
 
 # Hostile input at length: the property-based tests with thousands of fresh
 # examples (make test runs a few, the same every time). Failing examples are

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from mlbackend import VERSION_OVERRIDE_ENV, reported_version
-from mlbackend.contract import GENERAL_ERROR, BackendError, to_json_line
+from mlbackend.contract import CONFIG_ERROR, GENERAL_ERROR, BackendError, to_json_line
 from mlbackend.summary import format_answer
 
 log = logging.getLogger("mlbackend")
@@ -446,6 +446,8 @@ def main(argv: list[str] | None = None) -> int:
             _emit(result)
         return 0
     except BackendError as exc:
+        if isinstance(exc, UsageError) and argv[:1] == ["serve"]:
+            exc.status = CONFIG_ERROR  # serve's options come from the service's settings
         _emit(format_answer(None, exc.answer(), as_json="--json" in argv or not _at_terminal()))
         return exc.status
     except KeyboardInterrupt:
@@ -529,6 +531,12 @@ def _passwd(args: argparse.Namespace) -> str:
 
     for user in args.users:
         auth.check_user_name(user)
+    if not (args.stdin or args.generate or (sys.stdin and sys.stdin.isatty())):
+        raise UsageError(
+            "There is no terminal to ask for the password on (ssh or podman exec without -t?): "
+            "give the password on standard input with --stdin, one line per user, "
+            "or make one up with --generate."
+        )
     lines = sys.stdin.read().splitlines() if args.stdin else []
     if args.stdin and len(lines) < len(args.users):
         raise UsageError(

@@ -14,6 +14,10 @@ GENERAL_ERROR = 1
 NO_DATASET = 2
 LOW_SCORE = 4
 NOT_ENOUGH_DATA = 8
+#: Exit status of `mlbackend serve` when its configuration is wrong (EX_CONFIG
+#: of sysexits.h), so that systemd does not restart it for ever
+#: (RestartPreventExitStatus=). Moodle never runs `serve`, so never sees it.
+CONFIG_ERROR = 78
 
 #: The evaluation answer's figures (floats; `auc` ones for binary targets only).
 EVALUATION_FIGURES = (
@@ -69,6 +73,14 @@ class NotTrainedError(BackendError):
 
     def __init__(self, message: str = NOT_TRAINED_MESSAGE, status: int = NO_DATASET) -> None:
         super().__init__(message, status=status)
+
+
+class ConfigError(BackendError):
+    """The server's configuration is wrong (users, options, storage directory):
+    starting it again as it is would fail the same way."""
+
+    def __init__(self, message: str, **extra: Any) -> None:
+        super().__init__(message, status=CONFIG_ERROR, **extra)
 
 
 class WriteError(BackendError):

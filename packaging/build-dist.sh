@@ -9,8 +9,9 @@
 #   BUILD-INFO              version, commit, Python/TensorFlow, glibc floor,
 #                           GLIBCXX and CXXABI of the host's libstdc++
 #   mlbackend.1             the man page, made from the argparse parser
-#   README, LICENSE, docs/
-#   packaging/              install.sh, uninstall.sh, mlbackend.service, server.env
+#   README.md, LICENSE, docs/
+#   packaging/              install.sh, uninstall.sh, mlbackend.service, server.env,
+#                           BUILD-ROOT.md (which docs/release.md links to)
 #
 # The build fails when any ELF file of the bundle needs a glibc newer than
 # GLIBC_FLOOR, the oldest the release promises (RHEL 8).
@@ -60,12 +61,12 @@ bash packaging/build-root.sh bash -euc "
     /opt/venv/bin/python packaging/buildinfo.py --max-glibc $GLIBC_FLOOR --commit '$commit' \
         $work/stage/$name '$version'"
 stage=$root$work/stage/$name
-cp README.md "$stage/README"
+cp README.md "$stage/README.md"
 cp -r docs "$stage/docs"
 cp LICENSE "$stage/LICENSE"
 mkdir "$stage/packaging"
 cp packaging/install.sh packaging/uninstall.sh packaging/mlbackend.service \
-    packaging/server.env "$stage/packaging/"
+    packaging/server.env packaging/BUILD-ROOT.md "$stage/packaging/"
 
 # The bundle must at least start here; `make dist-test` checks the rest.
 # Another machine's bundle runs under qemu-user (binfmt_misc, set up by

@@ -344,3 +344,60 @@ def test_evaluation_summary_and_errors_read_as_text():
         == "Mlbackend: error (status 1)\n  Bad file."
     )
     assert json.loads(format_answer("evaluation", answer, as_json=True)) == answer
+
+
+@pytest.mark.parametrize(
+    "argv,env,message",
+    [
+        (["--port", "70000"], {}, "is not a TCP port"),
+        (["--workers", "0"], {}, "--workers must be at least 1"),
+        (["--no-such-option"], {}, "Wrong arguments"),
+        ([], {"MOODLE_MLBACKEND_PYTHON_USERS": ""}, "no users"),
+        ([], {"MOODLE_MLBACKEND_PYTHON_USERS": "moodle"}, "is not user:password"),
+        ([], {"MOODLE_MLBACKEND_PYTHON_DIR": "{file}/models"}, "cannot be made"),
+    ],
+)
+def test_serve_configuration_errors_exit_78(run_main, monkeypatch, tmp_path, argv, env, message):
+    """EX_CONFIG, for systemd's RestartPreventExitStatus=: a service whose
+    settings are wrong fails, instead of being restarted for ever; the answer
+    is printed as for any error."""
+    from mlbackend.server import wsgi
+
+    monkeypatch.setattr(wsgi, "_configure_logging", lambda: None)  # global handlers
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("MOODLE_MLBACKEND_PYTHON_USERS", "moodle:pw")
+    monkeypatch.setenv("MOODLE_MLBACKEND_PYTHON_DIR", str(tmp_path / "models"))
+    for name, value in env.items():
+        monkeypatch.setenv(name, value.format(file=tmp_path / "file"))
+    r = run_main("serve", "--port", "0", *argv)
+    assert r.rc == 78, r.stdout
+    assert r.json["status"] == 78 and message in r.json["info"][0], r.json
+
+
+def test_passwd_without_a_terminal_points_to_stdin(run_main, monkeypatch):
+    """ssh or `podman exec` without -t: no traceback, a sentence saying what to do."""
+    import io
+
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+    r = run_main("passwd", "moodle")
+    assert r.rc == 1 and "Unexpected" not in r.stdout and "Traceback" not in r.stderr
+    assert "no terminal" in r.json["info"][0] and "--stdin" in r.json["info"][0]
+    monkeypatch.setattr(sys, "stdin", io.StringIO("s3cret\n"))
+    r = run_main("passwd", "moodle", "--stdin", "--iterations", "10000")
+    assert r.rc == 0 and r.stdout.startswith("moodle:pbkdf2_sha256:10000:")
+
+
+def test_passwd_at_a_terminal_asks_twice(run_main, monkeypatch):
+    import getpass
+    import io
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    asked = []
+    monkeypatch.setattr(sys, "stdin", Terminal(""))
+    monkeypatch.setattr(getpass, "getpass", lambda prompt: asked.append(prompt) or "s3cret")
+    r = run_main("passwd", "moodle", "--iterations", "10000")
+    assert r.rc == 0 and r.stdout.startswith("moodle:pbkdf2_sha256:10000:")
+    assert asked == ["password for moodle: ", "password for moodle again: "]

@@ -202,7 +202,7 @@ def serve_with_users(value: str, tmp_path) -> subprocess.CompletedProcess[str]:
 
 def test_the_server_refuses_to_start_with_an_empty_password(tmp_path):
     p = serve_with_users("moodle:pw,nopw:", tmp_path)
-    assert p.returncode == 1
+    assert p.returncode == 78  # EX_CONFIG
     assert "nopw" in p.stdout and "is empty" in p.stdout
 
 
@@ -240,6 +240,6 @@ def test_a_malformed_entry_is_named_never_quoted(entry):
 
 def test_the_server_never_shows_a_password_it_refuses(tmp_path):
     p = serve_with_users("moodle:Hunter2SecretPart:rest", tmp_path)
-    assert p.returncode == 1
+    assert p.returncode == 78  # EX_CONFIG
     assert "'moodle' (entry 1 of MOODLE_MLBACKEND_PYTHON_USERS)" in p.stdout
     assert "Hunter2" not in p.stdout + p.stderr

@@ -39,7 +39,7 @@ import secrets
 import threading
 from dataclasses import dataclass
 
-from mlbackend.contract import BackendError, shown
+from mlbackend.contract import BackendError, ConfigError, shown
 from mlbackend.server.config import PBKDF2_ITERATIONS, USERS_ENV
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ HOW_TO_CREATE = (
 )
 
 
-class UsersError(BackendError):
+class UsersError(ConfigError):
     """`MOODLE_MLBACKEND_PYTHON_USERS` is missing or malformed."""
 
 

@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass
 
 from mlbackend import VERSION_OVERRIDE_ENV
-from mlbackend.contract import BackendError
+from mlbackend.contract import ConfigError
 
 USERS_ENV = "MOODLE_MLBACKEND_PYTHON_USERS"
 #: Iterations of the PBKDF2-HMAC-SHA256 entries `mlbackend passwd` makes:
@@ -126,30 +126,30 @@ class ServerConfig:
         env = os.environ if environ is None else environ
         for name in ("workers", "max_trainings", "max_upload_mb", "max_unzipped_mb"):
             if getattr(args, name) < 1:
-                raise BackendError(f"--{name.replace('_', '-')} must be at least 1.")
+                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1.")
         if args.max_connections is not None and args.max_connections < 1:
-            raise BackendError("--max-connections must be at least 1.")
+            raise ConfigError("--max-connections must be at least 1.")
         if not 0 <= args.port <= 65535:
-            raise BackendError(f"--port {args.port} is not a TCP port.")
+            raise ConfigError(f"--port {args.port} is not a TCP port.")
         for name in ("s3_connect_timeout", "s3_read_timeout"):
             if not getattr(args, name) > 0:
-                raise BackendError(f"--{name.replace('_', '-')} must be more than 0 seconds.")
+                raise ConfigError(f"--{name.replace('_', '-')} must be more than 0 seconds.")
         if not args.s3_deadline >= args.s3_connect_timeout + args.s3_read_timeout:
-            raise BackendError(
+            raise ConfigError(
                 "--s3-deadline must be at least --s3-connect-timeout plus "
                 "--s3-read-timeout: room for one whole attempt."
             )
         if args.s3_max_waiting is not None and not 1 <= args.s3_max_waiting <= max(
             1, args.workers - 1
         ):
-            raise BackendError(
+            raise ConfigError(
                 "--s3-max-waiting must be at least 1 and below --workers, so that "
                 "threads stay free for /version and requests that do not wait on S3."
             )
         bucket = env.get(S3_BUCKET_ENV, "").strip() or None
         temp_dir = env.get(TEMPDIR_ENV, "").strip() or None
         if temp_dir and not os.path.isdir(temp_dir):
-            raise BackendError(f"{TEMPDIR_ENV} names {temp_dir}, which is not a directory.")
+            raise ConfigError(f"{TEMPDIR_ENV} names {temp_dir}, which is not a directory.")
         storage_dir = None
         if bucket is None:
             storage_dir = env.get(DIR_ENV, "").strip() or default_storage_dir()

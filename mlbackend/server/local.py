@@ -8,6 +8,7 @@ import os
 from collections.abc import Callable, Iterator
 
 from mlbackend import store
+from mlbackend.contract import ConfigError
 from mlbackend.server import uploads
 from mlbackend.server.storage import Storage, StorageError, T
 
@@ -27,9 +28,15 @@ class LocalStorage(Storage):
         return [self.base_dir]
 
     def check(self) -> None:
-        os.makedirs(self.base_dir, exist_ok=True)
+        # At start-up: a directory the server cannot use is a configuration error.
+        try:
+            os.makedirs(self.base_dir, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(
+                f"The storage directory {self.base_dir} cannot be made ({exc.strerror})."
+            ) from None
         if not os.access(self.base_dir, os.W_OK | os.X_OK):
-            raise StorageError(f"The storage directory {self.base_dir} is not writable.")
+            raise ConfigError(f"The storage directory {self.base_dir} is not writable.")
 
     @contextlib.contextmanager
     def model(self, uniqueid: str, dirhash: str, *, fetch: bool = True) -> Iterator[str]:

@@ -79,8 +79,8 @@ fi
 
 # --- the archive
 : >"$WORK/err"
-check "the archive holds the program, BUILD-INFO, README, LICENSE, the man page, packaging/" \
-    '[ -x "$B" ] && [ -s "$R/README" ] && grep -q "GNU GENERAL PUBLIC LICENSE" "$R/LICENSE" && grep -q "^\.TH MLBACKEND" "$R/mlbackend.1" && [ -x "$R/packaging/install.sh" ] && [ -x "$R/packaging/uninstall.sh" ] && grep -q "^ExecStart=/opt/mlbackend/mlbackend serve" "$R/packaging/mlbackend.service" && grep -q "^MOODLE_MLBACKEND_PYTHON_USERS=" "$R/packaging/server.env"'
+check "the archive holds the program, BUILD-INFO, README.md, LICENSE, the man page, packaging/" \
+    '[ -x "$B" ] && [ -s "$R/README.md" ] && [ -s "$R/packaging/BUILD-ROOT.md" ] && grep -q "GNU GENERAL PUBLIC LICENSE" "$R/LICENSE" && grep -q "^\.TH MLBACKEND" "$R/mlbackend.1" && [ -x "$R/packaging/install.sh" ] && [ -x "$R/packaging/uninstall.sh" ] && grep -q "^ExecStart=/opt/mlbackend/current/mlbackend serve" "$R/packaging/mlbackend.service" && grep -q "^MOODLE_MLBACKEND_PYTHON_USERS=" "$R/packaging/server.env"'
 last=$(grep "^glibc: " "$R/BUILD-INFO")
 check "BUILD-INFO names the glibc floor" '[[ $last =~ ^glibc:\ 2\.[0-9]+\ \(needed\ by ]]'
 last=$(cd "$R/_internal" && ls -d keras tensorboard h5py grpc cryptography yaml pytest moto setuptools tensorflow/include 2>/dev/null | tr '\n' ' ')
@@ -248,18 +248,19 @@ script() {
     rc=$?
     last=$(tail -n 1 "$WORK/err")
 }
-installed_version() { sed -n 's/^version: //p' "$prefix/BUILD-INFO" 2>/dev/null; }
+installed_version() { sed -n 's/^version: //p' "$prefix/current/BUILD-INFO" 2>/dev/null; }
 
 script install.sh "${install_options[@]}"
-check "install.sh installs" '[ $rc = 0 ] && [ "$(installed_version)" = "$VERSION" ] && [ -s "$mandir/man1/mlbackend.1" ]'
+check "install.sh installs into PREFIX/VERSION, linked as PREFIX/current" \
+    '[ $rc = 0 ] && [ "$(installed_version)" = "$VERSION" ] && [ "$(readlink "$prefix/current")" = "$VERSION" ] && [ -s "$mandir/man1/mlbackend.1" ]'
 "$bindir/mlbackend" version >"$WORK/out" 2>"$WORK/err"
 rc=$?
 last=$(cat "$WORK/out")
 check "the linked program runs" '[ $rc = 0 ] && [ "$last" = "$VERSION" ]'
 if [ "${MLBACKEND_CHECK_INSTALL:-}" = system ]; then
-    last=$(grep "^ExecStart=" /etc/systemd/system/mlbackend.service)
-    check "install.sh --systemd: user, server.env (0600) and unit" \
-        'id mlbackend >/dev/null && [ "$(stat -c %a /etc/mlbackend/server.env)" = 600 ] && [ "$last" = "ExecStart=/opt/mlbackend/mlbackend serve \$MLBACKEND_SERVE_OPTIONS" ]'
+    last=$(grep "^ExecStart=" /usr/local/lib/systemd/system/mlbackend.service)
+    check "install.sh --systemd: user, server.env (0600) and unit (in /usr/local/lib, not /etc)" \
+        'id mlbackend >/dev/null && [ "$(stat -c %a /etc/mlbackend/server.env)" = 600 ] && [ "$last" = "ExecStart=/opt/mlbackend/current/mlbackend serve \$MLBACKEND_SERVE_OPTIONS" ] && [ ! -e /etc/systemd/system/mlbackend.service ]'
 fi
 if [ "$(id -u)" = 0 ] && id www-data >/dev/null 2>&1 && [ -x /usr/sbin/runuser ]; then
     # As Moodle calls it: the web server's user, no HOME, a directory of its own.
@@ -277,17 +278,20 @@ if [ "$(id -u)" = 0 ] && id www-data >/dev/null 2>&1 && [ -x /usr/sbin/runuser ]
 fi
 script install.sh "${install_options[@]}"
 check "install.sh again, same version: fine" '[ $rc = 0 ] && [ "$(installed_version)" = "$VERSION" ]'
-sed -i "s/^version: .*/version: 0.0.1/" "$prefix/BUILD-INFO"
+sed -i "s/^version: .*/version: 0.0.1/" "$prefix/current/BUILD-INFO"
 script install.sh "${install_options[@]}"
 check "install.sh refuses to replace another version" '[ $rc != 0 ] && [[ $last == *"--force"* ]] && [ "$(installed_version)" = 0.0.1 ]'
 script install.sh "${install_options[@]}" --force
 check "install.sh --force replaces it" '[ $rc = 0 ] && [ "$(installed_version)" = "$VERSION" ]'
+script install.sh --rollback --prefix "$prefix"
+check "install.sh --rollback refuses when there is no previous version" \
+    '[ $rc != 0 ] && [[ $last == *"no previous version"* ]] && [ "$(installed_version)" = "$VERSION" ]'
 script uninstall.sh "${uninstall_options[@]}"
 check "uninstall.sh removes the program, the link and the man page" \
     '[ $rc = 0 ] && [ ! -e "$prefix" ] && [ ! -L "$bindir/mlbackend" ] && [ ! -e "$mandir/man1/mlbackend.1" ]'
 if [ "${MLBACKEND_CHECK_INSTALL:-}" = system ]; then
     check "uninstall.sh --purge removes the service, its settings and user" \
-        '[ ! -e /etc/systemd/system/mlbackend.service ] && [ ! -e /etc/mlbackend ] && ! id mlbackend >/dev/null 2>&1'
+        '[ ! -e /usr/local/lib/systemd/system/mlbackend.service ] && [ ! -e /etc/mlbackend ] && ! id mlbackend >/dev/null 2>&1'
 fi
 
 if [ -n "$HOME_FILES_BEFORE" ]; then

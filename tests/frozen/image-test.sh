@@ -9,6 +9,8 @@
 # status 0 and "stopped" logged, not killed).
 #
 #   tests/frozen/image-test.sh IMAGE
+# The conditions handed to check() are strings it evaluates, hence:
+# shellcheck disable=SC2016
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 image=$1
@@ -25,15 +27,8 @@ cleanup() {
     rm -rf "$tmp"
 }
 trap cleanup EXIT
-passed=0
-failed=0
-check() {
-    if eval "$2"; then
-        passed=$((passed + 1)); echo "ok - $1"
-    else
-        failed=$((failed + 1)); echo "FAILED - $1"; echo "    condition: $2"
-    fi
-}
+# shellcheck source=tests/frozen/check-lib.sh
+source tests/frozen/check-lib.sh
 
 "$PYTHON" tests/frozen/make_data.py "$tmp/data" >/dev/null
 port=$("$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
