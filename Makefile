@@ -80,7 +80,7 @@ dist-chroot-test: $(ARCHIVE)
 cpu-test: $(STAMP) $(ARCHIVE)
 ifeq ($(ARCH),x86_64)
 	command -v qemu-x86_64 >/dev/null || { apt-get update -q && apt-get install -y -q qemu-user; }
-	$(BIN)/python -m pytest -p no:cacheprovider tests/test_cpu.py
+	$(BIN)/python -m pytest -p no:cacheprovider -m emulated tests/test_cpu.py
 endif
 	PYTHON=$(BIN)/python bash tests/frozen/qemu-check.sh $(ARCHIVE)
 

@@ -312,6 +312,14 @@ def _serve_command(commands: _Commands) -> None:
         "the limit of open files (raised to its hard limit at start), at most 1000",
     )
     p.add_argument(
+        "--header-timeout",
+        type=float,
+        default=ServerConfig.header_timeout,
+        metavar="SECONDS",
+        help="seconds a request's headers may take from its first byte; a slower "
+        "client is closed (Moodle sends them at once); default: %(default)s",
+    )
+    p.add_argument(
         "--s3-endpoint-url",
         metavar="URL",
         help="endpoint of an S3-compatible store (MinIO, Ceph...) when "

@@ -170,6 +170,7 @@ def test_the_parser_adapter_sees_what_was_declared():
         "max_upload_mb",
         "max_unzipped_mb",
         "max_connections",
+        "header_timeout",
         "s3_endpoint_url",
         "s3_connect_timeout",
         "s3_read_timeout",

@@ -5,6 +5,8 @@ AVX: no TensorFlow) and `kvm64` (below x86-64-v2: no NumPy). This machine has
 AVX, so an answer that says the CPU lacks it proves that the emulated CPU was
 the one asked. TensorFlow never runs under emulation: the model is trained
 natively. tests/frozen/qemu-check.sh does the same with the frozen program.
+The emulated runs are marked `emulated`: `make cpu-test` runs them (CI does),
+`make test` the rest.
 """
 
 from __future__ import annotations
@@ -70,9 +72,6 @@ def test_this_machine_has_what_numpy_and_tensorflow_need() -> None:
     assert cpu.missing_features(cpu.X86_64_V2 + cpu.TENSORFLOW) == []
 
 
-needs_qemu = pytest.mark.skipif(QEMU is None, reason="qemu-x86_64 absent (Debian: qemu-user)")
-
-
 def emulated(cpu_model: str, module: str, *args: Any) -> Result:
     """Moodle's call, run by qemu-user on the emulated CPU `cpu_model`."""
     assert QEMU is not None
@@ -90,7 +89,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory, binary_data: dict[str, Any
     return models
 
 
-@needs_qemu
+@pytest.mark.emulated
+@pytest.mark.skipif(QEMU is None, reason="qemu-x86_64 absent (Debian: qemu-user)")
 def test_without_avx_training_and_evaluation_answer_why(
     trained: Path, binary_data: dict[str, Any]
 ) -> None:
@@ -113,7 +113,8 @@ def same_predictions(got: dict[str, Any], want: dict[str, Any]) -> None:
     assert all(abs(float(a[2]) - float(b[2])) < 1e-5 for a, b in zip(rows, expected))
 
 
-@needs_qemu
+@pytest.mark.emulated
+@pytest.mark.skipif(QEMU is None, reason="qemu-x86_64 absent (Debian: qemu-user)")
 def test_without_avx_prediction_export_import_and_version_work(
     trained: Path, binary_data: dict[str, Any], tmp_path: Path
 ) -> None:
@@ -133,7 +134,8 @@ def test_without_avx_prediction_export_import_and_version_work(
     assert emulated("Nehalem", "version").last == moodle("version").last
 
 
-@needs_qemu
+@pytest.mark.emulated
+@pytest.mark.skipif(QEMU is None, reason="qemu-x86_64 absent (Debian: qemu-user)")
 def test_below_x86_64_v2_every_numpy_command_answers_why(
     trained: Path, binary_data: dict[str, Any], tmp_path: Path
 ) -> None:

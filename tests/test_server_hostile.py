@@ -48,6 +48,11 @@ HEAD = 'nfeatures,targetclasses,targettype\n3,"[0,1]",discrete\n'
 MODEL = {"uniqueid": "hostile", "dirhash": "v1"}
 
 
+#: --header-timeout of the module's server (20 s by default): the test of
+#: headers that never end waits that long.
+HEADER_TIMEOUT = 3
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     tmp = tmp_path_factory.mktemp("hostile-server")
@@ -60,6 +65,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         "8",
         "--workers",
         "4",
+        "--header-timeout",
+        str(HEADER_TIMEOUT),
     )
     yield srv
     stop(srv.proc)
@@ -428,7 +435,8 @@ def test_one_client_cannot_take_every_connection(server, trained):
 
 def test_headers_that_never_end_are_cut_off(server):
     """A client that sends a header line now and then is closed once its
-    headers are overdue (waitress alone kept it for as long as it trickled)."""
+    headers are overdue (waitress alone kept it for as long as it trickled):
+    here after HEADER_TIMEOUT seconds (--header-timeout)."""
     sock = send_head(server, "GET /version HTTP/1.1\r\n")
     with sock:
         sock.settimeout(90)

@@ -105,6 +105,8 @@ class ServerConfig:
     s3_max_waiting: int | None = None  # None: --workers minus 2, at least 1
     #: Connections open at once; None: sized from the descriptor limit.
     max_connections: int | None = None
+    #: Seconds a request's headers may take from its first byte.
+    header_timeout: float = 20.0
 
     @property
     def storage_kind(self) -> str:
@@ -129,6 +131,8 @@ class ServerConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1.")
         if args.max_connections is not None and args.max_connections < 1:
             raise ConfigError("--max-connections must be at least 1.")
+        if not args.header_timeout > 0:
+            raise ConfigError("--header-timeout must be more than 0 seconds.")
         if not 0 <= args.port <= 65535:
             raise ConfigError(f"--port {args.port} is not a TCP port.")
         for name in ("s3_connect_timeout", "s3_read_timeout"):
@@ -170,6 +174,7 @@ class ServerConfig:
             s3_deadline=args.s3_deadline,
             s3_max_waiting=args.s3_max_waiting,
             max_connections=args.max_connections,
+            header_timeout=args.header_timeout,
         )
 
 

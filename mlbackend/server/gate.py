@@ -20,8 +20,9 @@ comes too late: anyone who can reach the port could make the server write
   does not slow an authenticated client. When more than `MAX_WAITING`
   requests wait, the next ones are answered 401 at once, unchecked. Every
   check costs the same, known user or not (see `mlbackend.server.auth`).
-- A request's headers must be complete within `HEADER_SECONDS` of its
-  first byte, and one client address may hold at most
+- A request's headers must be complete within `Gate.header_seconds`
+  (`mlbackend serve --header-timeout`, 20 s by default) of its first
+  byte, and one client address may hold at most
   `MAX_CONNECTIONS_PER_CLIENT` connections (not applied to the trusted
   proxy, through which every client comes), so a few slow or idle
   connections cannot take every connection of the server.
@@ -71,11 +72,11 @@ from waitress.parser import HTTPRequestParser
 from waitress.utilities import Error
 
 from mlbackend.server.auth import Users, basic_credentials
+from mlbackend.server.config import ServerConfig
 
 log = logging.getLogger("mlbackend.server")
 access_log = logging.getLogger("mlbackend.access")
 
-HEADER_SECONDS = 20
 #: Largest request line and headers (Moodle's are under 1 KiB); waitress'
 #: default, 256 KiB, held in memory per connection, would let 1,000
 #: unauthenticated connections take 256 MB.
@@ -323,8 +324,14 @@ class GatedParser(HTTPRequestParser):
 class Gate:
     """Settings and state shared by every connection of one server."""
 
-    def __init__(self, users: Users, trusted_proxy: str | None = None) -> None:
+    def __init__(
+        self,
+        users: Users,
+        trusted_proxy: str | None = None,
+        header_seconds: float = ServerConfig.header_timeout,
+    ) -> None:
         self.users = users
+        self.header_seconds = header_seconds
         self.verifier = Verifier(users)
         self.trusted_proxy = trusted_proxy
         self.clients: collections.Counter[str] = collections.Counter()
@@ -425,7 +432,7 @@ class GatedChannel(HTTPChannel):
         return (
             isinstance(request, GatedParser)
             and not request.headers_finished
-            and now - request.started > HEADER_SECONDS
+            and now - request.started > self.gate.header_seconds
         )
 
     def may_make_room(self) -> bool:

@@ -191,7 +191,7 @@ def serve(config: ServerConfig) -> None:
         # clients, each limited to gate.MAX_CONNECTIONS_PER_CLIENT; the
         # limit itself is the gate's (it makes room for new clients).
         channel_timeout=CHANNEL_TIMEOUT,
-        cleanup_interval=5,
+        cleanup_interval=int(min(5, max(1, config.header_timeout // 2))),
         connection_limit=limit + WAITRESS_LIMIT_SLACK,
         # poll(), not select(): select() fails on a descriptor above 1,023,
         # which a raised descriptor limit allows.
@@ -209,7 +209,9 @@ def serve(config: ServerConfig) -> None:
         raise BackendError(
             f"Cannot listen on {config.host}:{config.port} ({exc.strerror or exc})."
         ) from None
-    door = gate.install(server, gate.Gate(users, config.trusted_proxy), limit)
+    door = gate.install(
+        server, gate.Gate(users, config.trusted_proxy, config.header_timeout), limit
+    )
     signal.signal(signal.SIGTERM, _stop)
     log.info(
         "mlbackend %s serving Moodle on http://%s:%s/ (%d threads, at most %d connections, "
