@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from helpers.hostile import FUZZ
 from helpers.legacy_files import make_export2, make_legacy3
-from helpers.run import Result
+from helpers.run import Result, moodle
 from helpers.servers import S3Endpoint, aws_env, start_s3, stop
 from hypothesis import HealthCheck, settings
 
@@ -79,6 +79,20 @@ def multiclass_data(datadir: Path) -> dict[str, Any]:
             str(datadir / "multi-predict.csv"), rest, id_prefix="123-"
         ),
     }
+
+
+@pytest.fixture(scope="session")
+def trained_as_moodle(
+    tmp_path_factory: pytest.TempPathFactory, binary_data: dict[str, Any]
+) -> dict[str, Any]:
+    """One training as Moodle runs it (a process, Moodle's argv) with an
+    empty home directory: its result, the model directory, the home after
+    it. Read, never changed, by the tests that need a model trained so."""
+    tmp = tmp_path_factory.mktemp("moodle-training")
+    home = tmp / "home"
+    home.mkdir()
+    r = moodle("training", "course1", tmp / "model", binary_data["train"], env={"HOME": str(home)})
+    return {"result": r, "dir": tmp / "model", "home": home}
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from helpers.run import backend_env, moodle
+from helpers.run import backend_env
 
 from mlbackend import cli
 
@@ -31,14 +31,12 @@ def test_version_and_help_import_neither_tensorflow_nor_numpy():
     assert p.stdout.strip().splitlines()[-1] == "[]"
 
 
-def test_training_writes_nothing_in_home(tmp_path, binary_data):
+def test_training_writes_nothing_in_home(trained_as_moodle):
     """Moodle runs the backend as the web server's user: its home is no place
     for files (TensorFlow's legacy Keras would write ~/.keras/keras.json)."""
-    home = tmp_path / "home"
-    home.mkdir()
-    r = moodle("training", "x", tmp_path / "model", binary_data["train"], env={"HOME": str(home)})
+    r = trained_as_moodle["result"]
     assert r.rc == 0, r.stderr
-    assert list(home.iterdir()) == []
+    assert list(trained_as_moodle["home"].iterdir()) == []
     assert r.stderr == ""  # quiet by default: no progress, no log, off a terminal
 
 

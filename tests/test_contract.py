@@ -22,13 +22,13 @@ HEAD = 'nfeatures,targetclasses,targettype\n3,"[0,1]","discrete"\n'
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, binary_data):
-    """A model trained once through the Moodle argv, shared by this module."""
-    outdir = tmp_path_factory.mktemp("model")
-    r = moodle("training", "course1", outdir, binary_data["train"])
+def trained(trained_as_moodle):
+    """A model trained once through the Moodle argv, as a process."""
+    r = trained_as_moodle["result"]
     assert r.rc == 0, r.stderr
     assert r.json == {"status": 0, "info": []}
-    return outdir
+    assert r.stdout.count("\n") == 1, "stdout carries the answer only"
+    return trained_as_moodle["dir"]
 
 
 def test_version_is_accepted_by_moodle_and_overridable():

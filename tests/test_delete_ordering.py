@@ -8,18 +8,20 @@ later training locked a new lock file and ran at the same time as the first.
 from __future__ import annotations
 
 import concurrent.futures
-import fcntl
 import os
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers.servers import PASSWORD, USER, Server, dirhash, start_server, stop
+from helpers.inprocess import App
+from helpers.servers import dirhash
 
-from mlbackend import store, synthetic
+from mlbackend import store
+from mlbackend.server.local import LocalStorage
+
+pytestmark = pytest.mark.usefixtures("small_training")
 
 
 def test_delete_waits_for_the_writer_and_removes_what_it_saved(tmp_path: Path) -> None:
@@ -100,63 +102,44 @@ def test_a_writer_waiting_on_a_deleted_lock_file_does_not_run_beside_a_new_one(
 
 
 # --------------------------------------------------------------------------
-# The same through a local server
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    tmp = tmp_path_factory.mktemp("delete-server")
-    srv = start_server(
-        tmp,
-        {
-            "MOODLE_MLBACKEND_PYTHON_USERS": f"{USER}:{PASSWORD}",
-            "MOODLE_MLBACKEND_PYTHON_DIR": str(tmp / "models"),
-        },
-    )
-    yield srv
-    stop(srv.proc)
-
-
-def held_by_someone(lock_file: Path) -> bool:
-    """Whether a process holds the model's writer lock (flock is per open file)."""
-    try:
-        fd = os.open(lock_file, os.O_RDONLY)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
+# The same through the server's routes (in process, a local directory)
 
 
 def test_deletemodel_during_a_training_waits_for_it_and_the_model_stays_deleted(
-    server: Server, binary_data: dict[str, Any], tmp_path: Path
+    binary_data: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert server.storage is not None
-    uid, h = "deleted-local", dirhash("/moodledata/models/deleted-local/v1")
-    big = synthetic.write_training(
-        str(tmp_path / "long.csv"), synthetic.generate(8000, 20, seed=11)
-    )
-    server.train(uid, h, binary_data["train"])
-    lock_file = server.storage / uid / h / store.CLASSIFIER_DIR / store.LOCK_FILE
+    from mlbackend import training
 
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        training = pool.submit(server.train, uid, h, big)
-        deadline = time.monotonic() + 600  # a bound against hanging, not a measurement
-        while not held_by_someone(lock_file):
-            assert not training.done(), training.result()
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
-        r = server.post("deletemodel", {"uniqueid": uid})  # the training holds the lock
+    app = App(LocalStorage(str(tmp_path / "models")))
+    uid, h = "deleted-local", dirhash("/moodledata/models/deleted-local/v1")
+    assert app.train(uid, h, binary_data["train"])["status"] == 0
+    holding, release = threading.Event(), threading.Event()
+    train = training.train
+
+    def held(*args: Any, **kwargs: Any) -> Any:  # inside the writer lock
+        holding.set()
+        assert release.wait(600), "the test never let the training go on"
+        return train(*args, **kwargs)
+
+    monkeypatch.setattr(training, "train", held)
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        try:
+            trained = pool.submit(app.train, uid, h, binary_data["train"])
+            assert holding.wait(600)
+            deleted = pool.submit(app.post, "deletemodel", {"uniqueid": uid})
+            # The delete cannot finish while the training holds the lock.
+            with pytest.raises(concurrent.futures.TimeoutError):
+                deleted.result(timeout=0.5)
+        finally:
+            release.set()  # never leave the training waiting: the test fails, not hangs
+        assert trained.result()["status"] == 0
+        r = deleted.result()
         assert (r.status_code, r.text) == (200, "Ok")
-        assert training.result()["status"] == 0
+    monkeypatch.undo()
 
     # The training finished before the delete went ahead: nothing came back.
-    assert not (server.storage / uid).exists()
-    assert server.predict(uid, h, binary_data["predict"])["status"] == 2
+    assert not (tmp_path / "models" / uid).exists()
+    assert app.predict(uid, h, binary_data["predict"])["status"] == 2
     # and the model can be trained anew
-    assert server.train(uid, h, binary_data["train"])["status"] == 0
-    assert server.predict(uid, h, binary_data["predict"])["status"] == 0
+    assert app.train(uid, h, binary_data["train"])["status"] == 0
+    assert app.predict(uid, h, binary_data["predict"])["status"] == 0

@@ -181,7 +181,7 @@ def model_3(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         + "".join(f"s{i},{a},{b},{c}\n" for i, (a, b, c) in enumerate(X[:10]))
     )
     outdir = tmp / "model"
-    assert moodle("training", "fuzz", outdir, train).rc == 0
+    assert moodle_in_process("training", "fuzz", outdir, train).rc == 0
     return {"dir": outdir, "predict": predict}
 
 

@@ -22,6 +22,7 @@ from helpers.servers import (
     Server,
     dirhash,
     files_under,
+    make_zip,
     start_server,
     stop,
 )
@@ -241,15 +242,24 @@ def test_light_commands_do_not_load_the_server_stack():
 
 def test_a_server_process_keeps_its_models_in_s3(moto, tmp_path, binary_data):
     """The S3 store through the real program: its environment and options,
-    a training and a prediction over HTTP, the object in the bucket, the
-    request count logged at stop. The store's behaviour is tested in process
-    (tests/test_storage_contract.py, tests/test_server_replicas.py)."""
+    an import and a prediction over HTTP, the object in the bucket, the
+    request count logged at stop. The store's behaviour, trainings included,
+    is tested in process (tests/test_storage_contract.py,
+    tests/test_server_replicas.py)."""
+    from helpers.models import model
+
+    from mlbackend.model.format import write_npz
+
+    npz = io.BytesIO()
+    write_npz(npz, model(nfeatures=20, hidden=(8,)))
     bucket = moto.new_bucket()
     env = moto.server_env(MOODLE_MLBACKEND_PYTHON_S3_BUCKET_NAME=bucket)
     srv = start_server(tmp_path, env, "--s3-endpoint-url", moto.url)
     m = ids("ins3")
     try:
-        assert srv.train(m["uniqueid"], m["dirhash"], binary_data["train"])["status"] == 0
+        archive = make_zip([("model.npz", npz.getvalue())])
+        r = srv.post("import", m, {"importzip": ("import.zip", io.BytesIO(archive))})
+        assert (r.status_code, r.text) == (200, "Ok")
         assert srv.predict(m["uniqueid"], m["dirhash"], binary_data["predict"])["status"] == 0
         listed = moto.client.list_objects_v2(Bucket=bucket)["Contents"]
         assert [o["Key"] for o in listed] == [f"{m['uniqueid']}/{m['dirhash']}"]

@@ -407,10 +407,10 @@ def test_a_slow_entry_is_checked_before_the_body_then_the_request_goes_on(pbkdf2
     with sock:
         assert read_response(sock).startswith(b"HTTP/1.1 401")
     for _ in range(2):  # checked, then remembered
-        answer = pbkdf2_server.train(
-            "slow", "v1", str(Path(trained["predict"]).parent / "train.csv")
-        )
-        assert answer["status"] == 0, answer
+        # A prediction of a model never trained: its body is read and answered
+        # (status 2), without a training to wait for.
+        answer = pbkdf2_server.predict("slow", "v1", trained["predict"])
+        assert answer["status"] == 2, answer
     assert pbkdf2_server.proc.poll() is None
 
 
@@ -589,7 +589,7 @@ def test_no_100_continue_before_the_credentials_are_checked(server, pbkdf2_serve
     ):
         token = base64.b64encode(f"{user}:{password}".encode()).decode()
         head = (
-            f"POST /training HTTP/1.1\r\nHost: {HOST}\r\nAuthorization: Basic {token}\r\n"
+            f"POST /prediction HTTP/1.1\r\nHost: {HOST}\r\nAuthorization: Basic {token}\r\n"
             "Content-Type: multipart/form-data; boundary=XyZ\r\nExpect: 100-continue\r\n"
             f"Connection: close\r\nContent-Length: {len(body)}\r\n\r\n"
         )
