@@ -8,15 +8,18 @@ gets there first. Prediction, `version` and `--help` never import it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import sys
+from collections.abc import Callable, Iterator
 from typing import Any
 
 
 def quiet_tensorflow() -> None:
     """Silence TensorFlow's C++ and Python chatter before it is imported."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
     # `import tensorflow` eagerly imports Keras 3 (0.15 s, 17 MB) only to
     # register its optimizers; we train without Keras. Asking for legacy
     # Keras, which is not installed, makes TensorFlow skip that import.
@@ -32,10 +35,33 @@ def quiet_tensorflow() -> None:
 def import_tensorflow() -> Any:
     """The `tensorflow` module, set up quietly (heavy: call it late)."""
     quiet_tensorflow()
+    if "tensorflow" not in sys.modules:
+        with _stderr_silenced():
+            import tensorflow  # noqa: F401
     import tensorflow as tf
 
     tf.get_logger().setLevel(logging.ERROR)
     return tf
+
+
+@contextlib.contextmanager
+def _stderr_silenced() -> Iterator[None]:
+    """File descriptor 2 on the null device meanwhile. TensorFlow's C++
+    libraries write "oneDNN custom operations are on" there while they load,
+    through a logger that no setting reaches before it is initialised. An
+    import that fails still raises, with its message, after this."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(null, 2)
+        finally:
+            os.close(null)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 class Adam:
@@ -47,13 +73,15 @@ class Adam:
     inputs: the variables' handles, beta powers, learning rate, betas,
     epsilon, gradient); `tests/test_training.py` checks one step against
     Adam's formula, so a TensorFlow that changes the op fails there.
+    `learning_rate` is a number or a function of the step (1, 2, ...: a
+    float tensor) giving the rate of that step, for a schedule.
     """
 
     def __init__(
         self,
         tf: Any,
         params: list[Any],
-        learning_rate: float,
+        learning_rate: float | Callable[[Any], Any],
         beta1: float = 0.9,
         beta2: float = 0.999,
         epsilon: float = 1e-7,
@@ -69,6 +97,7 @@ class Adam:
         """The update ops of one step (run them before the next)."""
         tf = self.tf
         t = self.step.assign_add(1.0)
+        lr = self.lr(t) if callable(self.lr) else self.lr
         beta1_power, beta2_power = tf.pow(self.beta1, t), tf.pow(self.beta2, t)
         return [
             tf.raw_ops.ResourceApplyAdam(
@@ -77,7 +106,7 @@ class Adam:
                 v=v.handle,
                 beta1_power=beta1_power,
                 beta2_power=beta2_power,
-                lr=self.lr,
+                lr=lr,
                 beta1=self.beta1,
                 beta2=self.beta2,
                 epsilon=self.epsilon,

@@ -137,7 +137,7 @@ def small_training() -> Iterator[None]:
     What they train is still a real model, saved, read and predicted with."""
     from mlbackend import training
 
-    quick = functools.partial(training.TrainingOptions, max_epochs=4, patience=1)
+    quick = functools.partial(training.TrainingOptions, epochs=4)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(training, "TrainingOptions", quick)
         yield

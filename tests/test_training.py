@@ -45,6 +45,32 @@ def test_numpy_prediction_equals_tensorflow(finely_encoded):
     np.testing.assert_allclose(m.predict_proba(X), keras_predict_proba(m, X), atol=1e-5)
 
 
+def trainers_forward_pass(m: Model, X: np.ndarray) -> np.ndarray:
+    """Probabilities from the very TensorFlow functions training runs (its
+    input stage and `Layout.tf_logits`), on a trained model's weights."""
+    from mlbackend.model.inputs import tf_stage
+    from mlbackend.tf import import_tensorflow
+
+    tf = import_tensorflow()
+    stage, depth = tf_stage(tf, [m.inputs])
+    assert depth == m.inputs.width
+    pairs = [(tf.constant(d.kernel), tf.constant(d.bias)) for d in m.network.side_by_side()]
+    rows = tf.constant(X[:, m.inputs.columns][None].astype(np.float32))
+    logits = m.network.layout.tf_logits(tf, pairs, stage(rows))
+    return tf.nn.softmax(tf.cast(logits[0], tf.float64)).numpy()
+
+
+def test_numpy_prediction_equals_the_trainers_forward_pass(trained, finely_encoded):
+    """Both formats training writes (1: centred, 3: encoded), out-of-range
+    values included: prediction computes what training optimised."""
+    ds, centred = trained
+    X, _, encoded = finely_encoded
+    X = np.vstack([X[1200:], X[1200:1220] * 3.0, -X[1200:1220] * 3.0])
+    for m, rows in ((centred, ds.X), (encoded, X)):
+        np.testing.assert_allclose(m.predict_proba(rows), trainers_forward_pass(m, rows), atol=1e-5)
+    assert {centred.format_version, encoded.format_version} == {1, 3}
+
+
 def test_the_encoding_follows_the_training_quantiles(finely_encoded):
     X, y, m = finely_encoded
     X, y = X[:1200], y[:1200]
