@@ -22,7 +22,7 @@ run: $(STAMP)
 	$(BIN)/python -m mlbackend.demo
 
 test: $(STAMP)
-	$(BIN)/pytest --cov=mlbackend --cov-report=term-missing
+	$(BIN)/pytest --cov=mlbackend --cov-report=term-missing --numprocesses=auto --maxprocesses=4
 
 # ruff (lint and format), mypy on the package, and the docs generated from the
 # code (cog) checked for staleness.
