@@ -13,7 +13,7 @@ calibration error (of the predicted class's probability, the one Moodle keeps
 at >= 0.6), and the share of predictions Moodle keeps. Reads the real datasets
 from ../shared/datasets (or --datasets); never copies them into the repository.
 
-    make bench                       # everything, ~10 minutes on 2 cores
+    make bench                       # everything, the old backend beside ours (needs root)
     python bench/bench.py --quick    # fewer repetitions, no 1M-row file
 """
 
@@ -65,12 +65,6 @@ OLD = {
 BEFORE_14 = {
     "quality site-a": {"auc": 0.8995, "f1_weighted": 0.8586, "balanced_accuracy": 0.8704},
     "quality site-b": {"auc": 0.9730, "f1_weighted": 0.9268, "balanced_accuracy": 0.8997},
-}
-TARGETS = {  # issue 3
-    "predict site-a": "10x faster",
-    "train site-a": "2x faster, RSS <= old",
-    "train site-b": "3x faster, RSS <= old",
-    "evaluate site-a x10": "5x faster",
 }
 
 
@@ -285,6 +279,12 @@ def main() -> int:
     )
     ap.add_argument("--json", type=Path, help="also write all figures to this file")
     ap.add_argument(
+        "--old",
+        default="",
+        help="the old backend's 'Path to Python' (default: built by bench/old-backend.sh, "
+        "needs root; 'none': the figures recorded before)",
+    )
+    ap.add_argument(
         "--quality-only",
         action="store_true",
         help="only the quality table (ours, the peer, the old backend)",
@@ -301,7 +301,8 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="mlbackend-bench-"))
     try:
         if not a.quality_only:
-            _speed(backend, a, work, results)
+            _speed(backend, old_backend(a.old), a, work, results)
+            _synthetic(backend, a, work, results)
         _quality(backend, a, work, results)
         if a.scaling and not a.quality_only:
             _scaling(backend, a, work, results)
@@ -312,16 +313,55 @@ def main() -> int:
     return 0
 
 
-def _speed(backend: list[str], a: argparse.Namespace, work: Path, results: dict) -> None:
+#: The calls timed, as (name, module, site, fresh model dir); their targets
+#: (issues 3 and 23) beside. Every call is timed for ours and the old
+#: backend alternately, in the same run.
+SPEED_CALLS = [
+    ("train site-a", "training", "a", True),
+    ("predict site-a", "prediction", "a", False),
+    ("evaluate site-a x10", "evaluation", "a", True),
+    ("train site-b", "training", "b", True),
+    ("predict site-b", "prediction", "b", False),
+    ("evaluate site-b x10", "evaluation", "b", True),
+]
+SPEED_TARGETS = {
+    "train site-a": "2x",
+    "predict site-a": "10x",
+    "evaluate site-a x10": "10x",
+    "train site-b": "3x",
+    "predict site-b": "",
+    "evaluate site-b x10": "5x",
+}
+
+
+def old_backend(choice: str) -> list[str] | None:
+    """The old backend's "path to Python": bench/old-backend.sh builds it
+    (once, cached; needs root) unless `choice` names one or is 'none'."""
+    if choice == "none":
+        return None
+    if choice:
+        return [choice]
+    script = ROOT / "bench" / "old-backend.sh"
+    print("bench: preparing the old backend (bench/old-backend.sh) ...", file=sys.stderr)
+    path = subprocess.run(["bash", str(script)], check=True, capture_output=True, text=True)
+    return [path.stdout.strip().splitlines()[-1]]
+
+
+def _speed(
+    backend: list[str], old: list[str] | None, a: argparse.Namespace, work: Path, results: dict
+) -> None:
+    reps = {"training": max(2, a.reps - 2), "prediction": a.reps, "evaluation": max(1, a.reps - 3)}
     print(
-        f"== Speed: cold calls through the Moodle argv, median of {a.reps} "
-        f"(training {max(2, a.reps - 2)}), peak RSS",
+        f"\n== Speed: cold calls through the Moodle argv, ours and the old backend "
+        f"alternately, median of {reps['prediction']} (training {reps['training']}, "
+        f"evaluation {reps['evaluation']}), peak RSS of each process",
         flush=True,
     )
     print(
-        f"{'call':<22}{'wall s':>8}{'RSS MB':>8}{'old s':>8}{'old MB':>8}{'speed-up':>10}  target"
+        f"{'call':<22}{'wall s':>8}{'RSS MB':>8}{'old s':>8}{'old MB':>8}"
+        f"{'speed-up':>10}{'target':>8}  RSS <= old"
     )
-    rows: dict[str, dict] = {}
+    args: dict[str, list[object]] = {}
     for site in ("a", "b"):
         head, data = read_moodle_csv(a.datasets / f"site-{site}-training.csv")
         labels = [int(float(r.rsplit(",", 1)[1])) for r in data]
@@ -329,49 +369,78 @@ def _speed(backend: list[str], a: argparse.Namespace, work: Path, results: dict)
         d = work / f"speed-{site}"
         d.mkdir()
         train_csv, _, _ = write_split(head, data, train, test, d)
-        model_dir = d / "model"
-        rows[f"train site-{site}"] = repeat(
-            backend, max(2, a.reps - 2), "training", "bench", model_dir, train_csv, fresh_dir=True
-        )
-        rows[f"train site-{site}"]["rows"] = len(train)
-        if site == "a":
-            rows["predict site-a"] = repeat(
-                backend,
-                a.reps,
-                "prediction",
-                "bench",
-                model_dir,
-                a.datasets / "site-a-prediction.csv",
-            )
-            ev = work / "eval-a"
-            rows["evaluate site-a x10"] = repeat(
-                backend,
-                max(1, a.reps - 3),
-                "evaluation",
-                "bench",
-                ev,
-                a.datasets / "site-a-training.csv",
-                0.7,
-                0.05,
-                10,
-                fresh_dir=True,
-            )
-    for name in ("predict site-a", "train site-a", "train site-b", "evaluate site-a x10"):
-        r, old = rows[name], OLD[name]
-        speedup = old["wall"] / r["wall"]
-        old_rss = f"{old['rss']:>8}" if old["rss"] else f"{'':>8}"
+        whole = a.datasets / f"site-{site}-training.csv"
+        args[f"train site-{site}"] = ["bench", "MODEL", train_csv]
+        args[f"predict site-{site}"] = [
+            "bench",
+            "MODEL",
+            a.datasets / f"site-{site}-prediction.csv",
+        ]
+        args[f"evaluate site-{site} x10"] = ["bench", "EVAL", whole, 0.7, 0.05, 10]
+    backends = {"ours": backend} if old is None else {"ours": backend, "old": old}
+    for name, module, site, fresh in SPEED_CALLS:
+        timed: dict[str, dict] = {}
+        for rep in range(reps[module]):
+            # Alternate who goes first, so that neither always meets a warm cache.
+            order = list(backends.items())
+            for who, program in order if rep % 2 == 0 else order[::-1]:
+                kind = "eval" if module == "evaluation" else "model"
+                target = work / f"{who}-{kind}-{site}"
+                call = [target if x in ("MODEL", "EVAL") else x for x in args[name]]
+                if fresh:
+                    shutil.rmtree(target, ignore_errors=True)
+                    target.mkdir()
+                wall, rss, answer = run(program, module, *call)
+                t = timed.setdefault(who, {"walls": [], "rsss": []})
+                t["walls"].append(wall)
+                t["rsss"].append(rss)
+                t["answer"] = answer
+        ours = timed["ours"]
+        mine = {"wall": statistics.median(ours["walls"]), "rss": max(ours["rsss"])}
+        if "old" in timed:
+            then = {
+                "wall": statistics.median(timed["old"]["walls"]),
+                "rss": max(timed["old"]["rsss"]),
+            }
+        else:  # figures recorded on the same kind of machine (README of the datasets)
+            then = dict(OLD.get(name, {"wall": float("nan"), "rss": None}))
+        speedup = then["wall"] / mine["wall"]
+        rss_ok = "" if not then["rss"] else ("yes" if mine["rss"] <= then["rss"] else "NO")
         print(
-            f"{name:<22}{r['wall']:>8.2f}{r['rss']:>8}{old['wall']:>8.1f}{old_rss}"
-            f"{speedup:>9.1f}x  {TARGETS[name]}"
+            f"{name:<22}{mine['wall']:>8.2f}{mine['rss']:>8}{then['wall']:>8.1f}"
+            f"{then['rss'] or '':>8}{speedup:>9.1f}x{SPEED_TARGETS[name]:>8}  {rss_ok}",
+            flush=True,
         )
-        results[name] = {k: v for k, v in r.items() if k != "answer"}
-        results[name]["speedup"] = speedup
-    ev = rows["evaluate site-a x10"]["answer"]
-    if isinstance(ev, dict):
-        print(
-            f"  (evaluation answer: score {ev.get('score', 0):.3f}, AUC {ev.get('auc', 0):.3f}, "
-            f"balanced accuracy {ev.get('balanced accuracy', 0):.3f}, status {ev.get('status')})"
-        )
+        results[name] = dict(mine, walls=ours["walls"], old=then, speedup=speedup)
+        if module == "evaluation" and isinstance(ours["answer"], dict):
+            ev = ours["answer"]
+            print(
+                f"  (ours: score {ev.get('score', 0):.3f}, AUC {ev.get('auc', 0):.3f}, balanced "
+                f"accuracy {ev.get('balanced accuracy', 0):.3f}, status {ev.get('status')})"
+            )
+    if old is None:
+        print("(old: figures recorded in ../shared/datasets/README.md, not this run)")
+
+
+def _synthetic(backend: list[str], a: argparse.Namespace, work: Path, results: dict) -> None:
+    """One evaluation (10 iterations) of a synthetic site as large as the
+    largest we were told of: 38,000 rows x 414 indicators."""
+    from mlbackend import synthetic
+
+    path = a.cache / "synthetic-38000x414.csv"
+    if not path.exists():
+        data = synthetic.generate(38000, 414, seed=38)
+        synthetic.write_training(str(path.with_suffix(".tmp")), data)
+        path.with_suffix(".tmp").rename(path)
+    print("\n== A large site: synthetic 38,000 rows x 414 indicators, evaluation x10", flush=True)
+    out = work / "eval-synthetic"
+    out.mkdir()
+    wall, rss, answer = run(backend, "evaluation", "bench", out, path, 0.7, 0.05, 10)
+    ok = isinstance(answer, dict) and answer.get("status") == 0
+    auc = answer.get("auc", 0) if isinstance(answer, dict) else 0
+    failed = "" if ok else f", FAILED: {str(answer)[:200]}"
+    print(f"wall {wall:.1f} s, peak RSS {rss} MB, AUC {auc:.3f}{failed}")
+    results["evaluate synthetic 38000x414 x10"] = {"wall": wall, "rss": rss, "auc": auc, "ok": ok}
 
 
 def _quality(backend: list[str], a: argparse.Namespace, work: Path, results: dict) -> None:
