@@ -289,6 +289,9 @@ def main() -> int:
         action="store_true",
         help="only the quality table (ours, the peer, the old backend)",
     )
+    ap.add_argument(
+        "--speed-only", action="store_true", help="only the speed table (ours and the old backend)"
+    )
     a = ap.parse_args()
     if a.quick:
         a.reps, a.splits, a.scaling = 2, 1, "10000,100000"
@@ -302,9 +305,11 @@ def main() -> int:
     try:
         if not a.quality_only:
             _speed(backend, old_backend(a.old), a, work, results)
+        if not (a.quality_only or a.speed_only):
             _synthetic(backend, a, work, results)
-        _quality(backend, a, work, results)
-        if a.scaling and not a.quality_only:
+        if not a.speed_only:
+            _quality(backend, a, work, results)
+        if a.scaling and not (a.quality_only or a.speed_only):
             _scaling(backend, a, work, results)
     finally:
         shutil.rmtree(work, ignore_errors=True)
