@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import platform
 import sys
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -19,7 +20,13 @@ from typing import Any
 def quiet_tensorflow() -> None:
     """Silence TensorFlow's C++ and Python chatter before it is imported."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+    # oneDNN's kernels on x86-64: site-b's 10-iteration evaluation took 29 s
+    # with them, 35 s without (issue 23); they announce themselves on stderr
+    # whatever the log level (see `import_tensorflow`). Not on aarch64: there
+    # oneDNN's CPU probe writes to stderr during the first training when it
+    # cannot read MIDR_EL1 (qemu, some containers), and it was not measured.
+    onednn = "1" if platform.machine().lower() in ("x86_64", "amd64") else "0"
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", onednn)
     # `import tensorflow` eagerly imports Keras 3 (0.15 s, 17 MB) only to
     # register its optimizers; we train without Keras. Asking for legacy
     # Keras, which is not installed, makes TensorFlow skip that import.
