@@ -11,10 +11,10 @@ Why a fixed schedule and not early stopping on a validation split (what
 this trainer did until issue 23): the schedule trains on every row, needs
 no validation passes nor copies of the best weights, and ten networks side
 by side no longer wait for the slowest to stop. Measured by 10-fold
-cross-validation against gradient-boosted trees, it ranks better on every
-dataset tried (site-a, site-b, site-b sampled to 2,000, 5,000 and 9,000
-rows, a synthetic 38k-row site) and evaluates site-b in a third of the
-time: docs/model.md, "Choices, measured".
+cross-validation against gradient-boosted trees (bench/cv.py), it ranks
+better on every dataset tried (site-a, site-b, site-b sampled to 2,000,
+5,000 and 9,000 rows) and evaluates site-b in a quarter of the time:
+docs/model.md, "Choices, measured".
 
 Why not Keras' `fit`: a Moodle call trains one small network and exits, so
 start-up and per-epoch overhead are most of its time. Here each epoch is one
