@@ -104,7 +104,9 @@ def tf_state(n_inputs: int, columns: list[int] | None = None, **changes: Any) ->
 def write_savedmodel(path: Path, weights: list[np.ndarray], activations: list[str]) -> None:
     """A SavedModel whose checkpoint has tf.keras's variable names, plus a
     keras_metadata.pb naming the activations (as tf.keras 2 wrote them)."""
-    import tensorflow as tf
+    from mlbackend.tf import import_tensorflow
+
+    tf = import_tensorflow()
 
     root = tf.Module()
     for i in range(len(weights) // 2):
@@ -139,9 +141,9 @@ def random_weights(sizes: list[int], seed: int) -> list[np.ndarray]:
 
 def keras_reference(X: np.ndarray, weights: list[np.ndarray], activation: str) -> np.ndarray:
     """Class probabilities from a Keras network with these weights."""
-    from mlbackend.tf import quiet_tensorflow
+    from mlbackend.tf import import_tensorflow
 
-    quiet_tensorflow()
+    import_tensorflow()  # first, quietly: Keras imports it
     import keras
 
     layers: list[Any] = [keras.Input(shape=(weights[0].shape[0],))]

@@ -59,9 +59,10 @@ case $form in
 esac
 new_file=/srv/in/$(basename "$new") old_file=/srv/in/$(basename "$old")
 "$PYTHON" tests/frozen/make_data.py "$tmp/in/data" >/dev/null
-# A training long enough to be interrupted (about 20 s here): the rows 40 times over.
+# A training long enough to be interrupted (about 20 s here): the rows 600 times over
+# (30 MB; a training runs a fixed 24 epochs, whatever the data).
 { head -n 3 "$tmp/in/data/training.csv"
-  for _ in $(seq 40); do tail -n +4 "$tmp/in/data/training.csv"; done; } >"$tmp/in/data/long.csv"
+  for _ in $(seq 600); do tail -n +4 "$tmp/in/data/training.csv"; done; } >"$tmp/in/data/long.csv"
 cat >"$tmp/in/moodle.py" <<'PY'
 """moodle.py ENDPOINT UNIQUEID DATASET: Moodle's POST as user moodle; prints the answer's status."""
 import hashlib, sys
