@@ -26,6 +26,7 @@ from helpers.servers import (
     make_zip,
     start_server,
     stop,
+    wait_for_log,
 )
 
 from mlbackend import reported_version
@@ -187,20 +188,15 @@ def test_oversized_upload_is_413_and_leaves_nothing(server):
 
 
 def test_one_access_log_line_per_request(server):
-    before = server.log_text().count('"GET /version" 200')
+    line = '"GET /version" 200'
+    before = server.log_text().count(line)
     for _ in range(3):
         server.get("version")
-
-    def logged() -> int:
-        return server.log_text().count('"GET /version" 200')
-
     # A line is written once its answer has gone out: on a busy machine the
     # client can read the answer first. Wait for the lines, then for strays.
-    deadline = time.monotonic() + 30
-    while logged() < before + 3 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for_log(server, line, before + 3)
     time.sleep(0.2)
-    assert logged() == before + 3
+    assert server.log_text().count(line) == before + 3
     assert all(PASSWORD not in ln for ln in server.log_text().splitlines())
 
 
