@@ -62,6 +62,14 @@ STATS_BLOCK_ROWS = 65536
 #: the dataset once (as NumPy float32) however large it is.
 RESIDENT_BYTES = 256 * 1024 * 1024
 CHUNK_VALUES = 8 * 1024 * 1024
+#: The input stage is compiled by XLA (one fused loop instead of a pass over
+#: [K, batch, inputs] per operation) when an epoch makes at least this many
+#: input values (rows x networks x inputs). Below it, compiling costs what it
+#: saves, and XLA's compiler adds about 40 MB to the peak memory of the call.
+#: Issue 23, training on site-b's first rows: 10M values (all 14k rows) took
+#: 4.8 s with XLA and 6.0 s without; 1.2M-3.3M (4,000-7,000 rows) a tie;
+#: site-a's 0.1M 0.4 s longer with it.
+XLA_MIN_VALUES = 4_000_000
 #: Rows the piecewise-linear encoding is fitted on: all of them up to this
 #: many, else a seeded sample (quantiles of 65,536 rows are as good, and a
 #: million rows would take a minute of sorting).
@@ -440,12 +448,13 @@ class _SideBySide:
         """The compiled TensorFlow function: one pass over the rows `idx`
         ([K, n], shuffled) of `source` (used columns), the batch loop inside
         the graph, each batch gathered and made into the networks' inputs
-        there (the input stage compiled by XLA: one fused loop instead of a
-        pass over [K, batch, inputs] per operation)."""
+        there (the input stage compiled by XLA on large data, see
+        XLA_MIN_VALUES)."""
         K, bs, layout, options = self.K, self.bs, self.layout, self.options
         stage, depth = tf_stage(tf, self.inputs)
         assert depth == layout.inputs
-        stage = tf.function(stage, jit_compile=True, autograph=False)
+        if self.n * K * depth >= XLA_MIN_VALUES:
+            stage = tf.function(stage, jit_compile=True, autograph=False)
         pairs = list(zip(params[0::2], params[1::2]))
         kernels = params[0::2]
         steps = -(-self.n // bs) * max(options.epochs, 1)

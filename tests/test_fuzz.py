@@ -44,13 +44,18 @@ HEAD = 'nfeatures,targetclasses,targettype\n3,"[0,1]",discrete\n'
 
 @pytest.fixture(scope="module")
 def traced() -> Iterator[None]:
-    """tracemalloc on for the module (NumPy reports its arrays to it too)."""
+    """tracemalloc on for the module (NumPy reports its arrays to it too),
+    and TensorFlow's CSV decoder used for small files as for large ones."""
     from mlbackend.tf import import_tensorflow
 
-    import_tensorflow()  # before tracing: importing it is not the reader's memory
-    tracemalloc.start()
-    yield
-    tracemalloc.stop()
+    # Before tracing: importing it (the decoder's modules too, which load when
+    # first used) is not the reader's memory.
+    assert import_tensorflow().io.decode_csv is not None
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(dataset, "TF_MIN_VALUES", 0)
+        tracemalloc.start()
+        yield
+        tracemalloc.stop()
 
 
 def read_all_ways(path: str) -> None:

@@ -45,29 +45,37 @@ def test_numpy_prediction_equals_tensorflow(finely_encoded):
     np.testing.assert_allclose(m.predict_proba(X), keras_predict_proba(m, X), atol=1e-5)
 
 
-def trainers_forward_pass(m: Model, X: np.ndarray) -> np.ndarray:
+def trainers_forward_pass(m: Model, X: np.ndarray, xla: bool) -> np.ndarray:
     """Probabilities from the very TensorFlow functions training runs (its
-    input stage and `Layout.tf_logits`), on a trained model's weights."""
+    input stage, compiled by XLA as on large data or not, and
+    `Layout.tf_logits`), on a trained model's weights."""
     from mlbackend.model.inputs import tf_stage
     from mlbackend.tf import import_tensorflow
 
     tf = import_tensorflow()
     stage, depth = tf_stage(tf, [m.inputs])
     assert depth == m.inputs.width
+    if xla:
+        stage = tf.function(stage, jit_compile=True, autograph=False)
     pairs = [(tf.constant(d.kernel), tf.constant(d.bias)) for d in m.network.side_by_side()]
     rows = tf.constant(X[:, m.inputs.columns][None].astype(np.float32))
     logits = m.network.layout.tf_logits(tf, pairs, stage(rows))
-    return tf.nn.softmax(tf.cast(logits[0], tf.float64)).numpy()
+    z = logits[0].numpy().astype(np.float64)
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
 
 
-def test_numpy_prediction_equals_the_trainers_forward_pass(trained, finely_encoded):
+@pytest.mark.parametrize("xla", [False, True], ids=["interpreted", "xla"])
+def test_numpy_prediction_equals_the_trainers_forward_pass(trained, finely_encoded, xla):
     """Both formats training writes (1: centred, 3: encoded), out-of-range
     values included: prediction computes what training optimised."""
     ds, centred = trained
     X, _, encoded = finely_encoded
     X = np.vstack([X[1200:], X[1200:1220] * 3.0, -X[1200:1220] * 3.0])
     for m, rows in ((centred, ds.X), (encoded, X)):
-        np.testing.assert_allclose(m.predict_proba(rows), trainers_forward_pass(m, rows), atol=1e-5)
+        np.testing.assert_allclose(
+            m.predict_proba(rows), trainers_forward_pass(m, rows, xla), atol=1e-5
+        )
     assert {centred.format_version, encoded.format_version} == {1, 3}
 
 
