@@ -40,13 +40,14 @@ def quiet_tensorflow() -> None:
 
 
 def import_tensorflow() -> Any:
-    """The `tensorflow` module, set up quietly (heavy: call it late)."""
+    """TensorFlow's API as mlbackend uses it (`tfcore`: its core modules,
+    not the whole of `import tensorflow`), set up quietly. Heavy: call it
+    late."""
     quiet_tensorflow()
-    if "tensorflow" not in sys.modules:
-        with _stderr_silenced():
-            import tensorflow  # noqa: F401
-    import tensorflow as tf
+    from mlbackend import tfcore
 
+    with _stderr_silenced():
+        tf = tfcore.load()
     tf.get_logger().setLevel(logging.ERROR)
     return tf
 

@@ -106,7 +106,9 @@ def write_savedmodel(path: Path, weights: list[np.ndarray], activations: list[st
     keras_metadata.pb naming the activations (as tf.keras 2 wrote them)."""
     from mlbackend.tf import import_tensorflow
 
-    tf = import_tensorflow()
+    import_tensorflow()  # first, quietly
+    # The whole API (tf.Module, tf.saved_model), which the program never loads.
+    import tensorflow as tf
 
     root = tf.Module()
     for i in range(len(weights) // 2):
