@@ -18,6 +18,8 @@ from mlbackend.contract import BackendError
 from mlbackend.model import Model
 from mlbackend.model.format import from_arrays, to_arrays
 from mlbackend.model.inputs import Inputs
+from mlbackend.model.network import Layout
+from mlbackend.training import input_scaled
 
 
 @pytest.fixture(scope="module")
@@ -337,3 +339,33 @@ def test_the_adam_adapter_takes_adams_step():
         lr = 0.1 * np.sqrt(1 - 0.999**t) / (1 - 0.9**t)
         expected = expected - lr * m / (np.sqrt(v) + 1e-7)
     np.testing.assert_allclose(var.numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_the_input_scale_scales_the_first_layers_inputs():
+    """What training learns and what is stored: the network on inputs
+    scaled by 1 + rate * offsets is the network whose first kernel is scaled
+    (`input_scaled`), with TensorFlow tensors as with the NumPy values."""
+    from mlbackend.tf import import_tensorflow
+
+    tf = import_tensorflow()
+    rng = np.random.default_rng(4)
+    layout = Layout(5, (3,), 2)
+    pairs = [(d.kernel, d.bias) for d in layout.initial(rng, 2)]
+    offsets = rng.normal(0, 0.2, (2, 5)).astype(np.float32)
+    h = rng.normal(0, 1, (2, 7, 5)).astype(np.float32)
+    rate = 6.0
+
+    def logits(layers: list, inputs: np.ndarray) -> np.ndarray:
+        tensors = [(tf.constant(k), tf.constant(b)) for k, b in layers]
+        return layout.tf_logits(tf, tensors, tf.constant(inputs)).numpy()
+
+    expected = logits(pairs, h * (1 + rate * offsets)[:, None])
+    in_graph = input_scaled(
+        [(tf.constant(k), tf.constant(b)) for k, b in pairs], tf.constant(offsets), rate
+    )
+    stored = input_scaled(pairs, offsets, rate)
+    np.testing.assert_allclose(
+        logits([(k.numpy(), b.numpy()) for k, b in in_graph], h), expected, rtol=1e-5, atol=1e-6
+    )
+    np.testing.assert_allclose(logits(stored, h), expected, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(logits(pairs, h), expected, atol=1e-3)  # the scale matters
