@@ -38,11 +38,12 @@ MAX_LINE_BYTES = 4 << 20
 MAX_FEATURES = 10_000
 #: Widest rows decoded with TensorFlow (see `_tf_numbers`); real ones have 2 to ~450.
 TF_MAX_COLUMNS = 2048
-#: Fewer values than this are decoded by NumPy even when TensorFlow is loaded:
-#: as quick there (site-a, 700k values: 0.15 s either way; site-b, 6M: 1.2 s
-#: against 0.5 s), and TensorFlow's tensor per column and decoder kernels
-#: would add 10-15 MB to a small training's peak memory (issue 23).
-TF_MIN_VALUES = 1_000_000
+#: Training files smaller than this are decoded by NumPy even for callers
+#: that load TensorFlow: as quick there (site-a's 1.3 MB: 0.15 s either way;
+#: site-b's 11.7 MB: 1.2 s against 0.5 s), and TensorFlow's tensor per column
+#: and decoder kernels would add 10-15 MB to a small training's peak memory
+#: (issue 23). By the file, not by the block of lines that is decoded.
+TF_MIN_BYTES = 4 << 20
 
 _F32_MAX = float(np.finfo(np.float32).max)
 
@@ -78,11 +79,19 @@ class Dataset:
 def read_training(path: str, tensorflow: bool = False) -> Dataset:
     """A training file: features then the label in every row.
 
-    `tensorflow=True` converts the numbers with TensorFlow's CSV decoder,
-    three times NumPy's speed, for callers that have paid for importing
-    TensorFlow anyway (training, evaluation). Validation is the same.
+    `tensorflow=True` converts the numbers of a large file (TF_MIN_BYTES)
+    with TensorFlow's CSV decoder, twice NumPy's speed, for callers that
+    load TensorFlow anyway (training, evaluation). Validation is the same.
     """
-    return _read(path, training=True, numbers=_tf_numbers if tensorflow else _numpy_numbers)
+    large = tensorflow and _size(path) >= TF_MIN_BYTES
+    return _read(path, training=True, numbers=_tf_numbers if large else _numpy_numbers)
+
+
+def _size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0  # `_read` says what is wrong with the path
 
 
 def read_prediction(path: str) -> Dataset:
@@ -382,7 +391,7 @@ def _tf_numbers(lines: list[str], ncols: int) -> np.ndarray | None:
     past `TF_MAX_COLUMNS` NumPy's parser is faster, and a file of a million
     columns would take TensorFlow minutes.
     """
-    if ncols == 0 or ncols > TF_MAX_COLUMNS or len(lines) * ncols < TF_MIN_VALUES:
+    if ncols == 0 or ncols > TF_MAX_COLUMNS:
         return _numpy_numbers(lines, ncols)
     from mlbackend.tf import import_tensorflow
 

@@ -3,6 +3,8 @@ refused with a message that names the line."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from helpers.run import write
@@ -60,7 +62,7 @@ def test_multiclass_labels(tmp_path):
 
 def test_large_file_spans_many_blocks_and_both_decoders_agree(tmp_path, monkeypatch):
     monkeypatch.setattr(dataset, "BLOCK_BYTES", 64)
-    monkeypatch.setattr(dataset, "TF_MIN_VALUES", 0)  # TensorFlow's decoder on a small file
+    monkeypatch.setattr(dataset, "TF_MIN_BYTES", 0)  # TensorFlow's decoder on a small file
     rows = "".join(f"{i % 2},{i},,{i % 2}\n" for i in range(500))
     path = write(tmp_path / "big.csv", HEAD + "f1,f2,f3,t\n" + rows)
     ds = dataset.read_training(path)
@@ -69,6 +71,27 @@ def test_large_file_spans_many_blocks_and_both_decoders_agree(tmp_path, monkeypa
     fast = dataset.read_training(path, tensorflow=True)
     np.testing.assert_array_equal(fast.X, ds.X)
     np.testing.assert_array_equal(fast.y, ds.y)
+
+
+def test_the_decoder_is_chosen_by_the_files_size_for_every_block(tmp_path, monkeypatch):
+    """TensorFlow's decoder for a large file, in all of its blocks; NumPy's
+    for a small one (TF_MIN_BYTES)."""
+    monkeypatch.setattr(dataset, "BLOCK_BYTES", 64)
+    rows = "".join(f"{i % 2},{i},,{i % 2}\n" for i in range(500))
+    path = write(tmp_path / "big.csv", HEAD + "f1,f2,f3,t\n" + rows)
+    used: list[str] = []
+    for name in ("_tf_numbers", "_numpy_numbers"):
+        real = getattr(dataset, name)
+        monkeypatch.setattr(
+            dataset,
+            name,
+            lambda lines, n, real=real, name=name: used.append(name) or real(lines, n),
+        )
+    for limit, decoder in ((os.path.getsize(path), "_tf_numbers"), (1 << 40, "_numpy_numbers")):
+        monkeypatch.setattr(dataset, "TF_MIN_BYTES", limit)
+        used.clear()
+        assert dataset.read_training(path, tensorflow=True).nrows == 500
+        assert len(used) > 10 and set(used) == {decoder}
 
 
 @pytest.mark.parametrize(

@@ -52,7 +52,7 @@ def traced() -> Iterator[None]:
     # first used) is not the reader's memory.
     assert import_tensorflow().io.decode_csv is not None
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(dataset, "TF_MIN_VALUES", 0)
+        mp.setattr(dataset, "TF_MIN_BYTES", 0)
         tracemalloc.start()
         yield
         tracemalloc.stop()
