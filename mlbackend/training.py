@@ -85,10 +85,11 @@ ENCODE_BLOCK_ROWS = 8192
 #: 9,000 rows (900 of the rarest class) from 0.0061 below the trees to 0.0040.
 MINORITY_ROWS_PER_BIN = 25
 #: Below this many training rows of the rarest class, the inputs are the
-#: centred columns themselves (format 1), not their encoding: a column could
-#: get fewer than 8 bins, and so coarse an encoding costs more than it gives.
-#: Measured (stratified 80/20 splits, AUC): site-a (214 rows of the rarest
-#: class) 0.902 centred, 0.892 encoded (10 splits); site-b sampled to 2,000
+#: centred columns themselves (format 1), not their encoding: so coarse an
+#: encoding costs more than it gives. Measured with one bin per 50 rows of
+#: the rarest class, as it was then (stratified 80/20 splits, AUC): site-a
+#: (214 rows of the rarest class) 0.902 centred, 0.892 encoded (10 splits);
+#: site-b sampled to 2,000
 #: rows (256) 0.963 against 0.961; to 4,000 (500) 0.964 against 0.966; to
 #: 7,000 (907) 0.966 against 0.968; all of site-b (1,810) 0.973 against 0.978.
 ENCODING_MIN_RARE_ROWS = 400
@@ -114,9 +115,9 @@ DECISION_SHIFT_POWER = 0.25
 #: bins below: closer to the trees on site-b (0.0041 below them -> 0.0031)
 #: and its sample of 9,000 rows (0.0067 -> 0.0040), and on three synthetic
 #: sets by 0.004 to 0.046; site-a's lead kept. It is folded into the first
-#: layer's weights after training: a
-#: model file has no new part. (RealMLP's label smoothing, 0.1, was tried
-#: too: as good on site-b, 0.019 worse on the synthetic 9,000 x 200.)
+#: layer's weights after training: a model file has no new part. (RealMLP's
+#: label smoothing, 0.1, was tried too: as good on site-b, 0.019 worse on the
+#: synthetic 9,000 x 200.)
 INPUT_SCALE_RATE = 6.0
 
 
