@@ -105,6 +105,11 @@ def _core() -> Any:
         control_dependencies=ops.control_dependencies,
         while_loop=mod("ops.while_loop").while_loop_v2,
         gather=array_ops.gather_v2,
+        reshape=array_ops.reshape,
+        split=array_ops.split,
+        concat=array_ops.concat,
+        bitcast=array_ops.bitcast,
+        cast=math_ops.cast,
         shape=array_ops.shape_v2,
         stack=mod("ops.array_ops_stack").stack,
         zeros=array_ops.zeros,
@@ -113,8 +118,6 @@ def _core() -> Any:
         matmul=math_ops.matmul,
         reduce_mean=math_ops.reduce_mean,
         reduce_sum=math_ops.reduce_sum,
-        add_n=math_ops.add_n,
-        square=math_ops.square,
         pow=math_ops.pow,
         cos=math_ops.cos,
         minimum=math_ops.minimum,
@@ -122,15 +125,16 @@ def _core() -> Any:
         float32=dtypes.float32,
         float64=dtypes.float64,
         int32=dtypes.int32,
+        uint16=dtypes.uint16,
+        uint32=dtypes.uint32,
         nn=ns(
             relu=nn_ops.relu,
-            dropout=nn_ops.dropout_v2,
             sparse_softmax_cross_entropy_with_logits=(
                 nn_ops.sparse_softmax_cross_entropy_with_logits_v2
             ),
         ),
         raw_ops=ns(ResourceApplyAdam=mod("ops.gen_training_ops").ResourceApplyAdam),
-        random=ns(set_seed=mod("framework.random_seed").set_seed),
+        random=ns(stateless_uniform=mod("ops.stateless_random_ops").stateless_random_uniform),
         # Loaded when first used (7 MB of modules that most calls never use):
         # the CSV decoder on large files, the summary ops with TensorBoard.
         io=_Lazy(decode_csv=lambda: mod("ops.parsing_ops").decode_csv_v2),

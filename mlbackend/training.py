@@ -378,6 +378,27 @@ def input_scaled(layers: list[tuple[Any, Any]], offsets: Any, rate: float) -> li
     return [(kernel * (1.0 + rate * offsets)[:, :, None], bias), *rest]
 
 
+def dropout_masks(
+    tf: Any, shape: Any, widths: tuple[int, ...], rate: float, seed: Any
+) -> list[Any]:
+    """Dropout's multipliers for hidden layers of `widths` units on a batch
+    of `shape` ([K, rows], a tensor): 0 for a dropped unit, 1 / (1 - rate)
+    for a kept one. One draw of 16-bit random numbers for all the layers,
+    stateless from `seed` (two int32), so that a training repeats exactly.
+    Why not `tf.nn.dropout`: a float32 draw and five operations a layer;
+    this took 124 us a step where two of those took 217 (site-b's batch)."""
+    if not rate:
+        return []
+    total = sum(widths)
+    pairs = (total + 1) // 2
+    bits = tf.random.stateless_uniform(
+        tf.concat([shape, [pairs]], 0), seed, minval=None, maxval=None, dtype=tf.uint32
+    )
+    u16 = tf.reshape(tf.bitcast(bits, tf.uint16), tf.concat([shape, [2 * pairs]], 0))
+    keep = tf.cast(u16 >= round(rate * 65536), tf.float32) * (1.0 / (1.0 - rate))
+    return tf.split(keep, [*widths, 2 * pairs - total], axis=2)[: len(widths)]
+
+
 def class_weights(y_idx: np.ndarray, nclasses: int, power: float) -> np.ndarray:
     """Per-class loss weights, (n / (k * n_c)) ** power: 1 is 'balanced'."""
     counts = np.bincount(y_idx, minlength=nclasses).astype(np.float64)
@@ -425,6 +446,7 @@ class _SideBySide:
         values = self.K * len(self.columns)
         self.chunk = max(self.bs, (CHUNK_VALUES // max(values, 1)) // self.bs * self.bs)
         self.start = start.side_by_side() if start is not None else None
+        self.batches_done = 0
 
     def _plan_rows(self, subsets: list[np.ndarray]) -> None:
         """Each network's training rows, as an index array [K, n] (small
@@ -451,11 +473,10 @@ class _SideBySide:
     def fit(self) -> tuple[list[Network], list[int]]:
         """Train; returns each network and its epochs."""
         tf = import_tensorflow()
-        tf.random.set_seed(self.options.seed)
         layers = self.start or self.layout.initial(self.rng, self.K)
-        params = [tf.Variable(a) for layer in layers for a in (layer.kernel, layer.bias)]
-        offsets = tf.Variable(np.zeros((self.K, self.layout.inputs), np.float32))
-        train_chunk = self._graph(tf, params, offsets)
+        weights = _Weights(layers, np.zeros((self.K, self.layout.inputs), np.float32))
+        flat = tf.Variable(weights.start)
+        train_chunk = self._graph(tf, flat, weights)
         source = tf.constant(self._used()) if self.resident else None
         options = self.options
         writers = _tensorboard_writers(options.tensorboard_dirs)
@@ -466,10 +487,7 @@ class _SideBySide:
             sys.stderr.write("\n")
         for writer in writers:
             writer.close()
-        final = [p.numpy() for p in params]
-        pairs = input_scaled(
-            list(zip(final[0::2], final[1::2])), offsets.numpy(), options.input_scale_rate
-        )
+        pairs = input_scaled(*weights.arrays(flat.numpy()), options.input_scale_rate)
         trained = [Dense(kernel, bias) for kernel, bias in pairs]
         networks = [
             Network.from_side_by_side(trained, k, self.inputs[k].width, self.layout.activation)
@@ -477,61 +495,65 @@ class _SideBySide:
         ]
         return networks, [options.epochs] * self.K
 
-    def _graph(self, tf: Any, params: list[Any], offsets: Any) -> Any:
+    def _graph(self, tf: Any, flat: Any, weights: _Weights) -> Any:
         """The compiled TensorFlow function: one pass over the rows `idx`
         ([K, n], shuffled) of `source` (used columns), the batch loop inside
         the graph, each batch gathered and made into the networks' inputs
         there (the input stage compiled by XLA on large data, see
-        XLA_MIN_VALUES). `params`: the layers' kernels and biases; `offsets`:
-        the inputs' scales (`input_scaled`)."""
+        XLA_MIN_VALUES). `flat`: the variable that holds `weights`."""
         K, bs, layout, options = self.K, self.bs, self.layout, self.options
         stage, depth = tf_stage(tf, self.inputs)
         assert depth == layout.inputs
         if self.n * K * depth >= XLA_MIN_VALUES:
             stage = tf.function(stage, jit_compile=True, autograph=False)
-        pairs = list(zip(params[0::2], params[1::2]))
-        kernels = params[0::2]
         steps = -(-self.n // bs) * max(options.epochs, 1)
         rate = options.input_scale_rate
-        learnt = params + [offsets] if rate else params
         adam = Adam(
             tf,
-            learnt,
+            [flat],
             lambda t: learning_rate(tf, t, options.learning_rate, options.warmup * steps, steps),
         )
+        # L2 on the kernels, as its gradient added to the loss's: two
+        # operations a step instead of the penalty's forward and backward passes.
+        decay = tf.constant(weights.decay(options.l2))
         width = len(self.columns)
 
         def train_step(
-            b: Any, total: Any, source: Any, idx: Any, y: Any, w: Any
+            b: Any, total: Any, source: Any, idx: Any, y: Any, w: Any, first: Any
         ) -> tuple[Any, ...]:
             ib, yb, wb = (t[:, b * bs : (b + 1) * bs] for t in (idx, y, w))
             xb = stage(tf.gather(source, ib))
+            seed = tf.stack([options.seed, first + b])  # this batch's number in the training
+            masks = dropout_masks(tf, tf.shape(ib), layout.hidden, options.dropout, seed)
             with tf.GradientTape() as tape:
+                pairs, offsets = weights.parts(tf, flat)
                 layers = input_scaled(pairs, offsets, rate) if rate else pairs
-                logits = layout.tf_logits(tf, layers, xb, options.dropout)
+                logits = layout.tf_logits(tf, layers, xb, masks)
                 ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=yb, logits=logits)
                 per_model = tf.reduce_mean(ce * wb, axis=1)
-                penalty = tf.add_n([tf.reduce_sum(tf.square(k), axis=[1, 2]) for k in kernels])
-                loss = tf.reduce_sum(per_model + options.l2 * penalty)
-            grads = tape.gradient(loss, learnt)
-            with tf.control_dependencies(adam.apply(grads)):
-                return b + 1, total + per_model, source, idx, y, w
+                loss = tf.reduce_sum(per_model)
+            grad = tape.gradient(loss, flat) + decay * flat
+            with tf.control_dependencies(adam.apply([grad])):
+                return b + 1, total + per_model, source, idx, y, w, first
 
         spec = (
             tf.TensorSpec([None, width], tf.float32),
             tf.TensorSpec([K, None], tf.int32),
             tf.TensorSpec([K, None], tf.int32),
             tf.TensorSpec([K, None], tf.float32),
+            tf.TensorSpec([], tf.int32),
         )
 
         # autograph=False: converting Python source to a graph costs 0.7 s a call,
         # so the batch loop is an explicit while_loop. XLA (jit_compile) took 50 s
-        # to compile here, then saved little.
+        # to compile here, then saved little; compiling the step's body alone
+        # made site-b's evaluation slower (14.5 s -> 19 s) and larger (+90 MB).
         @tf.function(autograph=False, input_signature=spec)
-        def train_chunk(source: Any, idx: Any, y: Any, w: Any) -> Any:
-            """One pass over rows `idx` of `source`, batch by batch; summed batch losses."""
+        def train_chunk(source: Any, idx: Any, y: Any, w: Any, first: Any) -> Any:
+            """One pass over rows `idx` of `source`, batch by batch, the first
+            of them the training's batch number `first`; summed batch losses."""
             batches = (tf.shape(idx)[1] + bs - 1) // bs
-            start = (tf.constant(0), tf.zeros([K]), source, idx, y, w)
+            start = (tf.constant(0), tf.zeros([K]), source, idx, y, w, first)
             _, total, *_ = tf.while_loop(lambda b, *rest: b < batches, train_step, start)
             return total
 
@@ -553,9 +575,52 @@ class _SideBySide:
             else:
                 rows, local = source, idx.astype(np.int32)
             total += train_chunk(
-                rows, local, y.astype(np.int32), np.take_along_axis(self.cw, y, axis=1)
+                rows,
+                local,
+                y.astype(np.int32),
+                np.take_along_axis(self.cw, y, axis=1),
+                np.int32(self.batches_done),
             ).numpy()
+            self.batches_done += -(-idx.shape[1] // self.bs)
         return total / -(-self.n // self.bs)
+
+
+class _Weights:
+    """What a training learns, laid end to end in one flat vector: the
+    layers' kernels and biases and the input scale's offsets
+    (`input_scaled`). The trainer keeps them in one TensorFlow variable, so
+    that a step is one Adam update: seven of them (site-b's network) took
+    157 us, one of them all 58."""
+
+    def __init__(self, layers: list[Dense], offsets: np.ndarray) -> None:
+        arrays = [a for layer in layers for a in (layer.kernel, layer.bias)] + [offsets]
+        self.shapes = [a.shape for a in arrays]
+        self.sizes = [int(a.size) for a in arrays]
+        self.start = np.concatenate([a.ravel() for a in arrays]).astype(np.float32)
+
+    def parts(self, tf: Any, flat: Any) -> tuple[list[tuple[Any, Any]], Any]:
+        """(kernel, bias) per layer and the offsets, as views of the variable
+        `flat`, in the training graph."""
+        pieces = tf.split(flat, self.sizes)
+        return self._unpack([tf.reshape(p, shape) for p, shape in zip(pieces, self.shapes)])
+
+    def arrays(self, flat: np.ndarray) -> tuple[list[tuple[Any, Any]], Any]:
+        """(kernel, bias) per layer and the offsets, out of `flat`'s values."""
+        pieces = np.split(flat, np.cumsum(self.sizes)[:-1])
+        return self._unpack([p.reshape(shape) for p, shape in zip(pieces, self.shapes)])
+
+    def decay(self, l2: float) -> np.ndarray:
+        """The gradient of an L2 penalty `l2` on the kernels is this times the
+        weights: 2 * l2 on the kernels' positions, 0 elsewhere."""
+        kernel = [i < len(self.sizes) - 1 and i % 2 == 0 for i in range(len(self.sizes))]
+        return np.concatenate(
+            [np.full(n, 2.0 * l2 if k else 0.0, np.float32) for n, k in zip(self.sizes, kernel)]
+        )
+
+    @staticmethod
+    def _unpack(arrays: list[Any]) -> tuple[list[tuple[Any, Any]], Any]:
+        *weights, offsets = arrays
+        return list(zip(weights[0::2], weights[1::2])), offsets
 
 
 def _tensorboard_writers(dirs: list[str]) -> list[Any]:

@@ -369,3 +369,61 @@ def test_the_input_scale_scales_the_first_layers_inputs():
     )
     np.testing.assert_allclose(logits(stored, h), expected, rtol=1e-5, atol=1e-6)
     assert not np.allclose(logits(pairs, h), expected, atol=1e-3)  # the scale matters
+
+
+def test_dropout_masks_drop_the_rate_and_repeat_by_seed():
+    """The trainer's dropout (`training.dropout_masks`): every unit is either
+    dropped (0) or kept and scaled by 1 / (1 - rate), about `rate` of them
+    dropped, layer by layer and network by network; the same seed gives the
+    same masks (a training repeats), another seed others."""
+    from mlbackend.tf import import_tensorflow
+
+    tf = import_tensorflow()
+    widths, rate = (58, 57), 0.2  # an odd total: the last 16-bit draw is half used
+
+    def masks(seed: list[int]) -> list[np.ndarray]:
+        shape = tf.constant([3, 301])
+        drawn = training.dropout_masks(tf, shape, widths, rate, tf.constant(seed))
+        return [m.numpy() for m in drawn]
+
+    first = masks([0, 7])
+    assert [m.shape for m in first] == [(3, 301, 58), (3, 301, 57)]
+    for m in first:
+        assert set(np.unique(m)) == {0.0, np.float32(1.0 / (1.0 - rate))}
+        assert abs((m == 0).mean() - rate) < 0.01
+    assert not np.array_equal(first[0][0], first[0][1])  # the networks' masks differ
+    assert not np.array_equal(first[0][:, :, :57], first[1])  # and the layers'
+    for a, b in zip(first, masks([0, 7])):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(first[0], masks([0, 8])[0])
+    assert training.dropout_masks(tf, tf.constant([3, 301]), widths, 0.0, None) == []
+
+
+def test_the_weights_vector_holds_the_layers_and_decays_the_kernels_only():
+    """The trainer keeps its weights in one vector (`training._Weights`): the
+    layers and offsets come back out of it unchanged, in TensorFlow and in
+    NumPy, and its L2 term is the gradient of l2 * (sum of squared kernels),
+    the penalty the loss had before it became a gradient term."""
+    from mlbackend.tf import import_tensorflow
+
+    tf = import_tensorflow()
+    rng = np.random.default_rng(5)
+    layers = Layout(6, (4, 3), 2).initial(rng, 2)
+    for layer in layers:
+        layer.bias[:] = rng.normal(size=layer.bias.shape)
+    offsets = rng.normal(size=(2, 6)).astype(np.float32)
+    weights = training._Weights(layers, offsets)
+    flat = tf.Variable(weights.start)
+    for which in (weights.arrays(weights.start), weights.parts(tf, flat)):
+        pairs, got = which
+        np.testing.assert_array_equal(np.asarray(got), offsets)
+        for layer, (kernel, bias) in zip(layers, pairs):
+            np.testing.assert_array_equal(np.asarray(kernel), layer.kernel)
+            np.testing.assert_array_equal(np.asarray(bias), layer.bias)
+    l2 = 1e-3
+    with tf.GradientTape() as tape:
+        pairs, _ = weights.parts(tf, flat)
+        penalty = l2 * sum(tf.reduce_sum(kernel * kernel) for kernel, _ in pairs)
+    np.testing.assert_allclose(
+        tape.gradient(penalty, flat).numpy(), weights.decay(l2) * weights.start, rtol=1e-6
+    )

@@ -64,16 +64,17 @@ class Layout:
         return layers
 
     def tf_logits(
-        self, tf: Any, layers: list[tuple[Any, Any]], h: Any, dropout: float = 0.0
+        self, tf: Any, layers: list[tuple[Any, Any]], h: Any, masks: list[Any] | None = None
     ) -> Any:
         """The logits of K networks side by side, in TensorFlow: `h` is
-        [K, rows, inputs], `layers` their (kernel, bias) variables; dropout
-        after each hidden layer when training."""
+        [K, rows, inputs], `layers` their (kernel, bias) tensors; when
+        training, each hidden layer's output times its dropout mask
+        ([K, rows, units], see `mlbackend.training.dropout_masks`)."""
         activate = {"relu": tf.nn.relu, "tanh": tf.tanh}[self.activation]
-        for kernel, bias in layers[:-1]:
+        for i, (kernel, bias) in enumerate(layers[:-1]):
             h = activate(tf.matmul(h, kernel) + bias[:, None, :])
-            if dropout:
-                h = tf.nn.dropout(h, rate=dropout)
+            if masks:
+                h = h * masks[i]
         kernel, bias = layers[-1]
         return tf.matmul(h, kernel) + bias[:, None, :]
 
