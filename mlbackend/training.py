@@ -476,8 +476,8 @@ class _SideBySide:
         tf = import_tensorflow()
         layers = self.start or self.layout.initial(self.rng, self.K)
         weights = _Weights(layers, np.zeros((self.K, self.layout.inputs), np.float32))
-        flat = tf.Variable(weights.start)
-        train_chunk = self._graph(tf, flat, weights)
+        variables = [tf.Variable(start) for start in weights.start]
+        train_chunk = self._graph(tf, variables, weights)
         source = tf.constant(self._used()) if self.resident else None
         options = self.options
         writers = _tensorboard_writers(options.tensorboard_dirs)
@@ -488,7 +488,8 @@ class _SideBySide:
             sys.stderr.write("\n")
         for writer in writers:
             writer.close()
-        pairs = input_scaled(*weights.arrays(flat.numpy()), options.input_scale_rate)
+        learnt = weights.arrays([v.numpy() for v in variables])
+        pairs = input_scaled(*learnt, options.input_scale_rate)
         trained = [Dense(kernel, bias) for kernel, bias in pairs]
         networks = [
             Network.from_side_by_side(trained, k, self.inputs[k].width, self.layout.activation)
@@ -496,12 +497,12 @@ class _SideBySide:
         ]
         return networks, [options.epochs] * self.K
 
-    def _graph(self, tf: Any, flat: Any, weights: _Weights) -> Any:
+    def _graph(self, tf: Any, variables: list[Any], weights: _Weights) -> Any:
         """The compiled TensorFlow function: one pass over the rows `idx`
         ([K, n], shuffled) of `source` (used columns), the batch loop inside
         the graph, each batch gathered and made into the networks' inputs
         there (the input stage compiled by XLA on large data, see
-        XLA_MIN_VALUES). `flat`: the variable that holds `weights`."""
+        XLA_MIN_VALUES). `variables`: the two that hold `weights`."""
         K, bs, layout, options = self.K, self.bs, self.layout, self.options
         stage, depth = tf_stage(tf, self.inputs)
         assert depth == layout.inputs
@@ -511,12 +512,12 @@ class _SideBySide:
         rate = options.input_scale_rate
         adam = Adam(
             tf,
-            [flat],
+            variables,
             lambda t: learning_rate(tf, t, options.learning_rate, options.warmup * steps, steps),
         )
         # L2 on the kernels, as its gradient added to the loss's: two
         # operations a step instead of the penalty's forward and backward passes.
-        decay = tf.constant(weights.decay(options.l2))
+        decays = [tf.constant(d) for d in weights.decay(options.l2)]
         width = len(self.columns)
 
         def train_step(
@@ -527,14 +528,15 @@ class _SideBySide:
             seed = tf.stack([options.seed, first + b])  # this batch's number in the training
             masks = dropout_masks(tf, tf.shape(ib), layout.hidden, options.dropout, seed)
             with tf.GradientTape() as tape:
-                pairs, offsets = weights.parts(tf, flat)
+                pairs, offsets = weights.parts(tf, variables)
                 layers = input_scaled(pairs, offsets, rate) if rate else pairs
                 logits = layout.tf_logits(tf, layers, xb, masks)
                 ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=yb, logits=logits)
                 per_model = tf.reduce_mean(ce * wb, axis=1)
                 loss = tf.reduce_sum(per_model)
-            grad = tape.gradient(loss, flat) + decay * flat
-            with tf.control_dependencies(adam.apply([grad])):
+            grads = tape.gradient(loss, variables)
+            grads = [g + d * v for g, d, v in zip(grads, decays, variables)]
+            with tf.control_dependencies(adam.apply(grads)):
                 return b + 1, total + per_model, source, idx, y, w, first
 
         spec = (
@@ -587,36 +589,48 @@ class _SideBySide:
 
 
 class _Weights:
-    """What a training learns, laid end to end in one flat vector: the
-    layers' kernels and biases and the input scale's offsets
-    (`input_scaled`). The trainer keeps them in one TensorFlow variable, so
-    that a step is one Adam update: seven of them (site-b's network) took
-    157 us, one of them all 58."""
+    """What a training learns, in two TensorFlow variables: the first
+    layer's kernel, by far the widest array, alone; the rest (the other
+    kernels, the biases, the input scale's offsets, see `input_scaled`)
+    laid end to end in one flat vector. A step is then two Adam updates,
+    not seven: seven took 157 us on site-b's network, one all 58. The first
+    kernel is kept out of the vector because taking a vector apart copies
+    it: `tf.split` copies every piece (12M floats: 15-21 ms a step, against
+    3 ms to read them), and so does a slice that does not start and end on
+    64 bytes."""
 
     def __init__(self, layers: list[Dense], offsets: np.ndarray) -> None:
-        arrays = [a for layer in layers for a in (layer.kernel, layer.bias)] + [offsets]
-        self.shapes = [a.shape for a in arrays]
-        self.sizes = [int(a.size) for a in arrays]
-        self.start = np.concatenate([a.ravel() for a in arrays]).astype(np.float32)
+        rest = [layers[0].bias] + [a for layer in layers[1:] for a in (layer.kernel, layer.bias)]
+        rest.append(offsets)
+        self.shapes = [a.shape for a in rest]
+        self.sizes = [int(a.size) for a in rest]
+        #: The variables' starting values: the first kernel, the rest.
+        self.start = [
+            layers[0].kernel.astype(np.float32),
+            np.concatenate([a.ravel() for a in rest]).astype(np.float32),
+        ]
 
-    def parts(self, tf: Any, flat: Any) -> tuple[list[tuple[Any, Any]], Any]:
-        """(kernel, bias) per layer and the offsets, as views of the variable
-        `flat`, in the training graph."""
+    def parts(self, tf: Any, variables: list[Any]) -> tuple[list[tuple[Any, Any]], Any]:
+        """(kernel, bias) per layer and the offsets, out of the two
+        variables, in the training graph."""
+        first, flat = variables
         pieces = tf.split(flat, self.sizes)
-        return self._unpack([tf.reshape(p, shape) for p, shape in zip(pieces, self.shapes)])
+        rest = [tf.reshape(p, shape) for p, shape in zip(pieces, self.shapes)]
+        return self._unpack([first, *rest])
 
-    def arrays(self, flat: np.ndarray) -> tuple[list[tuple[Any, Any]], Any]:
-        """(kernel, bias) per layer and the offsets, out of `flat`'s values."""
+    def arrays(self, values: list[np.ndarray]) -> tuple[list[tuple[Any, Any]], Any]:
+        """(kernel, bias) per layer and the offsets, out of the variables'
+        values."""
+        first, flat = values
         pieces = np.split(flat, np.cumsum(self.sizes)[:-1])
-        return self._unpack([p.reshape(shape) for p, shape in zip(pieces, self.shapes)])
+        return self._unpack([first, *(p.reshape(s) for p, s in zip(pieces, self.shapes))])
 
-    def decay(self, l2: float) -> np.ndarray:
-        """The gradient of an L2 penalty `l2` on the kernels is this times the
-        weights: 2 * l2 on the kernels' positions, 0 elsewhere."""
-        kernel = [i < len(self.sizes) - 1 and i % 2 == 0 for i in range(len(self.sizes))]
-        return np.concatenate(
-            [np.full(n, 2.0 * l2 if k else 0.0, np.float32) for n, k in zip(self.sizes, kernel)]
-        )
+    def decay(self, l2: float) -> list[np.ndarray]:
+        """The gradient of an L2 penalty `l2` on the kernels is these times
+        the variables: 2 * l2 on the kernels' positions, 0 elsewhere."""
+        kernel = [i % 2 == 1 and i < len(self.sizes) - 1 for i in range(len(self.sizes))]
+        rest = [np.full(n, 2.0 * l2 if k else 0.0, np.float32) for n, k in zip(self.sizes, kernel)]
+        return [np.asarray(2.0 * l2, np.float32), np.concatenate(rest)]
 
     @staticmethod
     def _unpack(arrays: list[Any]) -> tuple[list[tuple[Any, Any]], Any]:

@@ -399,11 +399,12 @@ def test_dropout_masks_drop_the_rate_and_repeat_by_seed():
     assert training.dropout_masks(tf, tf.constant([3, 301]), widths, 0.0, None) == []
 
 
-def test_the_weights_vector_holds_the_layers_and_decays_the_kernels_only():
-    """The trainer keeps its weights in one vector (`training._Weights`): the
-    layers and offsets come back out of it unchanged, in TensorFlow and in
-    NumPy, and its L2 term is the gradient of l2 * (sum of squared kernels),
-    the penalty the loss had before it became a gradient term."""
+def test_the_weights_variables_hold_the_layers_and_decay_the_kernels_only():
+    """The trainer keeps its weights in two variables (`training._Weights`):
+    the layers and offsets come back out of them unchanged, in TensorFlow
+    and in NumPy, and their L2 terms are the gradient of l2 * (sum of
+    squared kernels), the penalty the loss had before it became a gradient
+    term."""
     from mlbackend.tf import import_tensorflow
 
     tf = import_tensorflow()
@@ -413,17 +414,19 @@ def test_the_weights_vector_holds_the_layers_and_decays_the_kernels_only():
         layer.bias[:] = rng.normal(size=layer.bias.shape)
     offsets = rng.normal(size=(2, 6)).astype(np.float32)
     weights = training._Weights(layers, offsets)
-    flat = tf.Variable(weights.start)
-    for which in (weights.arrays(weights.start), weights.parts(tf, flat)):
+    variables = [tf.Variable(start) for start in weights.start]
+    for which in (weights.arrays(weights.start), weights.parts(tf, variables)):
         pairs, got = which
         np.testing.assert_array_equal(np.asarray(got), offsets)
+        assert len(pairs) == len(layers)
         for layer, (kernel, bias) in zip(layers, pairs):
             np.testing.assert_array_equal(np.asarray(kernel), layer.kernel)
             np.testing.assert_array_equal(np.asarray(bias), layer.bias)
     l2 = 1e-3
     with tf.GradientTape() as tape:
-        pairs, _ = weights.parts(tf, flat)
+        pairs, _ = weights.parts(tf, variables)
         penalty = l2 * sum(tf.reduce_sum(kernel * kernel) for kernel, _ in pairs)
-    np.testing.assert_allclose(
-        tape.gradient(penalty, flat).numpy(), weights.decay(l2) * weights.start, rtol=1e-6
-    )
+    for got, decay, start in zip(
+        tape.gradient(penalty, variables), weights.decay(l2), weights.start
+    ):
+        np.testing.assert_allclose(got.numpy(), decay * start, rtol=1e-6)
