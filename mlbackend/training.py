@@ -600,10 +600,15 @@ class _Weights:
     64 bytes."""
 
     def __init__(self, layers: list[Dense], offsets: np.ndarray) -> None:
-        rest = [layers[0].bias] + [a for layer in layers[1:] for a in (layer.kernel, layer.bias)]
-        rest.append(offsets)
+        # The flat vector's pieces, each with whether L2 decays it (kernels only).
+        pieces = [(layers[0].bias, False)]
+        for layer in layers[1:]:
+            pieces += [(layer.kernel, True), (layer.bias, False)]
+        pieces.append((offsets, False))
+        rest = [a for a, _ in pieces]
         self.shapes = [a.shape for a in rest]
         self.sizes = [int(a.size) for a in rest]
+        self.decayed = [decayed for _, decayed in pieces]
         #: The variables' starting values: the first kernel, the rest.
         self.start = [
             layers[0].kernel.astype(np.float32),
@@ -628,8 +633,9 @@ class _Weights:
     def decay(self, l2: float) -> list[np.ndarray]:
         """The gradient of an L2 penalty `l2` on the kernels is these times
         the variables: 2 * l2 on the kernels' positions, 0 elsewhere."""
-        kernel = [i % 2 == 1 and i < len(self.sizes) - 1 for i in range(len(self.sizes))]
-        rest = [np.full(n, 2.0 * l2 if k else 0.0, np.float32) for n, k in zip(self.sizes, kernel)]
+        rest = [
+            np.full(n, 2.0 * l2 if k else 0.0, np.float32) for n, k in zip(self.sizes, self.decayed)
+        ]
         return [np.asarray(2.0 * l2, np.float32), np.concatenate(rest)]
 
     @staticmethod
